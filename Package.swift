@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Target flags: without them SwiftPM's release build lowers SIMD `addingProduct` to one `fmaf` call per
+// lane (≈ 0.8 GFLOP/s). x86-64-v3 = AVX2 + FMA + F16C, on every x86-64 CPU since 2013; on Zen 4 AVX2
+// kernels reach the same L1 ceiling as AVX-512 (../shared/MEASURED.md), so the kernels are written
+// for 8-lane vectors. Other architectures build with their defaults.
+#if arch(x86_64)
+let targetFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-march=x86-64-v3"])]
+#else
+let targetFlags: [SwiftSetting] = []
+#endif
+let kernelFlags = targetFlags + [
+  .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release))
+]
+
+let package = Package(
+  name: "Tessera",
+  platforms: [.macOS(.v13)],
+  products: [
+    .library(name: "TesseraKernels", targets: ["TesseraKernels"]),
+    .library(name: "Tessera", targets: ["Tessera"]),
+    .executable(name: "tessera", targets: ["tessera"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+  ],
+  targets: [
+    .target(name: "TesseraKernels", swiftSettings: kernelFlags),
+    .target(name: "Tessera", dependencies: ["TesseraKernels"], swiftSettings: kernelFlags),
+    .executableTarget(
+      name: "tessera",
+      dependencies: ["Tessera", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      swiftSettings: targetFlags),
+    .target(name: "TestSupport", dependencies: ["Tessera"], path: "Tests/TestSupport",
+            swiftSettings: targetFlags),
+    .testTarget(name: "TesseraKernelsTests", dependencies: ["TesseraKernels", "TestSupport"],
+                swiftSettings: targetFlags),
+    .testTarget(name: "TesseraTests", dependencies: ["Tessera", "TestSupport"],
+                swiftSettings: targetFlags),
+    .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport"], swiftSettings: targetFlags),
+  ],
+  swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,239 @@
+extension Conv2DKernels {
+  // MARK: backward-weights
+
+  /// dw (K, C/groups, kh, kw) += Σ over images and pixels of x-window · dy; dbias (K) += Σ dy.
+  public static func backwardWeights(
+    _ g: ConvGeometry, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+    dw: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>?
+  ) {
+    let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes, Kpad = KB * lanes
+    let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels, G = g.groups
+    let workers = Parallel.workers(for: P)
+    let partialCount = G * T * Kpad
+    let partialBuf = Buffer(floats: workers * partialCount)
+    let dytBuf = Buffer(floats: G * P * Kpad)
+    let partials = SendablePointer(partialBuf.floats), dyt = SendablePointer(dytBuf.floats)
+    let tapTiles = (T + tile - 1) / tile
+    for n in 0..<g.batch {
+      let img = padded(g, x + n * g.inChannels * g.inHeight * g.inWidth)
+      let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
+      let plane = img.hp * img.wp
+      let dyn = dy + n * K * P
+      // dy of this image transposed to [group][pixel][Kpad].
+      Parallel.forRanges(P) { _, r in
+        for gi in 0..<G {
+          for k in 0..<kg {
+            let src = dyn + (gi * kg + k) * P
+            let dst = dyt.p + gi * P * Kpad + k
+            for p in r { dst[p * Kpad] = src[p] }
+          }
+        }
+      }
+      to.withUnsafeBufferPointer { tob in
+        pb.withUnsafeBufferPointer { pbb in
+          let top = tob.baseAddress!, pbp = pbb.baseAddress!
+          Parallel.forRanges(P, maxWorkers: workers) { wi, range in
+            let mine = partials.p + wi * partialCount
+            var c0 = range.lowerBound
+            while c0 < range.upperBound {
+              let c1 = min(range.upperBound, c0 + 128)
+              for gi in 0..<G {
+                let xg = UnsafePointer(img.base + gi * cg * plane)
+                let dg = UnsafePointer(dyt.p + gi * P * Kpad)
+                for tt in 0..<tapTiles {
+                  let t0 = tt * tile
+                  for kb in 0..<KB {
+                    let acc = mine + (gi * T) * Kpad + kb * lanes
+                    weightsTile(t0: t0, T: T, to: top, pb: pbp, pixels: c0..<c1, xg: xg,
+                                dyt: dg + kb * lanes, Kpad: Kpad, acc: acc)
+                  }
+                }
+              }
+              c0 = c1
+            }
+          }
+        }
+      }
+      withExtendedLifetime(img.owner) {}
+    }
+    // Sum the workers' partials into dw (K, taps).
+    let dwp = SendablePointer(dw)
+    Parallel.forRanges(K) { _, r in
+      for kk in r {
+        let gi = kk / kg, k = kk % kg
+        for t in 0..<T {
+          var s: Float = 0
+          for wi in 0..<workers { s += partials.p[wi * partialCount + (gi * T + t) * Kpad + k] }
+          dwp.p[kk * T + t] += s
+        }
+      }
+    }
+    if let db = dbias {
+      for n in 0..<g.batch {
+        for k in 0..<K {
+          let row = dy + (n * K + k) * P
+          var s: Float = 0
+          for p in 0..<P { s += row[p] }
+          db[k] += s
+        }
+      }
+    }
+    withExtendedLifetime(partialBuf) {}
+    withExtendedLifetime(dytBuf) {}
+  }
+
+  /// acc[t0 ..< t0+6][0..<16] (row stride Kpad) += Σ_p xpad[pb[p] + to[t]] · dyt[p][0..<16].
+  @inline(__always)
+  static func weightsTile(
+    t0: Int, T: Int, to: UnsafePointer<Int>, pb: UnsafePointer<Int>, pixels: Range<Int>,
+    xg: UnsafePointer<Float>, dyt: UnsafePointer<Float>, Kpad: Int, acc: UnsafeMutablePointer<Float>
+  ) {
+    let o0 = to[min(t0, T - 1)], o1 = to[min(t0 + 1, T - 1)], o2 = to[min(t0 + 2, T - 1)]
+    let o3 = to[min(t0 + 3, T - 1)], o4 = to[min(t0 + 4, T - 1)], o5 = to[min(t0 + 5, T - 1)]
+    var c00 = SIMD8<Float>(), c01 = SIMD8<Float>(), c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
+    var c20 = SIMD8<Float>(), c21 = SIMD8<Float>(), c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
+    var c40 = SIMD8<Float>(), c41 = SIMD8<Float>(), c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+    for p in pixels {
+      let d = dyt + p * Kpad
+      let d0 = load8(d), d1 = load8(d + 8)
+      let xb = xg + pb[p]
+      var v = SIMD8<Float>(repeating: xb[o0])
+      c00 = c00.addingProduct(v, d0); c01 = c01.addingProduct(v, d1)
+      v = SIMD8<Float>(repeating: xb[o1])
+      c10 = c10.addingProduct(v, d0); c11 = c11.addingProduct(v, d1)
+      v = SIMD8<Float>(repeating: xb[o2])
+      c20 = c20.addingProduct(v, d0); c21 = c21.addingProduct(v, d1)
+      v = SIMD8<Float>(repeating: xb[o3])
+      c30 = c30.addingProduct(v, d0); c31 = c31.addingProduct(v, d1)
+      v = SIMD8<Float>(repeating: xb[o4])
+      c40 = c40.addingProduct(v, d0); c41 = c41.addingProduct(v, d1)
+      v = SIMD8<Float>(repeating: xb[o5])
+      c50 = c50.addingProduct(v, d0); c51 = c51.addingProduct(v, d1)
+    }
+    let rows = min(tile, T - t0)
+    @inline(__always) func add(_ i: Int, _ a: SIMD8<Float>, _ b: SIMD8<Float>) {
+      guard i < rows else { return }
+      let r = acc + (t0 + i) * Kpad
+      store8(load8(r) + a, r)
+      store8(load8(r + 8) + b, r + 8)
+    }
+    add(0, c00, c01); add(1, c10, c11); add(2, c20, c21)
+    add(3, c30, c31); add(4, c40, c41); add(5, c50, c51)
+  }
+
+  // MARK: backward-data
+
+  /// dx (N, C, H, W) = conv-transpose(dy (N, K, Ho, Wo), w). Overwrites dx.
+  public static func backwardData(
+    _ g: ConvGeometry, dy: UnsafePointer<Float>, w: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>
+  ) {
+    let T = g.taps, kg = g.groupOutChannels, P = g.outHeight * g.outWidth, K = g.outChannels
+    let cg = g.groupInChannels, G = g.groups, khw = g.kernelH * g.kernelW
+    let hp = g.inHeight + g.padTop + g.padBottom, wp = g.inWidth + g.padLeft + g.padRight
+    let plane = hp * wp
+    let needsCrop = hp != g.inHeight || wp != g.inWidth
+    // Weights per group as [k][taps + 16], zero-padded so a 16-wide load never leaves the row.
+    let Tpad = T + lanes
+    let wdBuf = Buffer(floats: G * kg * Tpad)
+    for kk in 0..<K { (wdBuf.floats + kk * Tpad).update(from: w + kk * T, count: T) }
+    let wd = UnsafePointer(wdBuf.floats)
+    let dxpBuf: Buffer? = needsCrop ? Buffer(floats: g.inChannels * plane) : nil
+    let pix = pixelBases(g, wp: wp), to = tapOffsets(g, hp: hp, wp: wp)
+    let parts = Parallel.workers(for: cg)
+    let items = G * parts
+    let pTiles = (P + tile - 1) / tile
+    // Tap tiles per block so that the block's weights (kg × 16 × tiles) stay in L2.
+    let tilesPerBlock = max(1, (256 * 1024) / (kg * lanes * 4))
+    for n in 0..<g.batch {
+      let dxn = dx + n * g.inChannels * g.inHeight * g.inWidth
+      let target = dxpBuf?.floats ?? dxn
+      target.update(repeating: 0, count: g.inChannels * plane)
+      let tgt = SendablePointer(target)
+      let dyn = dy + n * K * P
+      to.withUnsafeBufferPointer { tob in
+        pix.withUnsafeBufferPointer { pbb in
+          let top = tob.baseAddress!, pbp = pbb.baseAddress!
+          Parallel.forRanges(items) { _, r in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
+              let s = scratch.baseAddress!
+              for item in r {
+                let gi = item / parts, part = item % parts
+                let ca = cg * part / parts, cb = cg * (part + 1) / parts
+                let tStart = ca * khw, tEnd = cb * khw
+                let dxg = tgt.p + gi * cg * plane
+                let dyg = dyn + gi * kg * P
+                let wg = wd + gi * kg * Tpad
+                var blockStart = tStart
+                while blockStart < tEnd {
+                  let blockEnd = min(tEnd, blockStart + tilesPerBlock * lanes)
+                  for pt in 0..<pTiles {
+                    let p0 = pt * tile
+                    let pValid = min(tile, P - p0)
+                    var t0 = blockStart
+                    while t0 < blockEnd {
+                      dataTile(kg: kg, P: P, p0: p0, dyg: dyg, wt: wg + t0, Tpad: Tpad, out: s)
+                      let tValid = min(lanes, blockEnd - t0)
+                      for i in 0..<pValid {
+                        let base = dxg + pbp[p0 + i]
+                        let si = s + i * lanes
+                        for j in 0..<tValid { base[top[t0 + j]] += si[j] }
+                      }
+                      t0 += lanes
+                    }
+                  }
+                  blockStart = blockEnd
+                }
+              }
+            }
+          }
+        }
+      }
+      if let dxp = dxpBuf {
+        let src = SendablePointer(dxp.floats), dst = SendablePointer(dxn)
+        let h = g.inHeight, wdt = g.inWidth, top = g.padTop, left = g.padLeft
+        Parallel.forRanges(g.inChannels) { _, r in
+          for c in r {
+            for y in 0..<h {
+              (dst.p + (c * h + y) * wdt).update(from: src.p + (c * hp + y + top) * wp + left, count: wdt)
+            }
+          }
+        }
+      }
+    }
+    withExtendedLifetime(wdBuf) {}
+  }
+
+  /// out[i][j] = Σ_k dy[k][p0 + i] · w[k][t0 + j] for 6 pixels × 16 taps.
+  @inline(__always)
+  static func dataTile(
+    kg: Int, P: Int, p0: Int, dyg: UnsafePointer<Float>, wt: UnsafePointer<Float>, Tpad: Int,
+    out: UnsafeMutablePointer<Float>
+  ) {
+    let q0 = min(p0, P - 1), q1 = min(p0 + 1, P - 1), q2 = min(p0 + 2, P - 1)
+    let q3 = min(p0 + 3, P - 1), q4 = min(p0 + 4, P - 1), q5 = min(p0 + 5, P - 1)
+    var c00 = SIMD8<Float>(), c01 = SIMD8<Float>(), c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
+    var c20 = SIMD8<Float>(), c21 = SIMD8<Float>(), c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
+    var c40 = SIMD8<Float>(), c41 = SIMD8<Float>(), c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+    var wp = wt, d = dyg
+    for _ in 0..<kg {
+      let w0 = load8(wp), w1 = load8(wp + 8)
+      var v = SIMD8<Float>(repeating: d[q0])
+      c00 = c00.addingProduct(v, w0); c01 = c01.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: d[q1])
+      c10 = c10.addingProduct(v, w0); c11 = c11.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: d[q2])
+      c20 = c20.addingProduct(v, w0); c21 = c21.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: d[q3])
+      c30 = c30.addingProduct(v, w0); c31 = c31.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: d[q4])
+      c40 = c40.addingProduct(v, w0); c41 = c41.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: d[q5])
+      c50 = c50.addingProduct(v, w0); c51 = c51.addingProduct(v, w1)
+      wp += Tpad
+      d += P
+    }
+    store8(c00, out); store8(c01, out + 8); store8(c10, out + 16); store8(c11, out + 24)
+    store8(c20, out + 32); store8(c21, out + 40); store8(c30, out + 48); store8(c31, out + 56)
+    store8(c40, out + 64); store8(c41, out + 72); store8(c50, out + 80); store8(c51, out + 88)
+  }
+}

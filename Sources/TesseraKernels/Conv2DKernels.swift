@@ -1,0 +1,158 @@
+/// Fast 2-D convolution on NCHW tensors: forward, backward-data and backward-weights for any kernel
+/// size, stride, dilation, padding and groups, with no im2col buffer.
+///
+/// All three are implicit GEMMs over a zero-padded copy of one image (C×Hp×Wp), where the value a
+/// tap t (channel, ky, kx) sees at output pixel p is `xpad[pixelBase[p] + tapOffset[t]]`:
+/// - forward: y[k, p] = Σ_t xpad[pb[p] + to[t]] · w[k, t] — register tile 6 pixels × 16 channels;
+/// - backward-weights: dw[k, t] += Σ_p xpad[pb[p] + to[t]] · dy[k, p] — tile 6 taps × 16 channels;
+/// - backward-data: dxpad[pb[p] + to[t]] += Σ_k dy[k, p] · w[k, t] — tile 6 pixels × 16 taps,
+///   scattered; threads own disjoint input channels, so no two write the same value.
+/// Each inner step is two 8-lane loads, six broadcasts and twelve FMAs. `ConvReference` holds the
+/// plain loops these are tested against.
+public enum Conv2DKernels {
+  static let tile = 6, lanes = 16
+
+  /// One image, zero-padded on all sides; or the image itself when no padding is needed.
+  struct PaddedImage {
+    let base: UnsafeMutablePointer<Float>
+    let hp: Int, wp: Int
+    let owner: Buffer?
+  }
+
+  static func padded(_ g: ConvGeometry, _ image: UnsafePointer<Float>) -> PaddedImage {
+    let hp = g.inHeight + g.padTop + g.padBottom, wp = g.inWidth + g.padLeft + g.padRight
+    if hp == g.inHeight && wp == g.inWidth {
+      return PaddedImage(base: UnsafeMutablePointer(mutating: image), hp: hp, wp: wp, owner: nil)
+    }
+    let buf = Buffer(floats: g.inChannels * hp * wp)
+    let dst = SendablePointer(buf.floats)
+    let h = g.inHeight, w = g.inWidth, top = g.padTop, left = g.padLeft
+    Parallel.forRanges(g.inChannels) { _, r in
+      for c in r {
+        for y in 0..<h {
+          (dst.p + (c * hp + y + top) * wp + left).update(from: image + (c * h + y) * w, count: w)
+        }
+      }
+    }
+    return PaddedImage(base: buf.floats, hp: hp, wp: wp, owner: buf)
+  }
+
+  /// Offsets of each tap of one group, relative to the group's first channel in the padded image.
+  static func tapOffsets(_ g: ConvGeometry, hp: Int, wp: Int) -> [Int] {
+    var to = [Int]()
+    to.reserveCapacity(g.taps)
+    for c in 0..<g.groupInChannels {
+      for ky in 0..<g.kernelH {
+        for kx in 0..<g.kernelW { to.append(c * hp * wp + ky * g.dilationH * wp + kx * g.dilationW) }
+      }
+    }
+    return to
+  }
+
+  /// Offset of each output pixel's window origin in the padded image.
+  static func pixelBases(_ g: ConvGeometry, wp: Int) -> [Int] {
+    var pb = [Int]()
+    pb.reserveCapacity(g.outHeight * g.outWidth)
+    for oy in 0..<g.outHeight {
+      for ox in 0..<g.outWidth { pb.append(oy * g.strideH * wp + ox * g.strideW) }
+    }
+    return pb
+  }
+
+  // MARK: forward
+
+  /// y (N, K, Ho, Wo) = conv(x (N, C, H, W), w (K, C/groups, kh, kw)) + bias (K). Overwrites y.
+  public static func forward(
+    _ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    y: UnsafeMutablePointer<Float>
+  ) {
+    let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
+    let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels
+    // Weights packed [group][kblock][tap][16], zero beyond the group's channels.
+    let wtBuf = Buffer(floats: g.groups * KB * T * lanes)
+    let wt = wtBuf.floats
+    for gi in 0..<g.groups {
+      for k in 0..<kg {
+        let src = w + (gi * kg + k) * T
+        let dst = wt + (gi * KB + k / lanes) * T * lanes + k % lanes
+        for t in 0..<T { dst[t * lanes] = src[t] }
+      }
+    }
+    let tiles = (P + tile - 1) / tile
+    let yy = SendablePointer(y)
+    for n in 0..<g.batch {
+      let img = padded(g, x + n * g.inChannels * g.inHeight * g.inWidth)
+      let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
+      let plane = img.hp * img.wp
+      to.withUnsafeBufferPointer { tob in
+        pb.withUnsafeBufferPointer { pbb in
+          let top = tob.baseAddress!, pbp = pbb.baseAddress!
+          Parallel.forRanges(tiles) { _, range in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
+              let s = scratch.baseAddress!
+              var b0 = range.lowerBound
+              while b0 < range.upperBound {
+                let b1 = min(range.upperBound, b0 + 48)
+                for gi in 0..<g.groups {
+                  let xg = UnsafePointer(img.base + gi * cg * plane)
+                  for kb in 0..<KB {
+                    let wk = UnsafePointer(wt + (gi * KB + kb) * T * lanes)
+                    let kValid = min(lanes, kg - kb * lanes)
+                    let kBase = gi * kg + kb * lanes
+                    for ti in b0..<b1 {
+                      let p0 = ti * tile
+                      forwardTile(T: T, to: top, pb: pbp, p0: p0, P: P, xg: xg, wk: wk, out: s)
+                      let pValid = min(tile, P - p0)
+                      let yo = yy.p + (n * K + kBase) * P + p0
+                      for j in 0..<kValid {
+                        let bj = bias?[kBase + j] ?? 0
+                        let yj = yo + j * P
+                        for i in 0..<pValid { yj[i] = s[i * lanes + j] + bj }
+                      }
+                    }
+                  }
+                }
+                b0 = b1
+              }
+            }
+          }
+        }
+      }
+      withExtendedLifetime(img.owner) {}
+    }
+    withExtendedLifetime(wtBuf) {}
+  }
+
+  @inline(__always)
+  static func forwardTile(
+    T: Int, to: UnsafePointer<Int>, pb: UnsafePointer<Int>, p0: Int, P: Int,
+    xg: UnsafePointer<Float>, wk: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>
+  ) {
+    let x0 = xg + pb[min(p0, P - 1)], x1 = xg + pb[min(p0 + 1, P - 1)], x2 = xg + pb[min(p0 + 2, P - 1)]
+    let x3 = xg + pb[min(p0 + 3, P - 1)], x4 = xg + pb[min(p0 + 4, P - 1)], x5 = xg + pb[min(p0 + 5, P - 1)]
+    var c00 = SIMD8<Float>(), c01 = SIMD8<Float>(), c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
+    var c20 = SIMD8<Float>(), c21 = SIMD8<Float>(), c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
+    var c40 = SIMD8<Float>(), c41 = SIMD8<Float>(), c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+    var wp = wk
+    for t in 0..<T {
+      let o = to[t]
+      let w0 = load8(wp), w1 = load8(wp + 8)
+      var v = SIMD8<Float>(repeating: x0[o])
+      c00 = c00.addingProduct(v, w0); c01 = c01.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: x1[o])
+      c10 = c10.addingProduct(v, w0); c11 = c11.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: x2[o])
+      c20 = c20.addingProduct(v, w0); c21 = c21.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: x3[o])
+      c30 = c30.addingProduct(v, w0); c31 = c31.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: x4[o])
+      c40 = c40.addingProduct(v, w0); c41 = c41.addingProduct(v, w1)
+      v = SIMD8<Float>(repeating: x5[o])
+      c50 = c50.addingProduct(v, w0); c51 = c51.addingProduct(v, w1)
+      wp += 16
+    }
+    store8(c00, out); store8(c01, out + 8); store8(c10, out + 16); store8(c11, out + 24)
+    store8(c20, out + 32); store8(c21, out + 40); store8(c30, out + 48); store8(c31, out + 56)
+    store8(c40, out + 64); store8(c41, out + 72); store8(c50, out + 80); store8(c51, out + 88)
+  }
+}

@@ -1,0 +1,192 @@
+/// Single-precision matrix multiply on row-major buffers, packed and cache-blocked (BLIS layout:
+/// a 6×16 register tile of 8-lane FMA accumulators, A blocks of 96×256 in L2, B slivers of 256×16
+/// in L1), parallel over row blocks.
+public enum GEMM {
+  static let mr = 6, nr = 16
+  static let kc = 256, mc = 96, nc = 4096
+
+  /// `C = alpha · op(A) · op(B) + beta · C`, where op(A) is m×k and op(B) is k×n.
+  /// `beta == 0` ignores what C held (NaNs included).
+  public static func sgemm(
+    transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
+    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+    beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+  ) {
+    guard m > 0, n > 0 else { return }
+    scale(c, m: m, n: n, ldc: ldc, beta: beta)
+    guard k > 0, alpha != 0 else { return }
+
+    let packB = Buffer(floats: kc * min(roundUp(n, nr), nc))
+    let workers = Parallel.workers(for: (m + mr - 1) / mr)
+    let packA = Buffer(floats: workers * mc * kc)
+    let pB = SendablePointer(packB.floats), pA = SendablePointer(packA.floats)
+    let cc = SendablePointer(c)
+
+    for jc in stride(from: 0, to: n, by: nc) {
+      let nb = min(nc, n - jc)
+      let slivers = (nb + nr - 1) / nr
+      for pc in stride(from: 0, to: k, by: kc) {
+        let kb = min(kc, k - pc)
+        Parallel.forRanges(slivers) { _, r in
+          for s in r {
+            packBSliver(b, ldb: ldb, transB: transB, k0: pc, kb: kb, j0: jc + s * nr,
+                        cols: min(nr, nb - s * nr), into: pB.p + s * kb * nr)
+          }
+        }
+        let rowSlivers = (m + mr - 1) / mr
+        Parallel.forRanges(rowSlivers, maxWorkers: workers) { w, r in
+          let myA = pA.p + w * mc * kc
+          var s0 = r.lowerBound
+          while s0 < r.upperBound {
+            let s1 = min(r.upperBound, s0 + mc / mr)
+            let i0 = s0 * mr, rows = min(m, s1 * mr) - i0
+            packABlock(a, lda: lda, transA: transA, alpha: alpha, i0: i0, rows: rows, k0: pc, kb: kb, into: myA)
+            for js in 0..<slivers {
+              let j = jc + js * nr, cols = min(nr, nb - js * nr)
+              let bp = UnsafePointer(pB.p + js * kb * nr)
+              var ir = 0
+              while ir < rows {
+                let rr = min(mr, rows - ir)
+                let ap = UnsafePointer(myA + (ir / mr) * kb * mr)
+                let cp = cc.p + (i0 + ir) * ldc + j
+                if rr == mr && cols == nr {
+                  micro6x16(kb, ap, bp, cp, ldc)
+                } else {
+                  microEdge(kb, ap, bp, cp, ldc, rows: rr, cols: cols)
+                }
+                ir += mr
+              }
+            }
+            s0 = s1
+          }
+        }
+      }
+    }
+  }
+
+  @inline(__always) static func roundUp(_ x: Int, _ m: Int) -> Int { (x + m - 1) / m * m }
+
+  static func scale(_ c: UnsafeMutablePointer<Float>, m: Int, n: Int, ldc: Int, beta: Float) {
+    if beta == 1 { return }
+    for i in 0..<m {
+      let row = c + i * ldc
+      if beta == 0 { row.update(repeating: 0, count: n) } else { for j in 0..<n { row[j] *= beta } }
+    }
+  }
+
+  /// Packs rows i0..<i0+rows, columns k0..<k0+kb of op(A) into 6-row slivers: [sliver][k][6].
+  static func packABlock(
+    _ a: UnsafePointer<Float>, lda: Int, transA: Bool, alpha: Float, i0: Int, rows: Int, k0: Int, kb: Int,
+    into out: UnsafeMutablePointer<Float>
+  ) {
+    let slivers = (rows + mr - 1) / mr
+    for s in 0..<slivers {
+      let dst = out + s * kb * mr
+      for r in 0..<mr {
+        let i = s * mr + r
+        if i >= rows {
+          for p in 0..<kb { dst[p * mr + r] = 0 }
+          continue
+        }
+        if transA {
+          let src = a + k0 * lda + (i0 + i)
+          for p in 0..<kb { dst[p * mr + r] = alpha * src[p * lda] }
+        } else {
+          let src = a + (i0 + i) * lda + k0
+          for p in 0..<kb { dst[p * mr + r] = alpha * src[p] }
+        }
+      }
+    }
+  }
+
+  /// Packs rows k0..<k0+kb, columns j0..<j0+cols of op(B) into one sliver [k][16], zero-filled.
+  @inline(__always)
+  static func packBSliver(
+    _ b: UnsafePointer<Float>, ldb: Int, transB: Bool, k0: Int, kb: Int, j0: Int, cols: Int,
+    into dst: UnsafeMutablePointer<Float>
+  ) {
+    if !transB && cols == nr {
+      for p in 0..<kb {
+        let src = b + (k0 + p) * ldb + j0
+        store8(load8(src), dst + p * nr)
+        store8(load8(src + 8), dst + p * nr + 8)
+      }
+      return
+    }
+    for p in 0..<kb {
+      let d = dst + p * nr
+      for j in 0..<nr {
+        if j >= cols { d[j] = 0; continue }
+        d[j] = transB ? b[(j0 + j) * ldb + k0 + p] : b[(k0 + p) * ldb + j0 + j]
+      }
+    }
+  }
+
+  /// C[6×16] += A-sliver · B-sliver.
+  @inline(__always)
+  static func micro6x16(
+    _ kb: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
+  ) {
+    var c00 = SIMD8<Float>(), c01 = SIMD8<Float>(), c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
+    var c20 = SIMD8<Float>(), c21 = SIMD8<Float>(), c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
+    var c40 = SIMD8<Float>(), c41 = SIMD8<Float>(), c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+    var pa = a, pb = b
+    for _ in 0..<kb {
+      let b0 = load8(pb), b1 = load8(pb + 8)
+      var x = SIMD8<Float>(repeating: pa[0])
+      c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x, b1)
+      x = SIMD8<Float>(repeating: pa[1])
+      c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x, b1)
+      x = SIMD8<Float>(repeating: pa[2])
+      c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x, b1)
+      x = SIMD8<Float>(repeating: pa[3])
+      c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x, b1)
+      x = SIMD8<Float>(repeating: pa[4])
+      c40 = c40.addingProduct(x, b0); c41 = c41.addingProduct(x, b1)
+      x = SIMD8<Float>(repeating: pa[5])
+      c50 = c50.addingProduct(x, b0); c51 = c51.addingProduct(x, b1)
+      pa += mr
+      pb += nr
+    }
+    var r = c
+    store8(load8(r) + c00, r); store8(load8(r + 8) + c01, r + 8); r += ldc
+    store8(load8(r) + c10, r); store8(load8(r + 8) + c11, r + 8); r += ldc
+    store8(load8(r) + c20, r); store8(load8(r + 8) + c21, r + 8); r += ldc
+    store8(load8(r) + c30, r); store8(load8(r + 8) + c31, r + 8); r += ldc
+    store8(load8(r) + c40, r); store8(load8(r + 8) + c41, r + 8); r += ldc
+    store8(load8(r) + c50, r); store8(load8(r + 8) + c51, r + 8)
+  }
+
+  /// A partial tile: computed into a scratch 6×16 block, then the valid part added to C.
+  static func microEdge(
+    _ kb: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+    rows: Int, cols: Int
+  ) {
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: mr * nr) { t in
+      let tp = t.baseAddress!
+      tp.update(repeating: 0, count: mr * nr)
+      micro6x16(kb, a, b, tp, nr)
+      for i in 0..<rows { for j in 0..<cols { c[i * ldc + j] += tp[i * nr + j] } }
+    }
+  }
+
+  /// Plain triple loop with Double accumulation: the reference the fast path is tested against.
+  public static func reference(
+    transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
+    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+    beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+  ) {
+    for i in 0..<m {
+      for j in 0..<n {
+        var s = 0.0
+        for p in 0..<k {
+          let av = transA ? a[p * lda + i] : a[i * lda + p]
+          let bv = transB ? b[j * ldb + p] : b[p * ldb + j]
+          s += Double(av) * Double(bv)
+        }
+        let old = beta == 0 ? 0 : Double(beta) * Double(c[i * ldc + j])
+        c[i * ldc + j] = Float(Double(alpha) * s + old)
+      }
+    }
+  }
+}

@@ -1,0 +1,80 @@
+import TestSupport
+import TesseraKernels
+import XCTest
+
+final class ConvKernelTests: XCTestCase {
+  /// Awkward shapes: 1×1, 7×7 stride 2, dilation 2, groups, depthwise, non-square, odd sizes, batch 1 and 3.
+  static let cases: [ConvGeometry] = [
+    ConvGeometry(batch: 1, inChannels: 3, inHeight: 5, inWidth: 7, outChannels: 4, kernelH: 1, kernelW: 1),
+    ConvGeometry(batch: 3, inChannels: 3, inHeight: 19, inWidth: 14, outChannels: 16, kernelH: 7, kernelW: 7,
+                 strideH: 2, strideW: 2, padTop: 2, padLeft: 3, padBottom: 3, padRight: 3),
+    ConvGeometry(batch: 1, inChannels: 5, inHeight: 11, inWidth: 9, outChannels: 7, kernelH: 3, kernelW: 3,
+                 dilationH: 2, dilationW: 2, padTop: 2, padLeft: 2, padBottom: 2, padRight: 2),
+    ConvGeometry(batch: 3, inChannels: 6, inHeight: 8, inWidth: 10, outChannels: 9, kernelH: 3, kernelW: 2,
+                 strideH: 1, strideW: 2, padTop: 1, padLeft: 0, padBottom: 1, padRight: 1, groups: 3),
+    ConvGeometry(batch: 1, inChannels: 8, inHeight: 9, inWidth: 9, outChannels: 8, kernelH: 3, kernelW: 3,
+                 strideH: 2, strideW: 2, padTop: 1, padLeft: 1, padBottom: 1, padRight: 1, groups: 8),
+    ConvGeometry(batch: 1, inChannels: 17, inHeight: 6, inWidth: 13, outChannels: 33, kernelH: 3, kernelW: 3,
+                 padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+    ConvGeometry(batch: 3, inChannels: 4, inHeight: 3, inWidth: 3, outChannels: 20, kernelH: 3, kernelW: 3,
+                 strideH: 3, strideW: 3),
+  ]
+
+  func testFastMatchesReference() {
+    for (ci, g) in Self.cases.enumerated() {
+      XCTAssertNil(g.problem)
+      let x = randomFloats(g.inputCount, seed: 1 + UInt64(ci))
+      let w = randomFloats(g.weightCount, seed: 100 + UInt64(ci))
+      let bias = randomFloats(g.outChannels, seed: 200 + UInt64(ci))
+      let dy = randomFloats(g.outputCount, seed: 300 + UInt64(ci))
+      var yFast = [Float](repeating: .nan, count: g.outputCount), yRef = yFast
+      Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &yFast)
+      ConvReference.forward(g, x: x, w: w, bias: bias, y: &yRef)
+      assertClose(yFast, yRef, "forward \(g)")
+
+      var dxFast = [Float](repeating: .nan, count: g.inputCount), dxRef = dxFast
+      Conv2DKernels.backwardData(g, dy: dy, w: w, dx: &dxFast)
+      ConvReference.backwardData(g, dy: dy, w: w, dx: &dxRef)
+      assertClose(dxFast, dxRef, "backward-data \(g)")
+
+      let seedW = randomFloats(g.weightCount, seed: 400)  // accumulation onto existing values
+      var dwFast = seedW, dwRef = seedW
+      var dbFast = [Float](repeating: 0.5, count: g.outChannels), dbRef = dbFast
+      Conv2DKernels.backwardWeights(g, x: x, dy: dy, dw: &dwFast, dbias: &dbFast)
+      ConvReference.backwardWeights(g, x: x, dy: dy, dw: &dwRef, dbias: &dbRef)
+      assertClose(dwFast, dwRef, "backward-weights \(g)")
+      assertClose(dbFast, dbRef, "backward-bias \(g)")
+    }
+  }
+
+  func testSingleAndTwoThreadsAgree() {
+    let g = Self.cases[5]
+    let x = randomFloats(g.inputCount, seed: 5), w = randomFloats(g.weightCount, seed: 6)
+    let saved = Parallel.threadCount
+    defer { Parallel.threadCount = saved }
+    var outs = [[Float]]()
+    for t in [1, 2] {
+      Parallel.threadCount = t
+      var dw = [Float](repeating: 0, count: g.weightCount)
+      Conv2DKernels.backwardWeights(g, x: x, dy: randomFloats(g.outputCount, seed: 7), dw: &dw, dbias: nil)
+      outs.append(dw)
+    }
+    assertClose(outs[0], outs[1], rtol: 1e-5, "threads")
+  }
+
+  func testSamePaddingFollowsTensorFlow() {
+    // 7×7 stride 2 on 1024: out 512, pad 2 before, 3 after (peers/keras_bench.py).
+    XCTAssertTrue(ConvGeometry.samePadding(input: 1024, kernel: 7, stride: 2, dilation: 1) == (2, 3))
+    XCTAssertTrue(ConvGeometry.samePadding(input: 1024, kernel: 3, stride: 2, dilation: 1) == (0, 1))
+    XCTAssertTrue(ConvGeometry.samePadding(input: 7, kernel: 3, stride: 1, dilation: 2) == (2, 2))
+    XCTAssertTrue(ConvGeometry.samePadding(input: 5, kernel: 1, stride: 1, dilation: 1) == (0, 0))
+  }
+
+  func testGeometryProblems() {
+    var g = Self.cases[0]
+    g.groups = 2
+    XCTAssertNotNil(g.problem)
+    g = ConvGeometry(batch: 1, inChannels: 1, inHeight: 2, inWidth: 2, outChannels: 1, kernelH: 3, kernelW: 3)
+    XCTAssertNotNil(g.problem)
+  }
+}
