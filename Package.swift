@@ -10,8 +10,10 @@ let targetFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-march=x86-64-v3"])]
 #else
 let targetFlags: [SwiftSetting] = []
 #endif
+// The kernels are optimised in debug builds too, so `swift test` runs real-sized checks quickly.
 let kernelFlags = targetFlags + [
-  .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release))
+  .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+  .unsafeFlags(["-O"], .when(configuration: .debug)),
 ]
 
 let package = Package(
@@ -27,7 +29,7 @@ let package = Package(
   ],
   targets: [
     .target(name: "TesseraKernels", swiftSettings: kernelFlags),
-    .target(name: "Tessera", dependencies: ["TesseraKernels"], swiftSettings: kernelFlags),
+    .target(name: "Tessera", dependencies: ["TesseraKernels"], swiftSettings: targetFlags),
     .executableTarget(
       name: "tessera",
       dependencies: ["Tessera", .product(name: "ArgumentParser", package: "swift-argument-parser")],

@@ -14,18 +14,20 @@ extension Conv2DKernels {
     let dytBuf = Buffer(floats: G * P * Kpad)
     let partials = SendablePointer(partialBuf.floats), dyt = SendablePointer(dytBuf.floats)
     let tapTiles = (T + tile - 1) / tile
+    let img = PaddedImage(g)
+    let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
+    let plane = img.hp * img.wp
     for n in 0..<g.batch {
-      let img = padded(g, x + n * g.inChannels * g.inHeight * g.inWidth)
-      let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
-      let plane = img.hp * img.wp
+      let xn = img.load(x, image: n)
       let dyn = dy + n * K * P
       // dy of this image transposed to [group][pixel][Kpad].
       Parallel.forRanges(P) { _, r in
         for gi in 0..<G {
-          for k in 0..<kg {
-            let src = dyn + (gi * kg + k) * P
-            let dst = dyt.p + gi * P * Kpad + k
-            for p in r { dst[p * Kpad] = src[p] }
+          let src = dyn + gi * kg * P
+          let dst = dyt.p + gi * P * Kpad
+          for p in r {
+            let d = dst + p * Kpad
+            for k in 0..<kg { d[k] = src[k * P + p] }
           }
         }
       }
@@ -38,7 +40,7 @@ extension Conv2DKernels {
             while c0 < range.upperBound {
               let c1 = min(range.upperBound, c0 + 128)
               for gi in 0..<G {
-                let xg = UnsafePointer(img.base + gi * cg * plane)
+                let xg = xn + gi * cg * plane
                 let dg = UnsafePointer(dyt.p + gi * P * Kpad)
                 for tt in 0..<tapTiles {
                   let t0 = tt * tile
@@ -54,8 +56,8 @@ extension Conv2DKernels {
           }
         }
       }
-      withExtendedLifetime(img.owner) {}
     }
+    withExtendedLifetime(img) {}
     // Sum the workers' partials into dw (K, taps).
     let dwp = SendablePointer(dw)
     Parallel.forRanges(K) { _, r in

@@ -12,29 +12,35 @@
 public enum Conv2DKernels {
   static let tile = 6, lanes = 16
 
-  /// One image, zero-padded on all sides; or the image itself when no padding is needed.
-  struct PaddedImage {
-    let base: UnsafeMutablePointer<Float>
+  /// One image, zero-padded on all sides, in a buffer reused across the batch (its border is
+  /// written once, as zeros, and never touched again); or the image itself when no padding is needed.
+  final class PaddedImage {
+    let g: ConvGeometry
     let hp: Int, wp: Int
-    let owner: Buffer?
-  }
+    let buffer: Buffer?
 
-  static func padded(_ g: ConvGeometry, _ image: UnsafePointer<Float>) -> PaddedImage {
-    let hp = g.inHeight + g.padTop + g.padBottom, wp = g.inWidth + g.padLeft + g.padRight
-    if hp == g.inHeight && wp == g.inWidth {
-      return PaddedImage(base: UnsafeMutablePointer(mutating: image), hp: hp, wp: wp, owner: nil)
+    init(_ g: ConvGeometry) {
+      self.g = g
+      hp = g.inHeight + g.padTop + g.padBottom
+      wp = g.inWidth + g.padLeft + g.padRight
+      buffer = (hp == g.inHeight && wp == g.inWidth) ? nil : Buffer(floats: g.inChannels * hp * wp)
     }
-    let buf = Buffer(floats: g.inChannels * hp * wp)
-    let dst = SendablePointer(buf.floats)
-    let h = g.inHeight, w = g.inWidth, top = g.padTop, left = g.padLeft
-    Parallel.forRanges(g.inChannels) { _, r in
-      for c in r {
-        for y in 0..<h {
-          (dst.p + (c * hp + y + top) * wp + left).update(from: image + (c * h + y) * w, count: w)
+
+    /// The padded image `n` of x.
+    func load(_ x: UnsafePointer<Float>, image n: Int) -> UnsafePointer<Float> {
+      let count = g.inChannels * g.inHeight * g.inWidth
+      let image = x + n * count
+      guard let buf = buffer else { return image }
+      let dst = SendablePointer(buf.floats)
+      let h = g.inHeight, w = g.inWidth, top = g.padTop, left = g.padLeft, hp = hp, wp = wp
+      Parallel.forRanges(g.inChannels * h) { _, r in
+        for row in r {
+          let c = row / h, y = row % h
+          (dst.p + (c * hp + y + top) * wp + left).update(from: image + row * w, count: w)
         }
       }
+      return UnsafePointer(buf.floats)
     }
-    return PaddedImage(base: buf.floats, hp: hp, wp: wp, owner: buf)
   }
 
   /// Offsets of each tap of one group, relative to the group's first channel in the padded image.
@@ -80,10 +86,11 @@ public enum Conv2DKernels {
     }
     let tiles = (P + tile - 1) / tile
     let yy = SendablePointer(y)
+    let img = PaddedImage(g)
+    let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
+    let plane = img.hp * img.wp
     for n in 0..<g.batch {
-      let img = padded(g, x + n * g.inChannels * g.inHeight * g.inWidth)
-      let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
-      let plane = img.hp * img.wp
+      let xn = img.load(x, image: n)
       to.withUnsafeBufferPointer { tob in
         pb.withUnsafeBufferPointer { pbb in
           let top = tob.baseAddress!, pbp = pbb.baseAddress!
@@ -94,7 +101,7 @@ public enum Conv2DKernels {
               while b0 < range.upperBound {
                 let b1 = min(range.upperBound, b0 + 48)
                 for gi in 0..<g.groups {
-                  let xg = UnsafePointer(img.base + gi * cg * plane)
+                  let xg = xn + gi * cg * plane
                   for kb in 0..<KB {
                     let wk = UnsafePointer(wt + (gi * KB + kb) * T * lanes)
                     let kValid = min(lanes, kg - kb * lanes)
@@ -118,9 +125,9 @@ public enum Conv2DKernels {
           }
         }
       }
-      withExtendedLifetime(img.owner) {}
     }
     withExtendedLifetime(wtBuf) {}
+    withExtendedLifetime(img) {}
   }
 
   @inline(__always)

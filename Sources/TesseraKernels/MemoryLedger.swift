@@ -72,34 +72,92 @@ public final class MemoryLedger: @unchecked Sendable {
   }
 }
 
-/// A ledger-counted, 64-byte aligned, zero-initialised allocation of raw bytes. Freed (and uncounted)
-/// when the last reference goes away.
+/// A ledger-counted, 64-byte aligned allocation of raw bytes, zero-initialised unless asked not to
+/// be. Freed (and uncounted) when the last reference goes away.
+///
+/// Large blocks (≥ 1 MiB) are not returned to the system at once but kept in a small cache of
+/// exact sizes, so that a training loop allocating the same shapes every step does not page-fault
+/// its way through fresh memory each time (PyTorch's caching allocator does the same). The ledger
+/// counts bytes in use; `BlockCache.cachedBytes` reports what the cache holds besides.
 public final class Buffer: @unchecked Sendable {
   public let byteCount: Int
   public let category: MemoryCategory
   public let raw: UnsafeMutableRawPointer
   private let ledger: MemoryLedger
 
-  public init(byteCount: Int, category: MemoryCategory, ledger: MemoryLedger = .shared) {
+  public init(byteCount: Int, category: MemoryCategory, zeroed: Bool = true, ledger: MemoryLedger = .shared) {
     precondition(byteCount >= 0, "negative allocation")
     self.byteCount = byteCount
     self.category = category
     self.ledger = ledger
-    raw = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
-    raw.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
+    if let cached = BlockCache.shared.take(byteCount) {
+      raw = cached
+      if zeroed { raw.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount) }
+    } else {
+      raw = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
+      // Fresh pages from the system are not guaranteed zero by `allocate`.
+      if zeroed || byteCount < BlockCache.minimumBytes {
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
+      }
+    }
     ledger.allocated(byteCount, category)
   }
 
   /// A buffer of `count` Float32 values.
-  public convenience init(floats count: Int, category: MemoryCategory = .workspace) {
-    self.init(byteCount: count * 4, category: category)
+  public convenience init(floats count: Int, category: MemoryCategory = .workspace, zeroed: Bool = true) {
+    self.init(byteCount: count * 4, category: category, zeroed: zeroed)
   }
 
   deinit {
-    raw.deallocate()
     ledger.freed(byteCount, category)
+    if !BlockCache.shared.give(raw, byteCount) { raw.deallocate() }
   }
 
   public var floats: UnsafeMutablePointer<Float> { raw.assumingMemoryBound(to: Float.self) }
   public var floatCount: Int { byteCount / 4 }
+}
+
+/// Freed large blocks kept for reuse by exact size, up to `limitBytes` in all.
+public final class BlockCache: @unchecked Sendable {
+  public static let shared = BlockCache()
+  static let minimumBytes = 1 << 20
+  private let lock = NSLock()
+  private var blocks: [Int: [UnsafeMutableRawPointer]] = [:]
+  private var _cached = 0
+  /// Upper bound on the bytes held for reuse (default 2 GiB, `TESSERA_CACHE_BYTES` overrides; 0 disables).
+  public var limitBytes: Int = {
+    if let s = ProcessInfo.processInfo.environment["TESSERA_CACHE_BYTES"], let v = Int(s), v >= 0 { return v }
+    return 2 << 30
+  }()
+
+  public var cachedBytes: Int { lock.withLock { _cached } }
+
+  func take(_ bytes: Int) -> UnsafeMutableRawPointer? {
+    guard bytes >= Self.minimumBytes else { return nil }
+    return lock.withLock {
+      guard var list = blocks[bytes], let p = list.popLast() else { return nil }
+      blocks[bytes] = list
+      _cached -= bytes
+      return p
+    }
+  }
+
+  func give(_ p: UnsafeMutableRawPointer, _ bytes: Int) -> Bool {
+    guard bytes >= Self.minimumBytes else { return false }
+    return lock.withLock {
+      guard _cached + bytes <= limitBytes else { return false }
+      blocks[bytes, default: []].append(p)
+      _cached += bytes
+      return true
+    }
+  }
+
+  /// Returns every cached block to the system.
+  public func empty() {
+    lock.withLock {
+      for (_, list) in blocks { for p in list { p.deallocate() } }
+      blocks = [:]
+      _cached = 0
+    }
+  }
 }

@@ -1,0 +1,107 @@
+import TesseraKernels
+
+/// A shape a layer cannot take, naming the layer and what it expected.
+public struct ShapeError: Error, CustomStringConvertible, Equatable {
+  public var layer: String
+  public var message: String
+  public init(layer: String, _ message: String) {
+    self.layer = layer
+    self.message = message
+  }
+  public var description: String { layer.isEmpty ? message : "\(layer): \(message)" }
+}
+
+/// What a parameter is, which decides how it is initialised.
+public enum ParameterRole: Sendable, Equatable {
+  /// A conv or linear weight with this many inputs per output (He-normal init).
+  case weight(fanIn: Int)
+  case bias, scale, shift
+  /// BatchNorm running statistics: buffers saved with the weights, never trained.
+  case runningMean, runningVariance
+}
+
+/// A named tensor of a model: its value and, for trainable ones, a gradient that `backward`
+/// accumulates into.
+public final class Parameter {
+  public var value: Tensor
+  public let role: ParameterRole
+  public private(set) var grad: Tensor?
+
+  public init(_ value: Tensor, role: ParameterRole) {
+    self.value = value
+    self.role = role
+  }
+
+  public var trainable: Bool { role != .runningMean && role != .runningVariance }
+  public var shape: [Int] { value.shape }
+
+  /// The gradient buffer, allocated zero on first use.
+  public var gradient: UnsafeMutablePointer<Float> {
+    if grad == nil { grad = Tensor(zeros: value.shape, category: .gradient) }
+    return grad!.floats
+  }
+
+  public func zeroGradient() {
+    if let g = grad { g.floats.update(repeating: 0, count: g.count) }
+  }
+
+  /// Frees the gradient buffer.
+  public func dropGradient() { grad = nil }
+}
+
+/// A network layer with its forward and backward pass side by side.
+///
+/// `forward(_:training:)` in training mode keeps what backward needs (and nothing in inference
+/// mode); `backward` consumes it, accumulates parameter gradients and returns the input gradient
+/// when asked for it. Layers are used one forward, one backward at a time.
+public protocol Layer: AnyObject {
+  /// The output shape for an input shape, or a `ShapeError` saying what does not fit.
+  func outputShape(for input: [Int]) throws -> [Int]
+  func forward(_ x: Tensor, training: Bool) -> Tensor
+  func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor?
+  /// This layer's own parameters, named relative to it (`weight`, `bias`, `running_mean`…).
+  var ownParameters: [(String, Parameter)] { get }
+  /// Named sub-layers, in execution order.
+  var children: [(String, Layer)] { get }
+  /// A short type name for tables (`Conv2D`, `BatchNorm2D`…).
+  var kind: String { get }
+}
+
+extension Layer {
+  public var ownParameters: [(String, Parameter)] { [] }
+  public var children: [(String, Layer)] { [] }
+  public var kind: String { String(describing: type(of: self)) }
+
+  /// Every parameter and buffer with its stable dotted name (`stage2.conv1.weight`), in a fixed order.
+  public func namedParameters(prefix: String = "") -> [(String, Parameter)] {
+    var out = ownParameters.map { (prefix + $0.0, $0.1) }
+    for (name, child) in children { out += child.namedParameters(prefix: prefix + name + ".") }
+    return out
+  }
+
+  public var parameterCount: Int { namedParameters().filter { $0.1.trainable }.reduce(0) { $0 + $1.1.value.count } }
+
+  /// Fills weights (He-normal, std = √(2 / fanIn)), zeros biases and shifts, ones scales and
+  /// running variances, zeros running means — all from `seed`, in name order.
+  public func initializeParameters(seed: UInt64) {
+    var rng = SeededGenerator(seed: seed)
+    for (_, p) in namedParameters() {
+      let v = p.value.floats, n = p.value.count
+      switch p.role {
+      case .weight(let fanIn):
+        let std = (2.0 / Float(max(fanIn, 1))).squareRoot()
+        for i in 0..<n { v[i] = rng.nextNormal() * std }
+      case .bias, .shift, .runningMean: v.update(repeating: 0, count: n)
+      case .scale, .runningVariance: v.update(repeating: 1, count: n)
+      }
+    }
+  }
+
+  public func zeroGradients() { for (_, p) in namedParameters() { p.zeroGradient() } }
+}
+
+@inline(__always) func expectRank(_ shape: [Int], _ rank: Int, _ layer: String) throws {
+  guard shape.count == rank else {
+    throw ShapeError(layer: layer, "expects a rank-\(rank) input, got \(shape)")
+  }
+}

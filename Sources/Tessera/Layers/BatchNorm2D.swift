@@ -1,0 +1,79 @@
+import TesseraKernels
+
+/// Batch normalisation over (N, H, W) per channel. Training uses the batch mean and biased variance
+/// and updates the running statistics Keras-style: running = momentum·running + (1 − momentum)·batch
+/// (the batch variance is the biased one, as Keras). Inference uses the running statistics.
+/// Defaults follow Keras (epsilon 1e-3, momentum 0.99); torchvision models use 1e-5 and 0.9.
+public final class BatchNorm2D: Layer {
+  public let channels: Int
+  public let epsilon: Float
+  public let momentum: Float
+  public let weight: Parameter, bias: Parameter, runningMean: Parameter, runningVariance: Parameter
+  /// When true, running statistics are not updated (e.g. while a checkpointed segment is recomputed).
+  public var freezeRunningStatistics = false
+  private var saved: (x: Tensor, mean: [Float], invstd: [Float])?
+
+  public init(channels: Int, epsilon: Float = 1e-3, momentum: Float = 0.99) {
+    precondition(channels > 0, "channels must be positive")
+    self.channels = channels
+    self.epsilon = epsilon
+    self.momentum = momentum
+    weight = Parameter(Tensor(zeros: [channels], category: .parameter), role: .scale)
+    bias = Parameter(Tensor(zeros: [channels], category: .parameter), role: .shift)
+    runningMean = Parameter(Tensor(zeros: [channels], category: .parameter), role: .runningMean)
+    runningVariance = Parameter(Tensor(zeros: [channels], category: .parameter), role: .runningVariance)
+    weight.value.floats.update(repeating: 1, count: channels)
+    runningVariance.value.floats.update(repeating: 1, count: channels)
+  }
+
+  public var ownParameters: [(String, Parameter)] {
+    [("weight", weight), ("bias", bias), ("running_mean", runningMean), ("running_var", runningVariance)]
+  }
+
+  public func outputShape(for input: [Int]) throws -> [Int] {
+    try expectRank(input, 4, "BatchNorm2D")
+    guard input[1] == channels else {
+      throw ShapeError(layer: "BatchNorm2D", "expects \(channels) channels, got \(input[1]) (input \(input))")
+    }
+    return input
+  }
+
+  public func forward(_ x: Tensor, training: Bool) -> Tensor {
+    let (n, c, hw) = (x.shape[0], channels, x.shape[2] * x.shape[3])
+    var mean = [Float](repeating: 0, count: c), variance = mean
+    let gamma = weight.value.floats, beta = bias.value.floats
+    if training {
+      BatchNormKernels.statistics(x: x.floats, batch: n, channels: c, spatial: hw, mean: &mean, variance: &variance)
+      if !freezeRunningStatistics {
+        let rm = runningMean.value.floats, rv = runningVariance.value.floats
+        for i in 0..<c {
+          rm[i] = momentum * rm[i] + (1 - momentum) * mean[i]
+          rv[i] = momentum * rv[i] + (1 - momentum) * variance[i]
+        }
+      }
+    } else {
+      mean = runningMean.value.toArray()
+      variance = runningVariance.value.toArray()
+    }
+    let invstd = variance.map { 1 / ($0 + epsilon).squareRoot() }
+    var scale = [Float](repeating: 0, count: c), shift = scale
+    for i in 0..<c {
+      scale[i] = gamma[i] * invstd[i]
+      shift[i] = beta[i] - mean[i] * scale[i]
+    }
+    let y = Tensor(uninitialized: x.shape)
+    BatchNormKernels.affine(x: x.floats, y: y.floats, batch: n, channels: c, spatial: hw, scale: scale, shift: shift)
+    if training { saved = (x, mean, invstd) }
+    return y
+  }
+
+  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    guard let (x, mean, invstd) = saved else { preconditionFailure("BatchNorm2D.backward without a training forward") }
+    saved = nil
+    let dx = Tensor(uninitialized: x.shape)
+    BatchNormKernels.backward(x: x.floats, dy: dy.floats, dx: dx.floats, batch: x.shape[0], channels: channels,
+                              spatial: x.shape[2] * x.shape[3], mean: mean, invstd: invstd,
+                              gamma: weight.value.floats, dgamma: weight.gradient, dbeta: bias.gradient)
+    return needInputGradient ? dx : nil
+  }
+}

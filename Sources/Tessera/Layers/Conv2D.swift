@@ -1,0 +1,116 @@
+import TesseraKernels
+
+/// How a convolution or pooling window is padded.
+public enum Padding: Sendable, Equatable {
+  /// No padding.
+  case valid
+  /// TensorFlow's `same`: out = ceil(in / stride), the odd extra pad at the bottom/right.
+  case same
+  case explicit(top: Int, left: Int, bottom: Int, right: Int)
+
+  public static func symmetric(_ p: Int) -> Padding { .explicit(top: p, left: p, bottom: p, right: p) }
+
+  /// (top, left, bottom, right) for an input of h×w.
+  public func amounts(inHeight h: Int, inWidth w: Int, kernel: (Int, Int), stride: (Int, Int), dilation: (Int, Int))
+    -> (Int, Int, Int, Int)
+  {
+    switch self {
+    case .valid: return (0, 0, 0, 0)
+    case let .explicit(t, l, b, r): return (t, l, b, r)
+    case .same:
+      let ph = ConvGeometry.samePadding(input: h, kernel: kernel.0, stride: stride.0, dilation: dilation.0)
+      let pw = ConvGeometry.samePadding(input: w, kernel: kernel.1, stride: stride.1, dilation: dilation.1)
+      return (ph.before, pw.before, ph.after, pw.after)
+    }
+  }
+}
+
+/// 2-D convolution. x: (N, C, H, W) → y: (N, K, H', W'); weight (K, C / groups, kh, kw).
+///
+/// ```swift
+/// let conv = Conv2D(inputChannels: 3, outputChannels: 16, kernelSize: 7, stride: 2, padding: .same, bias: false)
+/// ```
+public final class Conv2D: Layer {
+  public let inputChannels: Int, outputChannels: Int
+  public let kernelSize: (height: Int, width: Int)
+  public let stride: (height: Int, width: Int)
+  public let dilation: (height: Int, width: Int)
+  public let padding: Padding
+  public let groups: Int
+  public let weight: Parameter
+  public let bias: Parameter?
+  private var saved: (x: Tensor, g: ConvGeometry)?
+
+  public convenience init(
+    inputChannels: Int, outputChannels: Int, kernelSize: Int, stride: Int = 1, padding: Padding = .valid,
+    dilation: Int = 1, groups: Int = 1, bias: Bool = true
+  ) {
+    self.init(inputChannels: inputChannels, outputChannels: outputChannels, kernelSize: (kernelSize, kernelSize),
+              stride: (stride, stride), padding: padding, dilation: (dilation, dilation), groups: groups, bias: bias)
+  }
+
+  public init(
+    inputChannels: Int, outputChannels: Int, kernelSize: (Int, Int), stride: (Int, Int) = (1, 1),
+    padding: Padding = .valid, dilation: (Int, Int) = (1, 1), groups: Int = 1, bias: Bool = true
+  ) {
+    precondition(inputChannels > 0 && outputChannels > 0 && groups > 0, "channels and groups must be positive")
+    precondition(inputChannels % groups == 0 && outputChannels % groups == 0,
+                 "groups (\(groups)) must divide \(inputChannels) input and \(outputChannels) output channels")
+    precondition(kernelSize.0 > 0 && kernelSize.1 > 0 && stride.0 > 0 && stride.1 > 0 && dilation.0 > 0 && dilation.1 > 0,
+                 "kernel size, stride and dilation must be positive")
+    self.inputChannels = inputChannels
+    self.outputChannels = outputChannels
+    self.kernelSize = kernelSize
+    self.stride = stride
+    self.dilation = dilation
+    self.padding = padding
+    self.groups = groups
+    let fanIn = inputChannels / groups * kernelSize.0 * kernelSize.1
+    weight = Parameter(Tensor(zeros: [outputChannels, inputChannels / groups, kernelSize.0, kernelSize.1],
+                              category: .parameter), role: .weight(fanIn: fanIn))
+    self.bias = bias ? Parameter(Tensor(zeros: [outputChannels], category: .parameter), role: .bias) : nil
+  }
+
+  public var ownParameters: [(String, Parameter)] {
+    [("weight", weight)] + (bias.map { [("bias", $0)] } ?? [])
+  }
+
+  public func geometry(for input: [Int]) throws -> ConvGeometry {
+    try expectRank(input, 4, "Conv2D")
+    guard input[1] == inputChannels else {
+      throw ShapeError(layer: "Conv2D", "expects \(inputChannels) input channels, got \(input[1]) (input \(input))")
+    }
+    let (t, l, b, r) = padding.amounts(inHeight: input[2], inWidth: input[3], kernel: kernelSize, stride: stride,
+                                       dilation: dilation)
+    let g = ConvGeometry(batch: input[0], inChannels: inputChannels, inHeight: input[2], inWidth: input[3],
+                         outChannels: outputChannels, kernelH: kernelSize.0, kernelW: kernelSize.1,
+                         strideH: stride.0, strideW: stride.1, dilationH: dilation.0, dilationW: dilation.1,
+                         padTop: t, padLeft: l, padBottom: b, padRight: r, groups: groups)
+    if let p = g.problem { throw ShapeError(layer: "Conv2D", "\(p) (input \(input))") }
+    return g
+  }
+
+  public func outputShape(for input: [Int]) throws -> [Int] {
+    let g = try geometry(for: input)
+    return [g.batch, g.outChannels, g.outHeight, g.outWidth]
+  }
+
+  public func forward(_ x: Tensor, training: Bool) -> Tensor {
+    let g: ConvGeometry
+    do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
+    let y = Tensor(uninitialized: [g.batch, g.outChannels, g.outHeight, g.outWidth])
+    Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: bias?.value.floats, y: y.floats)
+    if training { saved = (x, g) }
+    return y
+  }
+
+  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    guard let (x, g) = saved else { preconditionFailure("Conv2D.backward without a training forward") }
+    saved = nil
+    Conv2DKernels.backwardWeights(g, x: x.floats, dy: dy.floats, dw: weight.gradient, dbias: bias?.gradient)
+    guard needInputGradient else { return nil }
+    let dx = Tensor(uninitialized: x.shape)
+    Conv2DKernels.backwardData(g, dy: dy.floats, w: weight.value.floats, dx: dx.floats)
+    return dx
+  }
+}

@@ -1,0 +1,107 @@
+import TesseraKernels
+
+/// Max or average pooling over (N, C, H, W).
+public final class Pool2D: Layer {
+  public enum Mode: Sendable, Equatable {
+    case max
+    /// Average; `countIncludePad` divides by the whole window (PyTorch's default) instead of the
+    /// cells inside the input (TensorFlow's `same`).
+    case average(countIncludePad: Bool)
+  }
+  public let mode: Mode
+  public let kernelSize: (Int, Int), stride: (Int, Int)
+  public let padding: Padding
+  private var saved: (x: Tensor, g: PoolGeometry)?
+
+  public init(_ mode: Mode, kernelSize: Int, stride: Int? = nil, padding: Padding = .valid) {
+    precondition(kernelSize > 0 && (stride ?? 1) > 0, "kernel size and stride must be positive")
+    self.mode = mode
+    self.kernelSize = (kernelSize, kernelSize)
+    self.stride = (stride ?? kernelSize, stride ?? kernelSize)
+    self.padding = padding
+  }
+
+  public var kind: String { mode == .max ? "MaxPool2D" : "AvgPool2D" }
+
+  public func geometry(for input: [Int]) throws -> PoolGeometry {
+    try expectRank(input, 4, kind)
+    let (t, l, b, r) = padding.amounts(inHeight: input[2], inWidth: input[3], kernel: kernelSize, stride: stride,
+                                       dilation: (1, 1))
+    guard max(t, b) < kernelSize.0, max(l, r) < kernelSize.1 else {
+      throw ShapeError(layer: kind, "padding (\(t),\(l),\(b),\(r)) must be smaller than the window")
+    }
+    let g = PoolGeometry(planes: input[0] * input[1], inHeight: input[2], inWidth: input[3],
+                         kernelH: kernelSize.0, kernelW: kernelSize.1, strideH: stride.0, strideW: stride.1,
+                         padTop: t, padLeft: l, padBottom: b, padRight: r)
+    guard input[2] + t + b >= kernelSize.0, input[3] + l + r >= kernelSize.1 else {
+      throw ShapeError(layer: kind, "the \(kernelSize.0)×\(kernelSize.1) window does not fit the input \(input)")
+    }
+    return g
+  }
+
+  public func outputShape(for input: [Int]) throws -> [Int] {
+    let g = try geometry(for: input)
+    return [input[0], input[1], g.outHeight, g.outWidth]
+  }
+
+  public func forward(_ x: Tensor, training: Bool) -> Tensor {
+    let g: PoolGeometry
+    do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
+    let y = Tensor(uninitialized: [x.shape[0], x.shape[1], g.outHeight, g.outWidth])
+    switch mode {
+    case .max: Pool2DKernels.maxForward(g, x: x.floats, y: y.floats)
+    case .average(let inc): Pool2DKernels.avgForward(g, x: x.floats, y: y.floats, countIncludePad: inc)
+    }
+    if training { saved = (x, g) }
+    return y
+  }
+
+  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    guard let (x, g) = saved else { preconditionFailure("\(kind).backward without a training forward") }
+    saved = nil
+    guard needInputGradient else { return nil }
+    let dx = Tensor(uninitialized: x.shape)
+    switch mode {
+    case .max: Pool2DKernels.maxBackward(g, x: x.floats, dy: dy.floats, dx: dx.floats)
+    case .average(let inc): Pool2DKernels.avgBackward(g, dy: dy.floats, dx: dx.floats, countIncludePad: inc)
+    }
+    return dx
+  }
+}
+
+/// Mean over H and W: (N, C, H, W) → (N, C).
+public final class GlobalAvgPool2D: Layer {
+  private var savedShape: [Int]?
+  public init() {}
+
+  public func outputShape(for input: [Int]) throws -> [Int] {
+    try expectRank(input, 4, "GlobalAvgPool2D")
+    return [input[0], input[1]]
+  }
+
+  public func forward(_ x: Tensor, training: Bool) -> Tensor {
+    let planes = x.shape[0] * x.shape[1], hw = x.shape[2] * x.shape[3]
+    let y = Tensor(uninitialized: [x.shape[0], x.shape[1]])
+    let xp = x.floats, yp = y.floats
+    for p in 0..<planes {
+      var s = 0.0
+      for i in 0..<hw { s += Double(xp[p * hw + i]) }
+      yp[p] = Float(s / Double(hw))
+    }
+    if training { savedShape = x.shape }
+    return y
+  }
+
+  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    guard let s = savedShape else { preconditionFailure("GlobalAvgPool2D.backward without a training forward") }
+    savedShape = nil
+    guard needInputGradient else { return nil }
+    let dx = Tensor(uninitialized: s)
+    let hw = s[2] * s[3], dp = dy.floats, xp = dx.floats
+    for p in 0..<(s[0] * s[1]) {
+      let v = dp[p] / Float(hw)
+      (xp + p * hw).update(repeating: v, count: hw)
+    }
+    return dx
+  }
+}

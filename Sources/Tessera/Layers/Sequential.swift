@@ -1,0 +1,139 @@
+import TesseraKernels
+
+/// Named layers run one after another. Names become the parameter-name prefixes
+/// (`stage1.conv1.weight`).
+public final class Sequential: Layer {
+  public private(set) var layers: [(String, Layer)]
+
+  public init(_ layers: [(String, Layer)]) {
+    precondition(Set(layers.map(\.0)).count == layers.count, "layer names must be unique")
+    self.layers = layers
+  }
+
+  /// Layers named by their index ("0", "1", …), as torch.nn.Sequential.
+  public convenience init(indexed layers: [Layer]) {
+    self.init(layers.enumerated().map { (String($0.offset), $0.element) })
+  }
+
+  public var children: [(String, Layer)] { layers }
+
+  public func outputShape(for input: [Int]) throws -> [Int] {
+    var s = input
+    for (name, l) in layers {
+      do { s = try l.outputShape(for: s) } catch let e as ShapeError {
+        throw ShapeError(layer: e.layer.isEmpty || e.layer == l.kind ? name : "\(name).\(e.layer)", e.message)
+      }
+    }
+    return s
+  }
+
+  public func forward(_ x: Tensor, training: Bool) -> Tensor {
+    var h = x
+    for (_, l) in layers { h = l.forward(h, training: training) }
+    return h
+  }
+
+  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    var g: Tensor? = dy
+    for (i, (_, l)) in layers.enumerated().reversed() {
+      guard let d = g else { break }
+      g = l.backward(d, needInputGradient: i > 0 || needInputGradient)
+    }
+    return g
+  }
+}
+
+/// A residual block: out = ReLU(main(x) + shortcut(x)), the shortcut being the identity or a
+/// projection (1×1 conv + BatchNorm). Names follow torchvision (`conv1`, `bn1`, …, `downsample.0`).
+public final class ResidualBlock: Layer {
+  public let main: Sequential
+  public let shortcut: Sequential?
+  private var savedOutput: Tensor?
+
+  public init(main: Sequential, shortcut: Sequential?) {
+    self.main = main
+    self.shortcut = shortcut
+  }
+
+  public var kind: String { "ResidualBlock" }
+
+  public var children: [(String, Layer)] {
+    main.layers + (shortcut.map { [("downsample", $0 as Layer)] } ?? [])
+  }
+
+  /// conv3×3(stride)–BN–ReLU–conv3×3–BN, + identity or projection. Expansion 1.
+  public static func basic(inputChannels: Int, channels: Int, stride: Int = 1, epsilon: Float = 1e-5,
+                           momentum: Float = 0.9) -> ResidualBlock {
+    let main = Sequential([
+      ("conv1", Conv2D(inputChannels: inputChannels, outputChannels: channels, kernelSize: 3, stride: stride,
+                       padding: .symmetric(1), bias: false)),
+      ("bn1", BatchNorm2D(channels: channels, epsilon: epsilon, momentum: momentum)),
+      ("relu", ReLU()),
+      ("conv2", Conv2D(inputChannels: channels, outputChannels: channels, kernelSize: 3, padding: .symmetric(1),
+                       bias: false)),
+      ("bn2", BatchNorm2D(channels: channels, epsilon: epsilon, momentum: momentum)),
+    ])
+    return ResidualBlock(main: main, shortcut: projection(inputChannels, channels, stride, epsilon, momentum))
+  }
+
+  /// 1×1 reduce – 3×3(stride) – 1×1 expand (×4), stride in the 3×3 as torchvision (ResNet v1.5).
+  public static func bottleneck(inputChannels: Int, channels: Int, stride: Int = 1, epsilon: Float = 1e-5,
+                                momentum: Float = 0.9) -> ResidualBlock {
+    let out = channels * 4
+    let main = Sequential([
+      ("conv1", Conv2D(inputChannels: inputChannels, outputChannels: channels, kernelSize: 1, bias: false)),
+      ("bn1", BatchNorm2D(channels: channels, epsilon: epsilon, momentum: momentum)),
+      ("relu1", ReLU()),
+      ("conv2", Conv2D(inputChannels: channels, outputChannels: channels, kernelSize: 3, stride: stride,
+                       padding: .symmetric(1), bias: false)),
+      ("bn2", BatchNorm2D(channels: channels, epsilon: epsilon, momentum: momentum)),
+      ("relu2", ReLU()),
+      ("conv3", Conv2D(inputChannels: channels, outputChannels: out, kernelSize: 1, bias: false)),
+      ("bn3", BatchNorm2D(channels: out, epsilon: epsilon, momentum: momentum)),
+    ])
+    return ResidualBlock(main: main, shortcut: projection(inputChannels, out, stride, epsilon, momentum))
+  }
+
+  static func projection(_ cin: Int, _ cout: Int, _ stride: Int, _ eps: Float, _ mom: Float) -> Sequential? {
+    guard cin != cout || stride != 1 else { return nil }
+    return Sequential([
+      ("0", Conv2D(inputChannels: cin, outputChannels: cout, kernelSize: 1, stride: stride, bias: false)),
+      ("1", BatchNorm2D(channels: cout, epsilon: eps, momentum: mom)),
+    ])
+  }
+
+  public func outputShape(for input: [Int]) throws -> [Int] {
+    let a = try main.outputShape(for: input)
+    let b = try shortcut?.outputShape(for: input) ?? input
+    guard a == b else {
+      throw ShapeError(layer: "ResidualBlock", "main path gives \(a) but the shortcut gives \(b)")
+    }
+    return a
+  }
+
+  public func forward(_ x: Tensor, training: Bool) -> Tensor {
+    let a = main.forward(x, training: training)
+    let b = shortcut?.forward(x, training: training) ?? x
+    let y = Tensor(uninitialized: a.shape)
+    ElementwiseKernels.add(a.floats, b.floats, y.floats, count: y.count)
+    ElementwiseKernels.leakyRelu(y.floats, y.floats, count: y.count)
+    if training { savedOutput = y }
+    return y
+  }
+
+  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    guard let y = savedOutput else { preconditionFailure("ResidualBlock.backward without a training forward") }
+    savedOutput = nil
+    let d = Tensor(uninitialized: y.shape)
+    ElementwiseKernels.leakyReluBackward(y: y.floats, dy: dy.floats, dx: d.floats, count: y.count)
+    let dMain = main.backward(d, needInputGradient: needInputGradient)
+    if let s = shortcut {
+      let dShort = s.backward(d, needInputGradient: needInputGradient)
+      if let a = dMain, let b = dShort { ElementwiseKernels.axpy(1, b.floats, a.floats, count: a.count) }
+      return dMain
+    }
+    guard needInputGradient, let a = dMain else { return nil }
+    ElementwiseKernels.axpy(1, d.floats, a.floats, count: a.count)
+    return a
+  }
+}
