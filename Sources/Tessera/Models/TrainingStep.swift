@@ -1,0 +1,57 @@
+import TesseraKernels
+
+/// What one training step computed.
+public struct StepResult {
+  public var loss: Float
+  /// (N, classes)
+  public var logits: Tensor
+  public var probabilities: [Float]
+  /// Labels predicted (arg-max of the logits).
+  public var predictions: [Int]
+}
+
+/// Problems with a batch handed to a model, named with shapes.
+public struct BatchError: Error, CustomStringConvertible {
+  public var message: String
+  public init(_ message: String) { self.message = message }
+  public var description: String { message }
+}
+
+extension Layer {
+  /// Checks that `input` can go through the model and gives (N, classes) logits.
+  public func checkInput(_ shape: [Int]) throws -> [Int] {
+    let out = try outputShape(for: shape)
+    guard out.count == 2, out[0] == shape.first else {
+      throw BatchError("the model maps input \(shape) to \(out), not to (batch, classes) logits")
+    }
+    return out
+  }
+
+  /// One step: batch → forward → loss → backward → (optional) update. Gradients are zeroed first
+  /// unless `accumulate` is true; with no optimizer the gradients are left for the caller.
+  @discardableResult
+  public func trainingStep(
+    input: Tensor, labels: [Int], optimizer: Optimizer? = nil, lr: Float = 0, labelSmoothing: Float = 0,
+    accumulate: Bool = false
+  ) throws -> StepResult {
+    _ = try checkInput(input.shape)
+    if !accumulate { zeroGradients() }
+    let logits = forward(input, training: true)
+    let res = try SoftmaxCrossEntropy.compute(logits: logits, labels: labels, labelSmoothing: labelSmoothing)
+    _ = backward(res.gradient, needInputGradient: false)
+    if let opt = optimizer { opt.step(namedParameters(), lr: lr) }
+    return StepResult(loss: res.loss, logits: logits, probabilities: res.probabilities,
+                      predictions: Self.argmax(logits))
+  }
+
+  /// Inference: logits (N, classes) with running BatchNorm statistics, keeping nothing for backward.
+  public func predict(_ input: Tensor) throws -> Tensor {
+    _ = try checkInput(input.shape)
+    return forward(input, training: false)
+  }
+
+  static func argmax(_ logits: Tensor) -> [Int] {
+    let n = logits.shape[0], k = logits.shape[1], z = logits.floats
+    return (0..<n).map { i in (0..<k).max { z[i * k + $0] < z[i * k + $1] } ?? 0 }
+  }
+}

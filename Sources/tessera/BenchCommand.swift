@@ -1,0 +1,209 @@
+import ArgumentParser
+import Foundation
+import Tessera
+import TesseraKernels
+
+struct BenchCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "bench",
+    abstract: "Measure kernels and training speed (build with -c release).",
+    subcommands: [GemmBench.self, ConvBench.self, TrainBench.self]
+  )
+}
+
+/// Median seconds of `runs` calls after one warm-up.
+func medianSeconds(runs: Int, _ body: () throws -> Void) rethrows -> Double {
+  try body()
+  var times = [Double]()
+  for _ in 0..<max(runs, 1) {
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    try body()
+    times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+  }
+  return times.sorted()[times.count / 2]
+}
+
+struct GemmBench: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "gemm",
+    abstract: "SGEMM GFLOP/s on n×n matrices, beside numpy/OpenBLAS in the same run when python3 has numpy.")
+
+  @Option(help: "Matrix size n.") var size = 1024
+  @Option(help: "Timed repetitions (median reported).") var runs = 7
+  @Flag(help: "Skip the numpy/OpenBLAS peer.") var noPeer = false
+  @Flag(help: "Print one JSON object.") var json = false
+  @OptionGroup var global: GlobalOptions
+
+  func run() throws {
+    try global.apply()
+    let n = size
+    guard n >= 1 else { throw ValidationError("--size must be positive") }
+    let a = Buffer(floats: n * n), b = Buffer(floats: n * n), c = Buffer(floats: n * n)
+    var g = SeededGenerator(seed: 1)
+    for i in 0..<(n * n) { a.floats[i] = g.nextUniform(); b.floats[i] = g.nextUniform() }
+    let s = medianSeconds(runs: runs) {
+      GEMM.sgemm(m: n, n: n, k: n, a: a.floats, lda: n, b: b.floats, ldb: n, c: c.floats, ldc: n)
+    }
+    let gflops = 2 * Double(n) * Double(n) * Double(n) / s / 1e9
+    var out: [String: Any] = ["bench": "gemm", "size": n, "threads": Parallel.threadCount, "seconds": s,
+                              "gflops": (gflops * 10).rounded() / 10]
+    if !noPeer, let peer = numpyGflops(n: n, threads: Parallel.threadCount, runs: runs) {
+      out["peer"] = "numpy \(peer.version) OpenBLAS"
+      out["peer_gflops"] = (peer.gflops * 10).rounded() / 10
+      out["ratio"] = ((gflops / peer.gflops) * 100).rounded() / 100
+    }
+    if json { printJSON(out) } else {
+      print(String(format: "sgemm n=%d threads=%d: %.1f GFLOP/s", n, Parallel.threadCount, gflops))
+      if let p = out["peer_gflops"] as? Double {
+        print(String(format: "numpy/OpenBLAS same run: %.1f GFLOP/s (ratio %.2f)", p, gflops / p))
+      }
+    }
+  }
+
+  /// numpy's float32 matmul GFLOP/s with the BLAS pool limited to `threads` (nil without python3/numpy).
+  func numpyGflops(n: Int, threads: Int, runs: Int) -> (gflops: Double, version: String)? {
+    let script = """
+      import time, numpy as np
+      a = np.random.default_rng(0).standard_normal((\(n), \(n)), dtype=np.float32); b = a.copy(); c = np.empty_like(a)
+      np.matmul(a, b, out=c); ts = []
+      for _ in range(\(runs)):
+          t = time.perf_counter(); np.matmul(a, b, out=c); ts.append(time.perf_counter() - t)
+      ts.sort(); print(2 * \(n) ** 3 / ts[len(ts) // 2] / 1e9, np.__version__)
+      """
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["python3", "-c", script]
+    var env = ProcessInfo.processInfo.environment
+    env["OPENBLAS_NUM_THREADS"] = String(threads)
+    env["OMP_NUM_THREADS"] = String(threads)
+    // Older OpenBLAS overrides set on some machines force a slower kernel (../shared/MEASURED.md).
+    env["OPENBLAS_CORETYPE"] = nil
+    env["OPENBLAS_L2_SIZE"] = nil
+    p.environment = env
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = FileHandle.nullDevice
+    do { try p.run() } catch { return nil }
+    p.waitUntilExit()
+    guard p.terminationStatus == 0,
+          let s = String(data: pipe.fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)
+    else { return nil }
+    let parts = s.split(separator: " ")
+    guard parts.count == 2, let v = Double(parts[0]) else { return nil }
+    return (v, parts[1].trimmingCharacters(in: .whitespacesAndNewlines))
+  }
+}
+
+struct ConvBench: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "conv",
+    abstract: "Convolution forward, backward-data and backward-weights GFLOP/s.")
+
+  @Option(help: "Input C×H×W, e.g. 16x256x256.") var input = "16x256x256"
+  @Option(help: "Batch size.") var batch = 4
+  @Option(help: "Output channels.") var outChannels = 32
+  @Option(help: "Kernel size.") var kernel = 3
+  @Option(help: "Stride.") var stride = 1
+  @Option(help: "Dilation.") var dilation = 1
+  @Option(help: "Groups.") var groups = 1
+  @Option(help: "Timed repetitions (median reported).") var runs = 5
+  @Flag(help: "Print one JSON object.") var json = false
+  @OptionGroup var global: GlobalOptions
+
+  func run() throws {
+    try global.apply()
+    let chw = try parseInput(input)
+    let conv = Conv2D(inputChannels: chw[0], outputChannels: outChannels, kernelSize: kernel, stride: stride,
+                      padding: .same, dilation: dilation, groups: groups, bias: false)
+    let g = try conv.geometry(for: [batch] + chw)
+    let x = Buffer(floats: g.inputCount), w = Buffer(floats: g.weightCount), y = Buffer(floats: g.outputCount)
+    let dx = Buffer(floats: g.inputCount), dw = Buffer(floats: g.weightCount)
+    var r = SeededGenerator(seed: 2)
+    for i in 0..<g.inputCount { x.floats[i] = r.nextUniform() }
+    for i in 0..<g.weightCount { w.floats[i] = r.nextUniform() }
+    let flop = 2 * Double(g.macs)
+    let tf = medianSeconds(runs: runs) { Conv2DKernels.forward(g, x: x.floats, w: w.floats, bias: nil, y: y.floats) }
+    let td = medianSeconds(runs: runs) { Conv2DKernels.backwardData(g, dy: y.floats, w: w.floats, dx: dx.floats) }
+    let tw = medianSeconds(runs: runs) {
+      Conv2DKernels.backwardWeights(g, x: x.floats, dy: y.floats, dw: dw.floats, dbias: nil)
+    }
+    func gf(_ t: Double) -> Double { (flop / t / 1e8).rounded() / 10 }
+    let out: [String: Any] = [
+      "bench": "conv", "geometry": g.description, "threads": Parallel.threadCount, "gflop": flop / 1e9,
+      "forward_gflops": gf(tf), "backward_data_gflops": gf(td), "backward_weights_gflops": gf(tw),
+      "gflops": ((3 * flop / (tf + td + tw)) / 1e8).rounded() / 10,
+    ]
+    if json { printJSON(out) } else {
+      print(g.description)
+      print("forward \(gf(tf)) GFLOP/s, backward-data \(gf(td)), backward-weights \(gf(tw)) (threads \(Parallel.threadCount))")
+    }
+  }
+}
+
+struct TrainBench: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "train",
+    abstract: "Training steps of a zoo model on synthetic data: images/s, GFLOP/s, ledger peak, max RSS.",
+    discussion: """
+      SGD with momentum 0.9 and learning rate 0.01, as peers/keras_bench.py. GFLOP/s counts a training
+      step as 3× the forward convolution/linear FLOPs (2·MACs), as the peer does. peak_bytes is the
+      memory ledger's peak over the whole run (parameters, gradients, optimizer state, the batch,
+      activations and workspaces); max_rss_bytes is the process's peak resident set.
+      """)
+
+  @Option(help: "Model name (\(Zoo.names.joined(separator: ", "))).") var model = "fcn-large"
+  @Option(help: "Input C×H×W or H×W.") var input = "3x1024x1024"
+  @Option(help: "Batch size.") var batch = 4
+  @Option(help: "Timed steps.") var steps = 5
+  @Option(help: "Untimed warm-up steps.") var warmup = 1
+  @Option(help: "Number of classes.") var classes = 10
+  @Flag(help: "Forward passes only (inference mode).") var inference = false
+  @Flag(help: "Print one JSON object.") var json = false
+  @OptionGroup var global: GlobalOptions
+
+  func run() throws {
+    try global.apply()
+    let chw = try parseInput(input)
+    guard batch >= 1, steps >= 1, warmup >= 0 else { throw ValidationError("--batch and --steps must be positive") }
+    guard let net = Zoo.model(model, classes: classes, inputChannels: chw[0]) else {
+      throw ValidationError("unknown model '\(model)'; choose one of \(Zoo.names.joined(separator: ", "))")
+    }
+    net.initializeParameters(seed: 0)
+    let shape = [batch] + chw
+    _ = try net.checkInput(shape)
+    let macs = try forwardMACs(net, input: [1] + chw)
+    MemoryLedger.shared.resetPeak()
+    var g = SeededGenerator(seed: 1)
+    let x = Tensor(uninitialized: shape, category: .data)
+    for i in 0..<x.count { x.floats[i] = g.nextNormal() }
+    let labels = (0..<batch).map { _ in Int(g.next() % UInt64(classes)) }
+    let opt = SGD(momentum: 0.9)
+    var losses = [Float]()
+    func step() throws {
+      if inference { _ = try net.predict(x) } else {
+        losses.append(try net.trainingStep(input: x, labels: labels, optimizer: opt, lr: 0.01).loss)
+      }
+    }
+    for _ in 0..<warmup { try step() }
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    for i in 0..<steps {
+      try step()
+      if !json { note("step \(i + 1)/\(steps)") }
+    }
+    let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    let ips = Double(batch * steps) / seconds
+    let flopPerImage = (inference ? 1.0 : 3.0) * 2 * Double(macs)
+    let out: [String: Any] = [
+      "bench": inference ? "inference" : "train", "model": model, "input": chw, "batch": batch, "steps": steps,
+      "threads": Parallel.threadCount, "seconds": seconds, "images_per_second": (ips * 100).rounded() / 100,
+      "seconds_per_step": seconds / Double(steps), "gflop_per_image": flopPerImage / 1e9,
+      "gflops": (ips * flopPerImage / 1e8).rounded() / 10,
+      "peak_bytes": MemoryLedger.shared.peakBytes, "max_rss_bytes": maxRSSBytes(),
+      "parameters": net.parameterCount, "final_loss": Double(losses.last ?? 0),
+    ]
+    if json { printJSON(out) } else {
+      print(String(format: "%@ %@ batch %d: %.2f images/s, %.1f GFLOP/s, ledger peak %@, max RSS %@",
+                   model, input, batch, ips, ips * flopPerImage / 1e9, mib(MemoryLedger.shared.peakBytes), mib(maxRSSBytes())))
+    }
+  }
+}

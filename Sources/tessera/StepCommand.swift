@@ -1,0 +1,74 @@
+import ArgumentParser
+import Foundation
+import Tessera
+import TesseraKernels
+
+struct StepCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "step",
+    abstract: "One training-mode forward and backward (no update), written to safetensors.",
+    discussion: """
+      Reads `input` (N, C, H, W; F32, F16 or BF16) and `labels` (N; I64 or I32) from --batch, runs the
+      model in training mode (batch statistics in BatchNorm), computes the mean softmax cross-entropy
+      and writes `loss` (shape [1]), `logits` (N, classes) and `grad.<parameter>` for every trainable
+      parameter to --out. Without --weights the model gets a seeded He-normal initialisation.
+      This is how to check Tessera against another framework on the same numbers.
+      """
+  )
+
+  @Option(help: "Model name (\(Zoo.names.joined(separator: ", "))).") var model = "fcn-large"
+  @Option(help: "Number of classes.") var classes = 10
+  @Option(help: "Weights to load (safetensors, names as the model's parameters).") var weights: String?
+  @Option(help: "safetensors file holding `input` and `labels`.") var batch: String
+  @Option(help: "Where to write loss, logits and gradients (safetensors).") var out: String
+  @Option(help: "Seed for the initialisation when no --weights are given.") var seed: UInt64 = 0
+  @Flag(help: "Print a JSON summary.") var json = false
+  @OptionGroup var global: GlobalOptions
+
+  func validate() throws {
+    guard classes >= 1 else { throw ValidationError("--classes must be at least 1") }
+  }
+
+  func run() throws {
+    try global.apply()
+    let file = try SafeTensors.read(URL(fileURLWithPath: batch))
+    guard let rawInput = file.tensors["input"] else {
+      throw SafeTensorsError.missingTensor(path: batch, tensor: "input")
+    }
+    guard let rawLabels = file.tensors["labels"] else {
+      throw SafeTensorsError.missingTensor(path: batch, tensor: "labels")
+    }
+    guard rawInput.rank == 4, [.float32, .float16, .bfloat16].contains(rawInput.dtype) else {
+      throw BatchError("\(batch): tensor 'input' must be (N, C, H, W) of F32, F16 or BF16; got \(rawInput.dtype.rawValue) \(rawInput.shape)")
+    }
+    guard [.int64, .int32].contains(rawLabels.dtype), rawLabels.count == rawInput.shape[0],
+          rawLabels.rank == 1 || (rawLabels.rank == 2 && rawLabels.shape[1] == 1)
+    else {
+      throw BatchError("\(batch): tensor 'labels' must hold \(rawInput.shape[0]) I64 or I32 values; got \(rawLabels.dtype.rawValue) \(rawLabels.shape)")
+    }
+    let input = rawInput.dtype == .float32 ? rawInput : rawInput.converted(to: .float32, category: .data)
+    guard let net = Zoo.model(model, classes: classes, inputChannels: input.shape[1]) else {
+      throw ValidationError("unknown model '\(model)'; choose one of \(Zoo.names.joined(separator: ", "))")
+    }
+    if let w = weights { try net.load(from: URL(fileURLWithPath: w)) } else { net.initializeParameters(seed: seed) }
+    do { _ = try net.checkInput(input.shape) } catch {
+      throw BatchError("\(batch): input \(input.shape) does not fit \(model): \(error)")
+    }
+    let result = try net.trainingStep(input: input, labels: rawLabels.toIntArray())
+    var outTensors: [(String, Tensor)] = [
+      ("loss", Tensor(shape: [1], values: [result.loss])), ("logits", result.logits),
+    ]
+    for (name, p) in net.namedParameters() where p.trainable {
+      outTensors.append(("grad." + name, p.grad ?? Tensor(zeros: p.shape)))
+    }
+    try SafeTensors.write(outTensors, metadata: ["model": model, "format": "tessera-step"],
+                          to: URL(fileURLWithPath: out))
+    if json {
+      printJSON(["loss": Double(result.loss), "batch": input.shape[0], "input": Array(input.shape.dropFirst()),
+                 "gradients": outTensors.count - 2, "out": out])
+    } else {
+      print("loss \(result.loss) on \(input.shape[0]) images of \(input.shape.dropFirst().map(String.init).joined(separator: "x"))")
+      print("wrote loss, logits and \(outTensors.count - 2) gradients to \(out)")
+    }
+  }
+}
