@@ -129,6 +129,45 @@ extension Conv2DKernels {
   public static func backwardData(
     _ g: ConvGeometry, dy: UnsafePointer<Float>, w: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>
   ) {
+    if let (gt, wf) = transposedForward(g, w) {
+      forward(gt, x: dy, w: wf.floats, bias: nil, y: dx)
+      return
+    }
+    backwardDataScatter(g, dy: dy, w: w, dx: dx)
+  }
+
+  /// For stride 1, backward-data is itself a convolution: dy correlated with the kernel rotated by
+  /// 180° and its in/out channels swapped, padded by dilation·(k − 1) − pad. Returns that geometry
+  /// and weights, or nil when it does not apply (stride > 1, or padding beyond the kernel's reach).
+  static func transposedForward(_ g: ConvGeometry, _ w: UnsafePointer<Float>) -> (ConvGeometry, Buffer)? {
+    guard g.strideH == 1, g.strideW == 1 else { return nil }
+    let reachH = g.dilationH * (g.kernelH - 1), reachW = g.dilationW * (g.kernelW - 1)
+    guard g.padTop <= reachH, g.padBottom <= reachH, g.padLeft <= reachW, g.padRight <= reachW else { return nil }
+    let gt = ConvGeometry(
+      batch: g.batch, inChannels: g.outChannels, inHeight: g.outHeight, inWidth: g.outWidth,
+      outChannels: g.inChannels, kernelH: g.kernelH, kernelW: g.kernelW, dilationH: g.dilationH,
+      dilationW: g.dilationW, padTop: reachH - g.padTop, padLeft: reachW - g.padLeft,
+      padBottom: reachH - g.padBottom, padRight: reachW - g.padRight, groups: g.groups)
+    guard gt.outHeight == g.inHeight, gt.outWidth == g.inWidth else { return nil }
+    let cg = g.groupInChannels, kg = g.groupOutChannels, kh = g.kernelH, kw = g.kernelW
+    let wf = Buffer(floats: g.weightCount)
+    // wf[gi·cg + c][k][kh−1−ky][kw−1−kx] = w[gi·kg + k][c][ky][kx]
+    for gi in 0..<g.groups {
+      for k in 0..<kg {
+        for c in 0..<cg {
+          let src = w + ((gi * kg + k) * cg + c) * kh * kw
+          let dst = wf.floats + ((gi * cg + c) * kg + k) * kh * kw
+          for ky in 0..<kh { for kx in 0..<kw { dst[(kh - 1 - ky) * kw + (kw - 1 - kx)] = src[ky * kw + kx] } }
+        }
+      }
+    }
+    return (gt, wf)
+  }
+
+  /// Backward-data for any stride: tiles of 6 pixels × 16 taps scattered into a padded dx.
+  static func backwardDataScatter(
+    _ g: ConvGeometry, dy: UnsafePointer<Float>, w: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>
+  ) {
     let T = g.taps, kg = g.groupOutChannels, P = g.outHeight * g.outWidth, K = g.outChannels
     let cg = g.groupInChannels, G = g.groups, khw = g.kernelH * g.kernelW
     let hp = g.inHeight + g.padTop + g.padBottom, wp = g.inWidth + g.padLeft + g.padRight

@@ -54,8 +54,11 @@ public enum BatchNormKernels {
         var i = 0
         if relu {
           let z = SIMD8<Float>()
-          while i + 8 <= spatial { store8(pointwiseMax(load8(xp + i).addingProduct(a, b) , z), yp + i); i += 8 }
-          // (x·a + b) with a scalar tail
+          while i + 8 <= spatial {
+            let v = b.addingProduct(load8(xp + i), a)
+            store8(v.replacing(with: z, where: v .< z), yp + i)
+            i += 8
+          }
           while i < spatial { yp[i] = max(xp[i] * scale[c] + shift[c], 0); i += 1 }
         } else {
           while i + 8 <= spatial { store8(b.addingProduct(load8(xp + i), a), yp + i); i += 8 }

@@ -158,6 +158,7 @@ struct TrainBench: ParsableCommand {
   @Option(help: "Untimed warm-up steps.") var warmup = 1
   @Option(help: "Number of classes.") var classes = 10
   @Flag(help: "Forward passes only (inference mode).") var inference = false
+  @Flag(help: "Print time per layer and pass (to stderr).") var profile = false
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -185,6 +186,7 @@ struct TrainBench: ParsableCommand {
       }
     }
     for _ in 0..<warmup { try step() }
+    Profiler.shared.enabled = profile
     let t0 = DispatchTime.now().uptimeNanoseconds
     for i in 0..<steps {
       try step()
@@ -192,6 +194,11 @@ struct TrainBench: ParsableCommand {
     }
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     let ips = Double(batch * steps) / seconds
+    if profile {
+      for (k, v) in Profiler.shared.entries.sorted(by: { $0.1 > $1.1 }) {
+        note(String(format: "%8.1f ms/step  %@", v * 1000 / Double(steps), k))
+      }
+    }
     let flopPerImage = (inference ? 1.0 : 3.0) * 2 * Double(macs)
     let out: [String: Any] = [
       "bench": inference ? "inference" : "train", "model": model, "input": chw, "batch": batch, "steps": steps,

@@ -1,5 +1,5 @@
 import TestSupport
-import TesseraKernels
+@testable import TesseraKernels
 import XCTest
 
 final class ConvKernelTests: XCTestCase {
@@ -76,5 +76,23 @@ final class ConvKernelTests: XCTestCase {
     XCTAssertNotNil(g.problem)
     g = ConvGeometry(batch: 1, inChannels: 1, inHeight: 2, inWidth: 2, outChannels: 1, kernelH: 3, kernelW: 3)
     XCTAssertNotNil(g.problem)
+  }
+}
+
+extension ConvKernelTests {
+  /// Both backward-data paths (the stride-1 transposed forward and the general scatter) against the reference.
+  func testBackwardDataPathsAgree() {
+    for (ci, g) in Self.cases.enumerated() {
+      let w = randomFloats(g.weightCount, seed: 100 + UInt64(ci)), dy = randomFloats(g.outputCount, seed: 300 + UInt64(ci))
+      var ref = [Float](repeating: 0, count: g.inputCount), scatter = ref
+      ConvReference.backwardData(g, dy: dy, w: w, dx: &ref)
+      Conv2DKernels.backwardDataScatter(g, dy: dy, w: w, dx: &scatter)
+      assertClose(scatter, ref, "scatter \(g)")
+      if let (gt, wf) = Conv2DKernels.transposedForward(g, w) {
+        var viaForward = ref
+        Conv2DKernels.forward(gt, x: dy, w: wf.floats, bias: nil, y: &viaForward)
+        assertClose(viaForward, ref, "transposed forward \(g)")
+      }
+    }
   }
 }

@@ -29,7 +29,10 @@ public final class Sequential: Layer {
 
   public func forward(_ x: Tensor, training: Bool) -> Tensor {
     var h = x
-    for (_, l) in layers { h = l.forward(h, training: training) }
+    for (name, l) in layers {
+      h = l is Sequential ? l.forward(h, training: training)
+        : Profiler.shared.time("\(name) \(l.kind) forward") { l.forward(h, training: training) }
+    }
     return h
   }
 
@@ -37,7 +40,9 @@ public final class Sequential: Layer {
     var g: Tensor? = dy
     for (i, (_, l)) in layers.enumerated().reversed() {
       guard let d = g else { break }
-      g = l.backward(d, needInputGradient: i > 0 || needInputGradient)
+      let need = i > 0 || needInputGradient
+      g = l is Sequential ? l.backward(d, needInputGradient: need)
+        : Profiler.shared.time("\(layers[i].0) \(l.kind) backward") { l.backward(d, needInputGradient: need) }
     }
     return g
   }

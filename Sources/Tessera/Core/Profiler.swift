@@ -1,0 +1,29 @@
+import Dispatch
+
+/// Optional wall-clock accounting per layer path and pass, for `tessera bench train --profile`.
+/// Off by default; when off it costs one branch per layer call.
+public final class Profiler: @unchecked Sendable {
+  public static let shared = Profiler()
+  public var enabled = false
+  public private(set) var seconds: [String: Double] = [:]
+  private var order: [String] = []
+
+  public func reset() {
+    seconds = [:]
+    order = []
+  }
+
+  @inline(__always)
+  func time<T>(_ key: @autoclosure () -> String, _ body: () -> T) -> T {
+    guard enabled else { return body() }
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    let r = body()
+    let k = key()
+    if seconds[k] == nil { order.append(k) }
+    seconds[k, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    return r
+  }
+
+  /// (key, seconds) in first-seen order.
+  public var entries: [(String, Double)] { order.map { ($0, seconds[$0]!) } }
+}
