@@ -36,26 +36,78 @@ public struct PoolGeometry: Sendable, Equatable {
 /// `countIncludePad` (TensorFlow's `same` excludes them, PyTorch's default includes them).
 /// Memory-bound loops: a window's cells are read once per output.
 public enum Pool2DKernels {
-  public static func maxForward(_ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+  /// y = max over each window. With `argmax`, also records where each max was (the index of the
+  /// first cell holding it within its input plane) so backward is a scatter.
+  public static func maxForward(
+    _ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+    argmax: UnsafeMutablePointer<Int32>? = nil
+  ) {
     let Ho = g.outHeight, Wo = g.outWidth, H = g.inHeight, W = g.inWidth
-    let yy = SendablePointer(y)
+    let yy = SendablePointer(y), am = argmax.map { SendablePointer($0) }
+    let k3 = g.kernelH == 3 && g.kernelW == 3
     Parallel.forRanges(g.planes) { _, r in
       for pl in r {
         let xp = x + pl * H * W, yp = yy.p + pl * Ho * Wo
+        let ap = am.map { $0.p + pl * Ho * Wo }
         for oy in 0..<Ho {
+          let (y0, y1, _, _) = g.window(oy, 0)
+          // Columns whose 3×3 window lies inside the input.
+          let oxLo = k3 && y1 - y0 == 3 ? min(Wo, (g.padLeft + g.strideW - 1) / g.strideW) : Wo
+          let oxHi = k3 && y1 - y0 == 3 ? max(oxLo, min(Wo, (W - 3 + g.padLeft) / g.strideW + 1)) : Wo
           for ox in 0..<Wo {
-            let (y0, y1, x0, x1) = g.window(oy, ox)
-            var m = -Float.infinity
-            for iy in y0..<y1 { for ix in x0..<x1 { m = max(m, xp[iy * W + ix]) } }
+            if ox == oxLo && oxLo < oxHi {
+              // Interior 3×3 windows: fixed offsets, selects instead of unpredictable branches.
+              for ox2 in oxLo..<oxHi {
+                let base = y0 * W + ox2 * g.strideW - g.padLeft
+                let r0 = xp + base, r1 = r0 + W, r2 = r1 + W
+                var m = r0[0], at = base
+                @inline(__always) func visit(_ v: Float, _ i: Int) {
+                  let c = v > m
+                  at = c ? base + i : at
+                  m = c ? v : m
+                }
+                visit(r0[1], 1); visit(r0[2], 2)
+                visit(r1[0], W); visit(r1[1], W + 1); visit(r1[2], W + 2)
+                visit(r2[0], 2 * W); visit(r2[1], 2 * W + 1); visit(r2[2], 2 * W + 2)
+                yp[oy * Wo + ox2] = m
+                ap?[oy * Wo + ox2] = Int32(truncatingIfNeeded: at)
+              }
+            }
+            if ox >= oxLo && ox < oxHi { continue }
+            let (_, _, x0, x1) = g.window(oy, ox)
+            var m = -Float.infinity, at = y0 * W + x0
+            for iy in y0..<y1 {
+              for ix in x0..<x1 where xp[iy * W + ix] > m {
+                m = xp[iy * W + ix]
+                at = iy * W + ix
+              }
+            }
             yp[oy * Wo + ox] = m
+            ap?[oy * Wo + ox] = Int32(truncatingIfNeeded: at)
           }
         }
       }
     }
   }
 
-  /// dx = 0, then each dy goes to the first cell holding its window's max. Overwrites dx.
+  /// Backward from recorded arg-maxes: dx = 0, then dx[argmax] += dy. Overwrites dx.
   public static func maxBackward(
+    _ g: PoolGeometry, argmax: UnsafePointer<Int32>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>
+  ) {
+    let HW = g.inHeight * g.inWidth, out = g.outHeight * g.outWidth
+    let dd = SendablePointer(dx)
+    Parallel.forRanges(g.planes) { _, r in
+      for pl in r {
+        let dxp = dd.p + pl * HW, dyp = dy + pl * out, ap = argmax + pl * out
+        dxp.update(repeating: 0, count: HW)
+        for i in 0..<out { dxp[Int(ap[i])] += dyp[i] }
+      }
+    }
+  }
+
+  /// Reference backward that finds each window's max again: dx = 0, then each dy goes to the first
+  /// cell holding its window's max. Overwrites dx.
+  public static func maxBackwardRecomputing(
     _ g: PoolGeometry, x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>
   ) {
     let Ho = g.outHeight, Wo = g.outWidth, H = g.inHeight, W = g.inWidth

@@ -11,7 +11,8 @@ public final class Pool2D: Layer {
   public let mode: Mode
   public let kernelSize: (Int, Int), stride: (Int, Int)
   public let padding: Padding
-  private var saved: (x: Tensor, g: PoolGeometry)?
+  /// Average pooling keeps the input shape; max pooling the arg-max of each window (Int32).
+  private var saved: (kept: Tensor, g: PoolGeometry)?
 
   public init(_ mode: Mode, kernelSize: Int, stride: Int? = nil, padding: Padding = .valid) {
     precondition(kernelSize > 0 && (stride ?? 1) > 0, "kernel size and stride must be positive")
@@ -49,20 +50,27 @@ public final class Pool2D: Layer {
     do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
     let y = Tensor(uninitialized: [x.shape[0], x.shape[1], g.outHeight, g.outWidth])
     switch mode {
-    case .max: Pool2DKernels.maxForward(g, x: x.floats, y: y.floats)
-    case .average(let inc): Pool2DKernels.avgForward(g, x: x.floats, y: y.floats, countIncludePad: inc)
+    case .max:
+      let argmax = training ? Tensor(zeros: y.shape, dtype: .int32) : nil
+      Pool2DKernels.maxForward(g, x: x.floats, y: y.floats,
+                               argmax: argmax?.storage.raw.assumingMemoryBound(to: Int32.self))
+      if let a = argmax { saved = (a, g) }
+    case .average(let inc):
+      Pool2DKernels.avgForward(g, x: x.floats, y: y.floats, countIncludePad: inc)
+      if training { saved = (Tensor(zeros: [0]), g) }
     }
-    if training { saved = (x, g) }
     return y
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
-    guard let (x, g) = saved else { preconditionFailure("\(kind).backward without a training forward") }
+    guard let (kept, g) = saved else { preconditionFailure("\(kind).backward without a training forward") }
     saved = nil
     guard needInputGradient else { return nil }
-    let dx = Tensor(uninitialized: x.shape)
+    let dx = Tensor(uninitialized: [dy.shape[0], dy.shape[1], g.inHeight, g.inWidth])
     switch mode {
-    case .max: Pool2DKernels.maxBackward(g, x: x.floats, dy: dy.floats, dx: dx.floats)
+    case .max:
+      Pool2DKernels.maxBackward(g, argmax: kept.storage.raw.assumingMemoryBound(to: Int32.self), dy: dy.floats,
+                                dx: dx.floats)
     case .average(let inc): Pool2DKernels.avgBackward(g, dy: dy.floats, dx: dx.floats, countIncludePad: inc)
     }
     return dx

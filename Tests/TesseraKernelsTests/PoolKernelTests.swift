@@ -1,0 +1,51 @@
+import TestSupport
+import TesseraKernels
+import XCTest
+
+final class PoolKernelTests: XCTestCase {
+  static let cases: [PoolGeometry] = [
+    PoolGeometry(planes: 3, inHeight: 9, inWidth: 8, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2,
+                 padTop: 0, padLeft: 0, padBottom: 1, padRight: 1),
+    PoolGeometry(planes: 2, inHeight: 7, inWidth: 7, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2,
+                 padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+    PoolGeometry(planes: 1, inHeight: 5, inWidth: 6, kernelH: 2, kernelW: 3, strideH: 1, strideW: 3),
+    PoolGeometry(planes: 4, inHeight: 6, inWidth: 6, kernelH: 3, kernelW: 3, strideH: 1, strideW: 1),
+  ]
+
+  /// Max over each window by the definition, with padded cells never winning.
+  func referenceMax(_ g: PoolGeometry, _ x: [Float]) -> [Float] {
+    var y = [Float]()
+    for pl in 0..<g.planes {
+      for oy in 0..<g.outHeight {
+        for ox in 0..<g.outWidth {
+          var m = -Float.infinity
+          for ky in 0..<g.kernelH {
+            for kx in 0..<g.kernelW {
+              let iy = oy * g.strideH - g.padTop + ky, ix = ox * g.strideW - g.padLeft + kx
+              if iy >= 0, iy < g.inHeight, ix >= 0, ix < g.inWidth { m = max(m, x[(pl * g.inHeight + iy) * g.inWidth + ix]) }
+            }
+          }
+          y.append(m)
+        }
+      }
+    }
+    return y
+  }
+
+  func testMaxForwardAndArgmaxBackward() {
+    for (i, g) in Self.cases.enumerated() {
+      // Negative values everywhere: a padded zero would win if padding were counted.
+      let x = randomFloats(g.planes * g.inHeight * g.inWidth, seed: UInt64(i)).map { $0 - 2 }
+      let outCount = g.planes * g.outHeight * g.outWidth
+      var y = [Float](repeating: 0, count: outCount)
+      var argmax = [Int32](repeating: -1, count: outCount)
+      Pool2DKernels.maxForward(g, x: x, y: &y, argmax: &argmax)
+      XCTAssertEqual(y, referenceMax(g, x), "forward \(g)")
+      let dy = randomFloats(outCount, seed: 50)
+      var fast = [Float](repeating: 9, count: x.count), slow = fast
+      Pool2DKernels.maxBackward(g, argmax: argmax, dy: dy, dx: &fast)
+      Pool2DKernels.maxBackwardRecomputing(g, x: x, dy: dy, dx: &slow)
+      XCTAssertEqual(fast, slow, "backward \(g)")
+    }
+  }
+}
