@@ -70,30 +70,41 @@ public enum BatchNormKernels {
 
   /// Training-mode backward. With x̂ = (x − mean)·invstd and M = N·H·W:
   /// dβ = Σ dy, dγ = Σ dy·x̂, dx = γ·invstd·(dy − dβ/M − x̂·dγ/M). dγ and dβ accumulate; dx is overwritten.
+  /// With `reluShift` (β − mean·γ·invstd per channel) the forward was ReLU(BN(x)): dy is first
+  /// zeroed where γ·invstd·x + shift ≤ 0, recomputed from x, so the ReLU output need not be kept.
   public static func backward(
     x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
     batch: Int, channels: Int, spatial: Int,
     mean: UnsafePointer<Float>, invstd: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-    dgamma: UnsafeMutablePointer<Float>, dbeta: UnsafeMutablePointer<Float>
+    dgamma: UnsafeMutablePointer<Float>, dbeta: UnsafeMutablePointer<Float>,
+    reluShift: UnsafePointer<Float>? = nil
   ) {
     let dxx = SendablePointer(dx), dg = SendablePointer(dgamma), db = SendablePointer(dbeta)
     let M = Float(batch * spatial)
     Parallel.forRanges(channels) { _, r in
       for c in r {
         let mu = mean[c], istd = invstd[c]
+        let masked = reluShift != nil
+        let rs = gamma[c] * istd, rb = reluShift?[c] ?? 0
+        let vrs = SIMD8<Float>(repeating: rs), vrb = SIMD8<Float>(repeating: rb), zero = SIMD8<Float>()
+        @inline(__always) func gate(_ d: SIMD8<Float>, _ xv: SIMD8<Float>) -> SIMD8<Float> {
+          masked ? d.replacing(with: zero, where: vrb.addingProduct(xv, vrs) .<= zero) : d
+        }
+        @inline(__always) func gate(_ d: Float, _ xv: Float) -> Float { masked && xv * rs + rb <= 0 ? 0 : d }
         var sdy = 0.0, sdyx = 0.0
         for n in 0..<batch {
           let xp = x + (n * channels + c) * spatial, dyp = dy + (n * channels + c) * spatial
           let m = SIMD8<Float>(repeating: mu)
           var a = SIMD8<Float>(), b = SIMD8<Float>(), i = 0
           while i + 8 <= spatial {
-            let d = load8(dyp + i)
+            let xv = load8(xp + i)
+            let d = gate(load8(dyp + i), xv)
             a += d
-            b = b.addingProduct(d, load8(xp + i) - m)
+            b = b.addingProduct(d, xv - m)
             i += 8
           }
           var sa = a.sum(), sb = b.sum()
-          while i < spatial { sa += dyp[i]; sb += dyp[i] * (xp[i] - mu); i += 1 }
+          while i < spatial { let d = gate(dyp[i], xp[i]); sa += d; sb += d * (xp[i] - mu); i += 1 }
           sdy += Double(sa)
           sdyx += Double(sb)
         }
@@ -110,11 +121,12 @@ public enum BatchNormKernels {
           let v2 = SIMD8<Float>(repeating: c2), vm = SIMD8<Float>(repeating: mu)
           var i = 0
           while i + 8 <= spatial {
-            let t = load8(dyp + i) - v1 - (load8(xp + i) - vm) * v2
+            let xv = load8(xp + i)
+            let t = gate(load8(dyp + i), xv) - v1 - (xv - vm) * v2
             store8(t * vk, dxp + i)
             i += 8
           }
-          while i < spatial { dxp[i] = k * (dyp[i] - c1 - (xp[i] - mu) * c2); i += 1 }
+          while i < spatial { dxp[i] = k * (gate(dyp[i], xp[i]) - c1 - (xp[i] - mu) * c2); i += 1 }
         }
       }
     }

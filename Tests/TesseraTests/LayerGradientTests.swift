@@ -128,3 +128,22 @@ final class LayerGradientTests: XCTestCase {
     XCTAssertThrowsError(try SoftmaxCrossEntropy.compute(logits: logits, labels: [1]))
   }
 }
+
+extension LayerGradientTests {
+  func testFusedBatchNormReLUEqualsSeparateLayers() {
+    let x = randomTensor([2, 3, 5, 4], seed: 21)
+    let fused = initialized(BatchNorm2D(channels: 3, fusedReLU: true))
+    let plainBN = initialized(BatchNorm2D(channels: 3))
+    let separate = Sequential([("bn", plainBN), ("relu", ReLU())])
+    let yf = fused.forward(x, training: true), ys = separate.forward(x, training: true)
+    XCTAssertEqual(yf.toArray(), ys.toArray())
+    let dy = randomTensor(yf.shape, seed: 22)
+    let dxf = fused.backward(dy, needInputGradient: true)!.toArray()
+    let dxs = separate.backward(dy, needInputGradient: true)!.toArray()
+    assertClose(dxf, dxs, rtol: 1e-5, atol: 1e-6, "dx")
+    assertClose(fused.weight.grad!.toArray(), plainBN.weight.grad!.toArray(), rtol: 1e-5, atol: 1e-6, "dgamma")
+    assertClose(fused.bias.grad!.toArray(), plainBN.bias.grad!.toArray(), rtol: 1e-5, atol: 1e-6, "dbeta")
+    checkGradients(initialized(BatchNorm2D(channels: 3, fusedReLU: true)), input: randomTensor([3, 3, 4, 5], seed: 9),
+                   h: 1e-3)
+  }
+}

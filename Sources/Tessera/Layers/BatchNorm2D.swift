@@ -4,18 +4,23 @@ import TesseraKernels
 /// and updates the running statistics Keras-style: running = momentum·running + (1 − momentum)·batch
 /// (the batch variance is the biased one, as Keras). Inference uses the running statistics.
 /// Defaults follow Keras (epsilon 1e-3, momentum 0.99); torchvision models use 1e-5 and 0.9.
+///
+/// `fusedReLU: true` computes ReLU(BN(x)) in one pass and keeps only x for backward (the ReLU mask
+/// is recomputed from x), saving a pass and a kept tensor the size of the output.
 public final class BatchNorm2D: Layer {
   public let channels: Int
+  public let fusedReLU: Bool
   public let epsilon: Float
   public let momentum: Float
   public let weight: Parameter, bias: Parameter, runningMean: Parameter, runningVariance: Parameter
   /// When true, running statistics are not updated (e.g. while a checkpointed segment is recomputed).
   public var freezeRunningStatistics = false
-  private var saved: (x: Tensor, mean: [Float], invstd: [Float])?
+  private var saved: (x: Tensor, mean: [Float], invstd: [Float], shift: [Float])?
 
-  public init(channels: Int, epsilon: Float = 1e-3, momentum: Float = 0.99) {
+  public init(channels: Int, epsilon: Float = 1e-3, momentum: Float = 0.99, fusedReLU: Bool = false) {
     precondition(channels > 0, "channels must be positive")
     self.channels = channels
+    self.fusedReLU = fusedReLU
     self.epsilon = epsilon
     self.momentum = momentum
     weight = Parameter(Tensor(zeros: [channels], category: .parameter), role: .scale)
@@ -29,6 +34,8 @@ public final class BatchNorm2D: Layer {
   public var ownParameters: [(String, Parameter)] {
     [("weight", weight), ("bias", bias), ("running_mean", runningMean), ("running_var", runningVariance)]
   }
+
+  public var kind: String { fusedReLU ? "BatchNorm2D+ReLU" : "BatchNorm2D" }
 
   public func outputShape(for input: [Int]) throws -> [Int] {
     try expectRank(input, 4, "BatchNorm2D")
@@ -62,18 +69,20 @@ public final class BatchNorm2D: Layer {
       shift[i] = beta[i] - mean[i] * scale[i]
     }
     let y = Tensor(uninitialized: x.shape)
-    BatchNormKernels.affine(x: x.floats, y: y.floats, batch: n, channels: c, spatial: hw, scale: scale, shift: shift)
-    if training { saved = (x, mean, invstd) }
+    BatchNormKernels.affine(x: x.floats, y: y.floats, batch: n, channels: c, spatial: hw, scale: scale, shift: shift,
+                            relu: fusedReLU)
+    if training { saved = (x, mean, invstd, shift) }
     return y
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
-    guard let (x, mean, invstd) = saved else { preconditionFailure("BatchNorm2D.backward without a training forward") }
+    guard let (x, mean, invstd, shift) = saved else { preconditionFailure("BatchNorm2D.backward without a training forward") }
     saved = nil
     let dx = Tensor(uninitialized: x.shape)
     BatchNormKernels.backward(x: x.floats, dy: dy.floats, dx: dx.floats, batch: x.shape[0], channels: channels,
                               spatial: x.shape[2] * x.shape[3], mean: mean, invstd: invstd,
-                              gamma: weight.value.floats, dgamma: weight.gradient, dbeta: bias.gradient)
+                              gamma: weight.value.floats, dgamma: weight.gradient, dbeta: bias.gradient,
+                              reluShift: fusedReLU ? shift : nil)
     return needInputGradient ? dx : nil
   }
 }

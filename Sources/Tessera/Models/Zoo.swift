@@ -18,12 +18,13 @@ public enum Zoo {
   /// 32, 64, 128, 256 channels; 1×1 conv head with bias; global average pool. Padding `same`, no
   /// bias before BN, BN epsilon 1e-3 and momentum 0.99 (Keras defaults).
   public static func fcnLarge(classes: Int, inputChannels: Int = 3) -> Sequential {
-    func bn(_ c: Int) -> BatchNorm2D { BatchNorm2D(channels: c, epsilon: 1e-3, momentum: 0.99) }
+    // BatchNorm and the ReLU after it run as one fused layer (same numbers, one pass, one kept tensor).
+    func bn(_ c: Int) -> BatchNorm2D { BatchNorm2D(channels: c, epsilon: 1e-3, momentum: 0.99, fusedReLU: true) }
     var layers: [(String, Layer)] = [
       ("stem", Sequential([
         ("conv", Conv2D(inputChannels: inputChannels, outputChannels: 16, kernelSize: 7, stride: 2, padding: .same,
                         bias: false)),
-        ("bn", bn(16)), ("relu", ReLU()),
+        ("bn", bn(16)),
         ("pool", Pool2D(.max, kernelSize: 3, stride: 2, padding: .same)),
       ]))
     ]
@@ -31,9 +32,9 @@ public enum Zoo {
     for (i, k) in [32, 64, 128, 256].enumerated() {
       layers.append(("stage\(i + 1)", Sequential([
         ("conv1", Conv2D(inputChannels: c, outputChannels: k, kernelSize: 3, stride: 2, padding: .same, bias: false)),
-        ("bn1", bn(k)), ("relu1", ReLU()),
+        ("bn1", bn(k)),
         ("conv2", Conv2D(inputChannels: k, outputChannels: k, kernelSize: 3, padding: .same, bias: false)),
-        ("bn2", bn(k)), ("relu2", ReLU()),
+        ("bn2", bn(k)),
       ])))
       c = k
     }
