@@ -1,0 +1,118 @@
+import Foundation
+import Tessera
+import TestSupport
+import TesseraKernels
+import XCTest
+
+final class CLITests: XCTestCase {
+  var dir: URL!
+
+  override func setUpWithError() throws {
+    dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cli-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+  }
+
+  override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+  func json(_ s: String) throws -> [String: Any] {
+    let line = s.split(separator: "\n").last.map(String.init) ?? ""
+    return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not JSON: \(s)")
+  }
+
+  func writeBatch(_ name: String, input: Tensor, labels: Tensor) throws -> String {
+    let url = dir.appendingPathComponent(name)
+    try SafeTensors.write([("input", input), ("labels", labels)], to: url)
+    return url.path
+  }
+
+  func testStepWritesLossLogitsAndEveryGradient() throws {
+    let batch = try writeBatch("b.safetensors", input: randomTensor([2, 3, 64, 64], seed: 1),
+                               labels: .labels([1, 3], dtype: .int64))
+    let out = dir.appendingPathComponent("out.safetensors").path
+    let r = try CLI.run(["step", "--model", "fcn-large", "--classes", "5", "--batch", batch, "--out", out, "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let summary = try json(r.stdout)
+    let file = try SafeTensors.read(URL(fileURLWithPath: out))
+    XCTAssertEqual(file.tensors["logits"]?.shape, [2, 5])
+    let loss = try XCTUnwrap(file.tensors["loss"]).toArray()
+    XCTAssertEqual(loss.count, 1)
+    XCTAssertEqual(Double(loss[0]), summary["loss"] as? Double ?? -1, accuracy: 1e-6)
+    // Same numbers as the library computes for the same seed.
+    let model = Zoo.fcnLarge(classes: 5)
+    model.initializeParameters(seed: 0)
+    let input = try SafeTensors.read(URL(fileURLWithPath: batch)).tensors["input"]!
+    let res = try model.trainingStep(input: input, labels: [1, 3])
+    XCTAssertEqual(loss[0], res.loss, accuracy: 1e-5)
+    for (name, p) in model.namedParameters() where p.trainable {
+      let g = try XCTUnwrap(file.tensors["grad." + name], "missing grad.\(name)")
+      assertClose(g.toArray(), p.grad!.toArray(), rtol: 1e-4, atol: 1e-6, name)
+    }
+    XCTAssertNil(file.tensors["grad.stem.bn.running_mean"], "running statistics are not trainable")
+
+    // --weights: load what a model saved, get the same loss.
+    let w = dir.appendingPathComponent("w.safetensors")
+    try model.save(to: w)
+    let r2 = try CLI.run(["step", "--classes", "5", "--weights", w.path, "--batch", batch, "--out", out, "--json"])
+    XCTAssertEqual(r2.status, 0, r2.stderr)
+    XCTAssertEqual(try json(r2.stdout)["loss"] as? Double ?? -1, Double(res.loss), accuracy: 1e-4)
+  }
+
+  func testStepRejectsBadInputWithClearErrors() throws {
+    let out = dir.appendingPathComponent("never.safetensors").path
+    // Missing labels.
+    let noLabels = dir.appendingPathComponent("nolabels.safetensors")
+    try SafeTensors.write([("input", randomTensor([1, 3, 32, 32], seed: 1))], to: noLabels)
+    var r = try CLI.run(["step", "--batch", noLabels.path, "--out", out])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("labels") && r.stderr.contains(noLabels.path), r.stderr)
+    // A 1-channel batch with weights made for 3 channels: the error names tensor, shapes and file.
+    let gray = try writeBatch("gray.safetensors", input: randomTensor([1, 1, 32, 32], seed: 1), labels: .labels([0]))
+    let weights = dir.appendingPathComponent("w3.safetensors")
+    let m = Zoo.fcnLarge(classes: 10)
+    try m.save(to: weights)
+    r = try CLI.run(["step", "--weights", weights.path, "--batch", gray, "--out", out])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("stem.conv.weight") && r.stderr.contains("[16, 1, 7, 7]")
+              && r.stderr.contains(weights.path), r.stderr)
+    // A label outside the classes.
+    let bad = try writeBatch("bad.safetensors", input: randomTensor([1, 3, 32, 32], seed: 1), labels: .labels([12]))
+    r = try CLI.run(["step", "--batch", bad, "--out", out])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("label 12"), r.stderr)
+    // Weights whose head has the wrong shape name the tensor and file.
+    r = try CLI.run(["step", "--classes", "4", "--weights", weights.path, "--batch", bad, "--out", out])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("head.weight") && r.stderr.contains(weights.path), r.stderr)
+    // A header claiming 10 GB.
+    let huge = dir.appendingPathComponent("huge.safetensors")
+    var d = Data()
+    withUnsafeBytes(of: UInt64(10_000_000_000).littleEndian) { d.append(contentsOf: $0) }
+    d.append(Data("{}".utf8))
+    FileManager.default.createFile(atPath: huge.path, contents: d)
+    r = try CLI.run(["step", "--batch", huge.path, "--out", out])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains(huge.path) && r.stderr.contains("10000000000"), r.stderr)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: out), "a failed step wrote its output")
+  }
+
+  func testDemoQuickAndBenchJSON() throws {
+    var r = try CLI.run(["demo", "--quick", "--json", "--threads", "2"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let demo = try json(r.stdout)
+    XCTAssertNotNil(demo["accuracy"] as? Double)
+    XCTAssertGreaterThan(demo["peakBytes"] as? Int ?? 0, 0)
+    r = try CLI.run(["bench", "gemm", "--size", "64", "--runs", "1", "--no-peer", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertGreaterThan(try json(r.stdout)["gflops"] as? Double ?? 0, 0)
+    r = try CLI.run(["bench", "train", "--input", "3x64x64", "--batch", "2", "--steps", "1", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let t = try json(r.stdout)
+    for key in ["gflops", "images_per_second", "peak_bytes", "max_rss_bytes"] { XCTAssertNotNil(t[key], key) }
+    r = try CLI.run(["bench", "conv", "--input", "4x16x16", "--out-channels", "8", "--runs", "1", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertNotNil(try json(r.stdout)["forward_gflops"])
+    r = try CLI.run(["bench", "train", "--input", "banana"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("3x1024x1024"), r.stderr)
+  }
+}
