@@ -116,3 +116,40 @@ final class CLITests: XCTestCase {
     XCTAssert(r.stderr.contains("3x1024x1024"), r.stderr)
   }
 }
+
+extension CLITests {
+  /// Files Tessera writes are read by Python (safetensors if installed, else the numpy parser in
+  /// scripts/read_safetensors.py) with the same names, shapes and values.
+  func testPythonReadsCheckpoints() throws {
+    let python = ProcessInfo.processInfo.environment["TESSERA_PYTHON"] ?? "python3"
+    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().appendingPathComponent("scripts/read_safetensors.py")
+    let model = Zoo.fcnLarge(classes: 10)
+    model.initializeParameters(seed: 5)
+    let url = dir.appendingPathComponent("model.safetensors")
+    let half = Tensor(shape: [3], values: [1.5, -2, 0.25])
+    try SafeTensors.write(model.stateTensors() + [("extra.f16", half.converted(to: .float16)),
+                                                   ("extra.bf16", half.converted(to: .bfloat16))], to: url)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = [python, script.path, url.path]
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = FileHandle.nullDevice
+    do { try p.run() } catch { throw XCTSkip("no \(python)") }
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw XCTSkip("\(python) with numpy is not available") }
+    let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+    let tensors = try XCTUnwrap(obj["tensors"] as? [String: [String: Any]])
+    for (name, param) in model.namedParameters() {
+      let t = try XCTUnwrap(tensors[name], "python does not see \(name)")
+      XCTAssertEqual(t["shape"] as? [Int], param.shape, name)
+      let sum = param.value.toArray().reduce(0.0) { $0 + Double($1) }
+      XCTAssertEqual(t["sum"] as? Double ?? .nan, sum, accuracy: 1e-3 * max(1, abs(sum)), name)
+    }
+    XCTAssertEqual(tensors["extra.f16"]?["sum"] as? Double, -0.25)
+    XCTAssertEqual(tensors["extra.bf16"]?["sum"] as? Double, -0.25)
+    XCTAssertEqual(tensors["stem.conv.weight"]?["shape"] as? [Int], [16, 3, 7, 7])
+  }
+}
