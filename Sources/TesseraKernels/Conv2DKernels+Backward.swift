@@ -60,13 +60,19 @@ extension Conv2DKernels {
     withExtendedLifetime(img) {}
     // Sum the workers' partials into dw (K, taps).
     let dwp = SendablePointer(dw)
-    Parallel.forRanges(K) { _, r in
-      for kk in r {
-        let gi = kk / kg, k = kk % kg
-        for t in 0..<T {
-          var s: Float = 0
-          for wi in 0..<workers { s += partials.p[wi * partialCount + (gi * T + t) * Kpad + k] }
-          dwp.p[kk * T + t] += s
+    // Workers' partials are [group][tap][Kpad]: sum them row by row (contiguous), then scatter
+    // each tap's channels into dw (K, taps).
+    Parallel.forRanges(G * T) { _, r in
+      withUnsafeTemporaryAllocation(of: Float.self, capacity: Kpad) { rowBuf in
+        let row = rowBuf.baseAddress!
+        for gt in r {
+          let gi = gt / T, t = gt % T
+          row.update(from: partials.p + gt * Kpad, count: Kpad)
+          for wi in 1..<max(workers, 1) {
+            let src = partials.p + wi * partialCount + gt * Kpad
+            for k in 0..<Kpad { row[k] += src[k] }
+          }
+          for k in 0..<kg { dwp.p[(gi * kg + k) * T + t] += row[k] }
         }
       }
     }
