@@ -171,7 +171,7 @@ extension Conv2DKernels {
   }
 
   /// Backward-data for any stride: tiles of 6 pixels × 16 taps scattered into a padded dx.
-  static func backwardDataScatter(
+  public static func backwardDataScatter(
     _ g: ConvGeometry, dy: UnsafePointer<Float>, w: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>
   ) {
     let T = g.taps, kg = g.groupOutChannels, P = g.outHeight * g.outWidth, K = g.outChannels

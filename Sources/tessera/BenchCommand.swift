@@ -106,6 +106,8 @@ struct ConvBench: ParsableCommand {
   @Option(help: "Stride.") var stride = 1
   @Option(help: "Dilation.") var dilation = 1
   @Option(help: "Groups.") var groups = 1
+  @Option(help: "Backward-data algorithm: auto, or scatter (the general kernel, also for stride 1).")
+  var dataPath = "auto"
   @Option(help: "Timed repetitions (median reported).") var runs = 5
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
@@ -123,7 +125,12 @@ struct ConvBench: ParsableCommand {
     for i in 0..<g.weightCount { w.floats[i] = r.nextUniform() }
     let flop = 2 * Double(g.macs)
     let tf = medianSeconds(runs: runs) { Conv2DKernels.forward(g, x: x.floats, w: w.floats, bias: nil, y: y.floats) }
-    let td = medianSeconds(runs: runs) { Conv2DKernels.backwardData(g, dy: y.floats, w: w.floats, dx: dx.floats) }
+    let td = medianSeconds(runs: runs) {
+      switch dataPath {
+      case "scatter": Conv2DKernels.backwardDataScatter(g, dy: y.floats, w: w.floats, dx: dx.floats)
+      default: Conv2DKernels.backwardData(g, dy: y.floats, w: w.floats, dx: dx.floats)
+      }
+    }
     let tw = medianSeconds(runs: runs) {
       Conv2DKernels.backwardWeights(g, x: x.floats, dy: y.floats, dw: dw.floats, dbias: nil)
     }

@@ -18,6 +18,11 @@ final class ConvKernelTests: XCTestCase {
                  padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
     ConvGeometry(batch: 3, inChannels: 4, inHeight: 3, inWidth: 3, outChannels: 20, kernelH: 3, kernelW: 3,
                  strideH: 3, strideW: 3),
+    // Stride larger than the kernel (phases that receive nothing), and stride 2 with `same` padding.
+    ConvGeometry(batch: 2, inChannels: 3, inHeight: 10, inWidth: 9, outChannels: 5, kernelH: 2, kernelW: 1,
+                 strideH: 3, strideW: 2, padTop: 1, padLeft: 0, padBottom: 1, padRight: 0),
+    ConvGeometry(batch: 2, inChannels: 6, inHeight: 12, inWidth: 11, outChannels: 8, kernelH: 3, kernelW: 3,
+                 strideH: 2, strideW: 2, padTop: 0, padLeft: 1, padBottom: 1, padRight: 1, groups: 2),
   ]
 
   func testFastMatchesReference() {
@@ -88,6 +93,7 @@ extension ConvKernelTests {
       ConvReference.backwardData(g, dy: dy, w: w, dx: &ref)
       Conv2DKernels.backwardDataScatter(g, dy: dy, w: w, dx: &scatter)
       assertClose(scatter, ref, "scatter \(g)")
+
       if let (gt, wf) = Conv2DKernels.transposedForward(g, w) {
         var viaForward = ref
         Conv2DKernels.forward(gt, x: dy, w: wf.floats, bias: nil, y: &viaForward)
