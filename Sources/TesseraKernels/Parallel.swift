@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Synchronization
 
 /// The engine's thread pool settings. The number of worker threads comes from `TESSERA_THREADS`
 /// when set, else the number of active processors; the CLI's `--threads` overrides it.
@@ -30,6 +31,35 @@ public enum Parallel {
       let hi = count * (i + 1) / w
       if lo < hi { body(i, lo..<hi) }
     }
+  }
+
+  /// Runs `body(worker, range)` over `0..<count` in chunks of `chunk` items handed out on demand, so
+  /// a worker whose core is slowed (a shared machine) takes fewer chunks instead of holding up the
+  /// others. Chunks are contiguous and in increasing order within each worker.
+  public static func forChunks(
+    _ count: Int, chunk: Int, maxWorkers: Int? = nil, _ body: (Int, Range<Int>) -> Void
+  ) {
+    guard count > 0 else { return }
+    let chunk = max(1, chunk)
+    let chunks = (count + chunk - 1) / chunk
+    let w = workers(for: chunks, maxWorkers: maxWorkers)
+    if w == 1 {
+      body(0, 0..<count)
+      return
+    }
+    let next = Counter()
+    DispatchQueue.concurrentPerform(iterations: w) { i in
+      while true {
+        let c = next.take()
+        guard c < chunks else { break }
+        body(i, (c * chunk)..<min(count, (c + 1) * chunk))
+      }
+    }
+  }
+
+  final class Counter: @unchecked Sendable {
+    private let value = Atomic<Int>(0)
+    func take() -> Int { value.add(1, ordering: .relaxed).oldValue }
   }
 
   /// How many workers `forRanges(count)` uses.
