@@ -34,7 +34,8 @@ extension Conv2DKernels {
       to.withUnsafeBufferPointer { tob in
         pb.withUnsafeBufferPointer { pbb in
           let top = tob.baseAddress!, pbp = pbb.baseAddress!
-          Parallel.forRanges(P, maxWorkers: workers) { wi, range in
+          // Chunks of 128 pixels handed out on demand; each worker sums into its own partials.
+          Parallel.forChunks(P, chunk: 128, maxWorkers: workers) { wi, range in
             let mine = partials.p + wi * partialCount
             var c0 = range.lowerBound
             while c0 < range.upperBound {

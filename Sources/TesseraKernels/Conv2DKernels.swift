@@ -94,7 +94,8 @@ public enum Conv2DKernels {
       to.withUnsafeBufferPointer { tob in
         pb.withUnsafeBufferPointer { pbb in
           let top = tob.baseAddress!, pbp = pbb.baseAddress!
-          Parallel.forRanges(tiles) { _, range in
+          // Blocks of 48 tiles handed out on demand: a slowed core takes fewer.
+          Parallel.forChunks(tiles, chunk: 48) { _, range in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
               let s = scratch.baseAddress!
               var b0 = range.lowerBound
