@@ -147,15 +147,7 @@ extension Conv2DKernels {
   /// 180° and its in/out channels swapped, padded by dilation·(k − 1) − pad. Returns that geometry
   /// and weights, or nil when it does not apply (stride > 1, or padding beyond the kernel's reach).
   static func transposedForward(_ g: ConvGeometry, _ w: UnsafePointer<Float>) -> (ConvGeometry, Buffer)? {
-    guard g.strideH == 1, g.strideW == 1 else { return nil }
-    let reachH = g.dilationH * (g.kernelH - 1), reachW = g.dilationW * (g.kernelW - 1)
-    guard g.padTop <= reachH, g.padBottom <= reachH, g.padLeft <= reachW, g.padRight <= reachW else { return nil }
-    let gt = ConvGeometry(
-      batch: g.batch, inChannels: g.outChannels, inHeight: g.outHeight, inWidth: g.outWidth,
-      outChannels: g.inChannels, kernelH: g.kernelH, kernelW: g.kernelW, dilationH: g.dilationH,
-      dilationW: g.dilationW, padTop: reachH - g.padTop, padLeft: reachW - g.padLeft,
-      padBottom: reachH - g.padBottom, padRight: reachW - g.padRight, groups: g.groups)
-    guard gt.outHeight == g.inHeight, gt.outWidth == g.inWidth else { return nil }
+    guard let gt = transposedGeometry(g) else { return nil }
     let cg = g.groupInChannels, kg = g.groupOutChannels, kh = g.kernelH, kw = g.kernelW
     let wf = Buffer(floats: g.weightCount)
     // wf[gi·cg + c][k][kh−1−ky][kw−1−kx] = w[gi·kg + k][c][ky][kx]
@@ -169,6 +161,20 @@ extension Conv2DKernels {
       }
     }
     return (gt, wf)
+  }
+
+  /// The stride-1 backward-data convolution's geometry, or nil when it does not apply.
+  static func transposedGeometry(_ g: ConvGeometry) -> ConvGeometry? {
+    guard g.strideH == 1, g.strideW == 1 else { return nil }
+    let reachH = g.dilationH * (g.kernelH - 1), reachW = g.dilationW * (g.kernelW - 1)
+    guard g.padTop <= reachH, g.padBottom <= reachH, g.padLeft <= reachW, g.padRight <= reachW else { return nil }
+    let gt = ConvGeometry(
+      batch: g.batch, inChannels: g.outChannels, inHeight: g.outHeight, inWidth: g.outWidth,
+      outChannels: g.inChannels, kernelH: g.kernelH, kernelW: g.kernelW, dilationH: g.dilationH,
+      dilationW: g.dilationW, padTop: reachH - g.padTop, padLeft: reachW - g.padLeft,
+      padBottom: reachH - g.padBottom, padRight: reachW - g.padRight, groups: g.groups)
+    guard gt.outHeight == g.inHeight, gt.outWidth == g.inWidth else { return nil }
+    return gt
   }
 
   /// Backward-data for any stride: tiles of 6 pixels × 16 taps scattered into a padded dx.
@@ -185,7 +191,7 @@ extension Conv2DKernels {
     let wdBuf = Buffer(floats: G * kg * Tpad)
     for kk in 0..<K { (wdBuf.floats + kk * Tpad).update(from: w + kk * T, count: T) }
     let wd = UnsafePointer(wdBuf.floats)
-    let dxpBuf: Buffer? = needsCrop ? Buffer(floats: g.inChannels * plane) : nil
+    let dxpBuf: Buffer? = needsCrop ? Buffer(floats: paddedFloats(g)) : nil
     let pix = pixelBases(g, wp: wp), to = tapOffsets(g, hp: hp, wp: wp)
     let parts = Parallel.workers(for: cg)
     let items = G * parts

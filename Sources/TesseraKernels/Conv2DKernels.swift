@@ -23,7 +23,8 @@ public enum Conv2DKernels {
       self.g = g
       hp = g.inHeight + g.padTop + g.padBottom
       wp = g.inWidth + g.padLeft + g.padRight
-      buffer = (hp == g.inHeight && wp == g.inWidth) ? nil : Buffer(floats: g.inChannels * hp * wp)
+      let floats = Conv2DKernels.paddedFloats(g)
+      buffer = floats == 0 ? nil : Buffer(floats: floats)
     }
 
     /// The padded image `n` of x.
@@ -41,6 +42,34 @@ public enum Conv2DKernels {
       }
       return UnsafePointer(buf.floats)
     }
+  }
+
+  /// Floats of the padded copy of one image (0 when no padding is needed).
+  static func paddedFloats(_ g: ConvGeometry) -> Int {
+    let hp = g.inHeight + g.padTop + g.padBottom, wp = g.inWidth + g.padLeft + g.padRight
+    return hp == g.inHeight && wp == g.inWidth ? 0 : g.inChannels * hp * wp
+  }
+
+  /// Floats of the forward pass's packed weights: [group][16-channel block][tap][16].
+  static func packedWeightFloats(_ g: ConvGeometry) -> Int {
+    g.groups * (g.groupOutChannels + lanes - 1) / lanes * g.taps * lanes
+  }
+
+  /// Workspace bytes each kernel holds at its peak (all its buffers live together), for the planner;
+  /// tests check them against the ledger.
+  public static func forwardWorkspaceBytes(_ g: ConvGeometry) -> Int {
+    4 * (packedWeightFloats(g) + paddedFloats(g))
+  }
+
+  public static func backwardWeightsWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
+    let P = g.outHeight * g.outWidth, Kpad = (g.groupOutChannels + lanes - 1) / lanes * lanes
+    let workers = max(1, min(P, threads))
+    return 4 * (workers * g.groups * g.taps * Kpad + g.groups * P * Kpad + paddedFloats(g))
+  }
+
+  public static func backwardDataWorkspaceBytes(_ g: ConvGeometry) -> Int {
+    if let gt = transposedGeometry(g) { return 4 * g.weightCount + forwardWorkspaceBytes(gt) }
+    return 4 * (g.groups * g.groupOutChannels * (g.taps + lanes) + paddedFloats(g))
   }
 
   /// Offsets of each tap of one group, relative to the group's first channel in the padded image.
@@ -75,7 +104,7 @@ public enum Conv2DKernels {
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
     let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels
     // Weights packed [group][kblock][tap][16], zero beyond the group's channels.
-    let wtBuf = Buffer(floats: g.groups * KB * T * lanes)
+    let wtBuf = Buffer(floats: packedWeightFloats(g))
     let wt = wtBuf.floats
     for gi in 0..<g.groups {
       for k in 0..<kg {

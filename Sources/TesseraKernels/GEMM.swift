@@ -41,11 +41,9 @@ public enum GEMM {
     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
     c: UnsafeMutablePointer<Float>, ldc: Int, rowWorkers: Int
   ) {
-    // One workspace for the packed B panel and each worker's packed A block, at least 4 MiB so it
-    // comes 2 MiB-aligned on huge pages (Buffer.systemAllocate) and is reused from the block cache:
-    // a fresh, differently placed buffer per call made the speed vary by up to 30 %.
+    // One workspace for the packed B panel and each worker's packed A block (workspaceFloats).
     let bFloats = kc * min(roundUp(n, nr), nc)
-    let workspace = Buffer(floats: max(bFloats + rowWorkers * mc * kc, 1 << 20), zeroed: false)
+    let workspace = Buffer(floats: workspaceFloats(n: n, rowWorkers: rowWorkers), zeroed: false)
     let pB = SendablePointer(workspace.floats), pA = SendablePointer(workspace.floats + bFloats)
     let cc = SendablePointer(c)
 
@@ -90,6 +88,29 @@ public enum GEMM {
         }
       }
     }
+  }
+
+  /// Floats of one blocked call's workspace: the packed B panel and each row worker's A block.
+  /// Past 1 MiB it is made at least 4 MiB, so that it comes 2 MiB-aligned on huge pages
+  /// (Buffer.systemAllocate) and is reused from the block cache: a fresh, differently placed buffer
+  /// per call made the speed vary by up to 30 %.
+  static func workspaceFloats(n: Int, rowWorkers: Int) -> Int {
+    let needed = kc * min(roundUp(n, nr), nc) + rowWorkers * mc * kc
+    return needed < (1 << 18) ? needed : max(needed, 1 << 20)
+  }
+
+  /// Bytes of workspace `sgemm` holds at its peak with `threads` workers (for the planner).
+  public static func workspaceBytes(m: Int, n: Int, k: Int, threads: Int) -> Int {
+    guard m > 0, n > 0, k > 0 else { return 0 }
+    let colSlivers = (n + nr - 1) / nr
+    let workers = max(1, min(colSlivers, threads))
+    if workers > 1 && colSlivers >= 4 * workers {
+      return (0..<workers).reduce(0) { sum, i in
+        let lo = colSlivers * i / workers, hi = colSlivers * (i + 1) / workers
+        return sum + 4 * workspaceFloats(n: min(n, hi * nr) - lo * nr, rowWorkers: 1)
+      }
+    }
+    return 4 * workspaceFloats(n: n, rowWorkers: max(1, min((m + mr - 1) / mr, threads)))
   }
 
   @inline(__always) static func roundUp(_ x: Int, _ m: Int) -> Int { (x + m - 1) / m * m }

@@ -1,0 +1,45 @@
+@testable import TesseraKernels
+import TestSupport
+import XCTest
+
+/// The workspace sizes the planner uses equal what the kernels really allocate (ledger peak).
+final class WorkspaceTests: XCTestCase {
+  func peak(_ body: () -> Void) -> Int {
+    let base = MemoryLedger.shared.currentBytes
+    return MemoryLedger.shared.measure(body).peakBytes - base
+  }
+
+  func testConvWorkspacesMatchLedger() {
+    let saved = Parallel.threadCount
+    defer { Parallel.threadCount = saved }
+    for threads in [1, 2, 3] {
+      Parallel.threadCount = threads
+      for g in ConvKernelTests.cases {
+        let x = randomFloats(g.inputCount, seed: 1), w = randomFloats(g.weightCount, seed: 2)
+        let dy = randomFloats(g.outputCount, seed: 3)
+        var y = [Float](repeating: 0, count: g.outputCount), dx = [Float](repeating: 0, count: g.inputCount)
+        var dw = [Float](repeating: 0, count: g.weightCount)
+        XCTAssertEqual(peak { Conv2DKernels.forward(g, x: x, w: w, bias: nil, y: &y) },
+                       Conv2DKernels.forwardWorkspaceBytes(g), "forward \(g)")
+        XCTAssertEqual(peak { Conv2DKernels.backwardWeights(g, x: x, dy: dy, dw: &dw, dbias: nil) },
+                       Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: threads), "backward-weights \(g)")
+        XCTAssertEqual(peak { Conv2DKernels.backwardData(g, dy: dy, w: w, dx: &dx) },
+                       Conv2DKernels.backwardDataWorkspaceBytes(g), "backward-data \(g)")
+      }
+    }
+  }
+
+  func testGEMMWorkspaceMatchesLedger() {
+    let saved = Parallel.threadCount
+    defer { Parallel.threadCount = saved }
+    for threads in [1, 2] {
+      Parallel.threadCount = threads
+      for (m, n, k) in [(4, 10, 512), (2, 1000, 512), (300, 700, 50), (1, 1, 1)] {
+        let a = randomFloats(m * k, seed: 1), b = randomFloats(k * n, seed: 2)
+        var c = [Float](repeating: 0, count: m * n)
+        XCTAssertEqual(peak { GEMM.sgemm(m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, c: &c, ldc: n) },
+                       GEMM.workspaceBytes(m: m, n: n, k: k, threads: threads), "\(m)x\(n)x\(k) threads \(threads)")
+      }
+    }
+  }
+}
