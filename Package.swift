@@ -22,6 +22,7 @@ let package = Package(
   products: [
     .library(name: "TesseraKernels", targets: ["TesseraKernels"]),
     .library(name: "Tessera", targets: ["Tessera"]),
+    .library(name: "TesseraPlanner", targets: ["TesseraPlanner"]),
     .executable(name: "tessera", targets: ["tessera"]),
   ],
   dependencies: [
@@ -30,15 +31,18 @@ let package = Package(
   targets: [
     .target(name: "TesseraKernels", swiftSettings: kernelFlags),
     .target(name: "Tessera", dependencies: ["TesseraKernels"], swiftSettings: targetFlags),
+    .target(name: "TesseraPlanner", dependencies: ["Tessera"], swiftSettings: targetFlags),
     .executableTarget(
       name: "tessera",
-      dependencies: ["Tessera", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["Tessera", "TesseraPlanner", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: targetFlags),
     .target(name: "TestSupport", dependencies: ["Tessera"], path: "Tests/TestSupport",
             swiftSettings: targetFlags),
     .testTarget(name: "TesseraKernelsTests", dependencies: ["TesseraKernels", "TestSupport"],
                 swiftSettings: targetFlags),
     .testTarget(name: "TesseraTests", dependencies: ["Tessera", "TestSupport"],
+                swiftSettings: targetFlags),
+    .testTarget(name: "TesseraPlannerTests", dependencies: ["TesseraPlanner", "TestSupport"],
                 swiftSettings: targetFlags),
     .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport"], swiftSettings: targetFlags),
   ],

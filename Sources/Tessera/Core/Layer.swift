@@ -21,23 +21,48 @@ public enum ParameterRole: Sendable, Equatable {
 }
 
 /// A named tensor of a model: its value and, for trainable ones, a gradient that `backward`
-/// accumulates into.
+/// accumulates into. Storage is allocated on first use, so a model can be built and planned
+/// (shapes only) without holding its weights; fresh values are the role's default (ones for scales
+/// and running variances, zeros otherwise) until `initializeParameters` or `load` fills them.
 public final class Parameter {
-  public var value: Tensor
+  public let shape: [Int]
   public let role: ParameterRole
+  private var _value: Tensor?
   public private(set) var grad: Tensor?
 
-  public init(_ value: Tensor, role: ParameterRole) {
-    self.value = value
+  public init(shape: [Int], role: ParameterRole) {
+    self.shape = shape
     self.role = role
   }
 
+  public convenience init(_ value: Tensor, role: ParameterRole) {
+    self.init(shape: value.shape, role: role)
+    _value = value
+  }
+
+  public var value: Tensor {
+    get {
+      if let v = _value { return v }
+      let t = Tensor(zeros: shape, category: .parameter)
+      if role == .scale || role == .runningVariance { t.floats.update(repeating: 1, count: t.count) }
+      _value = t
+      return t
+    }
+    set {
+      precondition(newValue.shape == shape, "parameter of shape \(shape) cannot take \(newValue.shape)")
+      _value = newValue
+    }
+  }
+
+  /// Elements in the tensor.
+  public var count: Int { shape.reduce(1, *) }
+  /// Whether storage has been allocated yet.
+  public var isMaterialized: Bool { _value != nil }
   public var trainable: Bool { role != .runningMean && role != .runningVariance }
-  public var shape: [Int] { value.shape }
 
   /// The gradient buffer, allocated zero on first use.
   public var gradient: UnsafeMutablePointer<Float> {
-    if grad == nil { grad = Tensor(zeros: value.shape, category: .gradient) }
+    if grad == nil { grad = Tensor(zeros: shape, category: .gradient) }
     return grad!.floats
   }
 
@@ -65,6 +90,12 @@ public protocol Layer: AnyObject {
   var children: [(String, Layer)] { get }
   /// A short type name for tables (`Conv2D`, `BatchNorm2D`…).
   var kind: String { get }
+
+  /// The dry-run twin of `forward`: the same allocations, workspaces and kept tensors, simulated
+  /// (see `MemorySimulation`). Throws the `ShapeError` `outputShape` would.
+  func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor
+  /// The dry-run twin of `backward`.
+  func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor?
 }
 
 extension Layer {
@@ -79,7 +110,7 @@ extension Layer {
     return out
   }
 
-  public var parameterCount: Int { namedParameters().filter { $0.1.trainable }.reduce(0) { $0 + $1.1.value.count } }
+  public var parameterCount: Int { namedParameters().filter { $0.1.trainable }.reduce(0) { $0 + $1.1.count } }
 
   /// Fills weights (He-normal, std = √(2 / fanIn)), zeros biases and shifts, ones scales and
   /// running variances, zeros running means — all from `seed`, in name order.

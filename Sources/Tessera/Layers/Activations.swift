@@ -21,6 +21,20 @@ public final class ReLU: Layer {
     ElementwiseKernels.leakyReluBackward(y: y.floats, dy: dy.floats, dx: dx.floats, count: y.count)
     return dx
   }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let y = sim.allocate(x.shape)
+    if training { sim.keep(self, [y]) }
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    let y = sim.take(self)
+    guard needInputGradient else { return nil }
+    let dx = sim.allocate(dy.shape)
+    _ = y
+    return dx
+  }
 }
 
 /// x < 0 ? slope·x : x, slope ≥ 0 (default 0.01, as PyTorch). Keeps its output for backward.
@@ -46,6 +60,20 @@ public final class LeakyReLU: Layer {
     guard needInputGradient else { return nil }
     let dx = Tensor(uninitialized: y.shape)
     ElementwiseKernels.leakyReluBackward(y: y.floats, dy: dy.floats, dx: dx.floats, count: y.count, slope: slope)
+    return dx
+  }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let y = sim.allocate(x.shape)
+    if training { sim.keep(self, [y]) }
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    let y = sim.take(self)
+    guard needInputGradient else { return nil }
+    let dx = sim.allocate(dy.shape)
+    _ = y
     return dx
   }
 }
@@ -93,6 +121,14 @@ public final class Dropout: Layer {
     }
     return dx
   }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    sim.allocate(x.shape)
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    needInputGradient ? sim.allocate(dy.shape) : nil
+  }
 }
 
 /// (N, d1, d2, …) → (N, d1·d2·…).
@@ -111,5 +147,16 @@ public final class Flatten: Layer {
     guard let s = savedShape else { preconditionFailure("Flatten.backward without a training forward") }
     savedShape = nil
     return needInputGradient ? dy.reshaped(s) : nil
+  }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let s = try outputShape(for: x.shape)
+    if training { sim.notes[ObjectIdentifier(self)] = x.shape }
+    return x.reshaped(s)
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    guard let s = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? [Int], needInputGradient else { return nil }
+    return dy.reshaped(s)
   }
 }

@@ -23,12 +23,10 @@ public final class BatchNorm2D: Layer {
     self.fusedReLU = fusedReLU
     self.epsilon = epsilon
     self.momentum = momentum
-    weight = Parameter(Tensor(zeros: [channels], category: .parameter), role: .scale)
-    bias = Parameter(Tensor(zeros: [channels], category: .parameter), role: .shift)
-    runningMean = Parameter(Tensor(zeros: [channels], category: .parameter), role: .runningMean)
-    runningVariance = Parameter(Tensor(zeros: [channels], category: .parameter), role: .runningVariance)
-    weight.value.floats.update(repeating: 1, count: channels)
-    runningVariance.value.floats.update(repeating: 1, count: channels)
+    weight = Parameter(shape: [channels], role: .scale)
+    bias = Parameter(shape: [channels], role: .shift)
+    runningMean = Parameter(shape: [channels], role: .runningMean)
+    runningVariance = Parameter(shape: [channels], role: .runningVariance)
   }
 
   public var ownParameters: [(String, Parameter)] {
@@ -83,6 +81,20 @@ public final class BatchNorm2D: Layer {
                               spatial: x.shape[2] * x.shape[3], mean: mean, invstd: invstd,
                               gamma: weight.value.floats, dgamma: weight.gradient, dbeta: bias.gradient,
                               reluShift: fusedReLU ? shift : nil)
+    return needInputGradient ? dx : nil
+  }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    _ = try outputShape(for: x.shape)
+    let y = sim.allocate(x.shape)
+    if training { sim.keep(self, [x]) }
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    let x = sim.take(self)
+    let dx = sim.allocate(dy.shape)
+    _ = x
     return needInputGradient ? dx : nil
   }
 }

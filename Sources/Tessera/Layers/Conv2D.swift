@@ -66,9 +66,9 @@ public final class Conv2D: Layer {
     self.padding = padding
     self.groups = groups
     let fanIn = inputChannels / groups * kernelSize.0 * kernelSize.1
-    weight = Parameter(Tensor(zeros: [outputChannels, inputChannels / groups, kernelSize.0, kernelSize.1],
-                              category: .parameter), role: .weight(fanIn: fanIn))
-    self.bias = bias ? Parameter(Tensor(zeros: [outputChannels], category: .parameter), role: .bias) : nil
+    weight = Parameter(shape: [outputChannels, inputChannels / groups, kernelSize.0, kernelSize.1],
+                       role: .weight(fanIn: fanIn))
+    self.bias = bias ? Parameter(shape: [outputChannels], role: .bias) : nil
   }
 
   public var ownParameters: [(String, Parameter)] {
@@ -105,12 +105,39 @@ public final class Conv2D: Layer {
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    // The kept input is needed for the weight gradient only, and let go before dx is allocated.
+    let g = weightGradients(dy)
+    guard needInputGradient else { return nil }
+    let dx = Tensor(uninitialized: [g.batch, g.inChannels, g.inHeight, g.inWidth])
+    Conv2DKernels.backwardData(g, dy: dy.floats, w: weight.value.floats, dx: dx.floats)
+    return dx
+  }
+
+  private func weightGradients(_ dy: Tensor) -> ConvGeometry {
     guard let (x, g) = saved else { preconditionFailure("Conv2D.backward without a training forward") }
     saved = nil
     Conv2DKernels.backwardWeights(g, x: x.floats, dy: dy.floats, dw: weight.gradient, dbias: bias?.gradient)
+    return g
+  }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let g = try geometry(for: x.shape)
+    let y = sim.allocate([g.batch, g.outChannels, g.outHeight, g.outWidth])
+    sim.transient(Conv2DKernels.forwardWorkspaceBytes(g))
+    if training {
+      sim.keep(self, [x])
+      sim.notes[ObjectIdentifier(self)] = g
+    }
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    guard let g = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? ConvGeometry else { return nil }
+    sim.transient(Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: sim.threads))
+    _ = sim.take(self)
     guard needInputGradient else { return nil }
-    let dx = Tensor(uninitialized: x.shape)
-    Conv2DKernels.backwardData(g, dy: dy.floats, w: weight.value.floats, dx: dx.floats)
+    let dx = sim.allocate([g.batch, g.inChannels, g.inHeight, g.inWidth])
+    sim.transient(Conv2DKernels.backwardDataWorkspaceBytes(g))
     return dx
   }
 }

@@ -11,9 +11,8 @@ public final class Linear: Layer {
     precondition(inputFeatures > 0 && outputFeatures > 0, "feature counts must be positive")
     self.inputFeatures = inputFeatures
     self.outputFeatures = outputFeatures
-    weight = Parameter(Tensor(zeros: [outputFeatures, inputFeatures], category: .parameter),
-                       role: .weight(fanIn: inputFeatures))
-    self.bias = bias ? Parameter(Tensor(zeros: [outputFeatures], category: .parameter), role: .bias) : nil
+    weight = Parameter(shape: [outputFeatures, inputFeatures], role: .weight(fanIn: inputFeatures))
+    self.bias = bias ? Parameter(shape: [outputFeatures], role: .bias) : nil
   }
 
   public var ownParameters: [(String, Parameter)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
@@ -39,6 +38,16 @@ public final class Linear: Layer {
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    // The kept input is needed for the weight gradient only, and let go before dx is allocated.
+    let n = weightGradients(dy)
+    guard needInputGradient else { return nil }
+    let dx = Tensor(uninitialized: [n, inputFeatures])
+    GEMM.sgemm(m: n, n: inputFeatures, k: outputFeatures, a: dy.floats, lda: outputFeatures,
+               b: weight.value.floats, ldb: inputFeatures, beta: 0, c: dx.floats, ldc: inputFeatures)
+    return dx
+  }
+
+  private func weightGradients(_ dy: Tensor) -> Int {
     guard let x = savedInput else { preconditionFailure("Linear.backward without a training forward") }
     savedInput = nil
     let n = x.shape[0]
@@ -49,10 +58,24 @@ public final class Linear: Layer {
       let g = b.gradient
       for i in 0..<n { for j in 0..<outputFeatures { g[j] += dy.floats[i * outputFeatures + j] } }
     }
+    return n
+  }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let s = try outputShape(for: x.shape)
+    let y = sim.allocate(s)
+    sim.transient(GEMM.workspaceBytes(m: s[0], n: outputFeatures, k: inputFeatures, threads: sim.threads))
+    if training { sim.keep(self, [x]) }
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    let n = dy.shape[0]
+    sim.transient(GEMM.workspaceBytes(m: outputFeatures, n: inputFeatures, k: n, threads: sim.threads))
+    _ = sim.take(self)
     guard needInputGradient else { return nil }
-    let dx = Tensor(uninitialized: x.shape)
-    GEMM.sgemm(m: n, n: inputFeatures, k: outputFeatures, a: dy.floats, lda: outputFeatures,
-               b: weight.value.floats, ldb: inputFeatures, beta: 0, c: dx.floats, ldc: inputFeatures)
+    let dx = sim.allocate([n, inputFeatures])
+    sim.transient(GEMM.workspaceBytes(m: n, n: inputFeatures, k: outputFeatures, threads: sim.threads))
     return dx
   }
 }

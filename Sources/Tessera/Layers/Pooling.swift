@@ -75,6 +75,24 @@ public final class Pool2D: Layer {
     }
     return dx
   }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let g = try geometry(for: x.shape)
+    let y = sim.allocate([x.shape[0], x.shape[1], g.outHeight, g.outWidth])
+    if training {
+      sim.keep(self, mode == .max ? [sim.allocate(y.shape)] : [])  // Int32 arg-max, 4 bytes each
+      sim.notes[ObjectIdentifier(self)] = x.shape
+    }
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    let kept = sim.take(self)
+    guard let s = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? [Int], needInputGradient else { return nil }
+    let dx = sim.allocate(s)
+    _ = kept
+    return dx
+  }
 }
 
 /// Mean over H and W: (N, C, H, W) → (N, C).
@@ -111,5 +129,16 @@ public final class GlobalAvgPool2D: Layer {
       (xp + p * hw).update(repeating: v, count: hw)
     }
     return dx
+  }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let y = sim.allocate(try outputShape(for: x.shape))
+    if training { sim.notes[ObjectIdentifier(self)] = x.shape }
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    guard let s = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? [Int], needInputGradient else { return nil }
+    return sim.allocate(s)
   }
 }

@@ -48,6 +48,27 @@ public final class Sequential: Layer {
   }
 }
 
+extension Sequential {
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    var h = x
+    for (name, l) in layers {
+      do { h = try l.planForward(h, training: training, sim) } catch let e as ShapeError {
+        throw ShapeError(layer: e.layer.isEmpty || e.layer == l.kind ? name : "\(name).\(e.layer)", e.message)
+      }
+    }
+    return h
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    var g: SimTensor? = dy
+    for (i, (_, l)) in layers.enumerated().reversed() {
+      guard let d = g else { break }
+      g = l.planBackward(d, needInputGradient: i > 0 || needInputGradient, sim)
+    }
+    return g
+  }
+}
+
 /// A residual block: out = ReLU(main(x) + shortcut(x)), the shortcut being the identity or a
 /// projection (1×1 conv + BatchNorm). Names follow torchvision (`conv1`, `bn1`, …, `downsample.0`).
 public final class ResidualBlock: Layer {
@@ -127,10 +148,7 @@ public final class ResidualBlock: Layer {
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
-    guard let y = savedOutput else { preconditionFailure("ResidualBlock.backward without a training forward") }
-    savedOutput = nil
-    let d = Tensor(uninitialized: y.shape)
-    ElementwiseKernels.leakyReluBackward(y: y.floats, dy: dy.floats, dx: d.floats, count: y.count)
+    let d = outputGradient(dy)
     let dMain = main.backward(d, needInputGradient: needInputGradient)
     if let s = shortcut {
       let dShort = s.backward(d, needInputGradient: needInputGradient)
@@ -140,5 +158,33 @@ public final class ResidualBlock: Layer {
     guard needInputGradient, let a = dMain else { return nil }
     ElementwiseKernels.axpy(1, d.floats, a.floats, count: a.count)
     return a
+  }
+
+  /// The gradient through the final ReLU; the kept output is let go once it is computed.
+  private func outputGradient(_ dy: Tensor) -> Tensor {
+    guard let y = savedOutput else { preconditionFailure("ResidualBlock.backward without a training forward") }
+    savedOutput = nil
+    let d = Tensor(uninitialized: y.shape)
+    ElementwiseKernels.leakyReluBackward(y: y.floats, dy: dy.floats, dx: d.floats, count: y.count)
+    return d
+  }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    _ = try outputShape(for: x.shape)
+    let a = try main.planForward(x, training: training, sim)
+    let b = try shortcut?.planForward(x, training: training, sim) ?? x
+    let y = sim.allocate(a.shape)
+    if training { sim.keep(self, [y]) }
+    _ = b
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    let d = sim.allocate(dy.shape)
+    _ = sim.take(self)
+    let dMain = main.planBackward(d, needInputGradient: needInputGradient, sim)
+    let dShort = shortcut?.planBackward(d, needInputGradient: needInputGradient, sim)
+    _ = dShort
+    return dMain
   }
 }
