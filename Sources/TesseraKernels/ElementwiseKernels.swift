@@ -71,4 +71,36 @@ public enum ElementwiseKernels {
       while i < r.upperBound { xx.p[i] *= alpha; i += 1 }
     }
   }
+
+  /// y = min(max(x, lo), hi) (ReLU6: lo 0, hi 6).
+  public static func clamp(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, lo: Float, hi: Float) {
+    let yy = SendablePointer(y)
+    chunks(count) { r in
+      let l = SIMD8<Float>(repeating: lo), h = SIMD8<Float>(repeating: hi)
+      var i = r.lowerBound
+      while i + 8 <= r.upperBound {
+        let v = load8(x + i)
+        store8(v.replacing(with: l, where: v .< l).replacing(with: h, where: v .> h), yy.p + i)
+        i += 8
+      }
+      while i < r.upperBound { yy.p[i] = Swift.min(Swift.max(x[i], lo), hi); i += 1 }
+    }
+  }
+
+  /// dx = lo < y < hi ? dy : 0, from the clamp's output y.
+  public static func clampBackward(
+    y: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int, lo: Float, hi: Float
+  ) {
+    let dd = SendablePointer(dx)
+    chunks(count) { r in
+      let l = SIMD8<Float>(repeating: lo), h = SIMD8<Float>(repeating: hi), z = SIMD8<Float>()
+      var i = r.lowerBound
+      while i + 8 <= r.upperBound {
+        let v = load8(y + i)
+        store8(load8(dy + i).replacing(with: z, where: (v .<= l) .| (v .>= h)), dd.p + i)
+        i += 8
+      }
+      while i < r.upperBound { dd.p[i] = y[i] > lo && y[i] < hi ? dy[i] : 0; i += 1 }
+    }
+  }
 }

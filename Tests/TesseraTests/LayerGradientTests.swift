@@ -147,3 +147,20 @@ extension LayerGradientTests {
                    h: 1e-3)
   }
 }
+
+extension LayerGradientTests {
+  func testReLU6AdaptivePoolAndLinearBottleneck() {
+    // Values spread past 6 so both ends of ReLU6 are exercised.
+    let x = randomTensor([2, 3, 4, 4], seed: 31, awayFromZero: 0.05)
+    for i in 0..<x.count { x.floats[i] *= 8 }
+    for i in 0..<x.count where abs(x.floats[i] - 6) < 0.05 { x.floats[i] += 0.1 }
+    checkGradients(ReLU6(), input: x)
+    checkGradients(AdaptiveAvgPool2D(outputSize: (3, 2)), input: randomTensor([2, 2, 7, 5], seed: 32))
+    checkGradients(AdaptiveAvgPool2D(outputSize: (4, 4)), input: randomTensor([1, 1, 4, 4], seed: 33))
+    let block = ResidualBlock(main: Sequential([
+      ("conv", Conv2D(inputChannels: 3, outputChannels: 3, kernelSize: 3, padding: .same, bias: false)),
+      ("bn", BatchNorm2D(channels: 3)),
+    ]), shortcut: nil, finalReLU: false)
+    checkGradients(initialized(block), input: randomTensor([2, 3, 5, 5], seed: 34), h: 1e-3)
+  }
+}

@@ -37,6 +37,43 @@ public final class ReLU: Layer {
   }
 }
 
+/// min(max(x, 0), 6), as MobileNetV2. Keeps its output for backward.
+public final class ReLU6: Layer {
+  private var savedOutput: Tensor?
+  public init() {}
+  public func outputShape(for input: [Int]) throws -> [Int] { input }
+
+  public func forward(_ x: Tensor, training: Bool) -> Tensor {
+    let y = Tensor(uninitialized: x.shape)
+    ElementwiseKernels.clamp(x.floats, y.floats, count: x.count, lo: 0, hi: 6)
+    if training { savedOutput = y }
+    return y
+  }
+
+  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    guard let y = savedOutput else { preconditionFailure("ReLU6.backward without a training forward") }
+    savedOutput = nil
+    guard needInputGradient else { return nil }
+    let dx = Tensor(uninitialized: y.shape)
+    ElementwiseKernels.clampBackward(y: y.floats, dy: dy.floats, dx: dx.floats, count: y.count, lo: 0, hi: 6)
+    return dx
+  }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let y = sim.allocate(x.shape)
+    if training { sim.keep(self, [y]) }
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    let y = sim.take(self)
+    guard needInputGradient else { return nil }
+    let dx = sim.allocate(dy.shape)
+    _ = y
+    return dx
+  }
+}
+
 /// x < 0 ? slope·x : x, slope ≥ 0 (default 0.01, as PyTorch). Keeps its output for backward.
 public final class LeakyReLU: Layer {
   public let slope: Float

@@ -142,3 +142,74 @@ public final class GlobalAvgPool2D: Layer {
     return sim.allocate(s)
   }
 }
+
+/// Average pooling to a fixed output size, as PyTorch's AdaptiveAvgPool2d: output cell i covers input
+/// rows ⌊i·H/h⌋ ..< ⌈(i+1)·H/h⌉ (and likewise for columns). (N, C, H, W) → (N, C, h, w).
+public final class AdaptiveAvgPool2D: Layer {
+  public let outputSize: (height: Int, width: Int)
+  private var savedShape: [Int]?
+
+  public init(outputSize: (Int, Int)) {
+    precondition(outputSize.0 > 0 && outputSize.1 > 0, "output size must be positive")
+    self.outputSize = outputSize
+  }
+
+  public func outputShape(for input: [Int]) throws -> [Int] {
+    try expectRank(input, 4, "AdaptiveAvgPool2D")
+    return [input[0], input[1], outputSize.height, outputSize.width]
+  }
+
+  @inline(__always) static func range(_ i: Int, _ inSize: Int, _ outSize: Int) -> Range<Int> {
+    (i * inSize / outSize)..<(((i + 1) * inSize + outSize - 1) / outSize)
+  }
+
+  public func forward(_ x: Tensor, training: Bool) -> Tensor {
+    let (H, W, h, w) = (x.shape[2], x.shape[3], outputSize.height, outputSize.width)
+    let y = Tensor(uninitialized: [x.shape[0], x.shape[1], h, w])
+    let xp = x.floats, yp = y.floats
+    for p in 0..<(x.shape[0] * x.shape[1]) {
+      for oy in 0..<h {
+        let ry = Self.range(oy, H, h)
+        for ox in 0..<w {
+          let rx = Self.range(ox, W, w)
+          var s: Float = 0
+          for iy in ry { for ix in rx { s += xp[(p * H + iy) * W + ix] } }
+          yp[(p * h + oy) * w + ox] = s / Float(ry.count * rx.count)
+        }
+      }
+    }
+    if training { savedShape = x.shape }
+    return y
+  }
+
+  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
+    guard let s = savedShape else { preconditionFailure("AdaptiveAvgPool2D.backward without a training forward") }
+    savedShape = nil
+    guard needInputGradient else { return nil }
+    let (H, W, h, w) = (s[2], s[3], outputSize.height, outputSize.width)
+    let dx = Tensor(zeros: s)
+    let dp = dy.floats, xp = dx.floats
+    for p in 0..<(s[0] * s[1]) {
+      for oy in 0..<h {
+        let ry = Self.range(oy, H, h)
+        for ox in 0..<w {
+          let rx = Self.range(ox, W, w)
+          let v = dp[(p * h + oy) * w + ox] / Float(ry.count * rx.count)
+          for iy in ry { for ix in rx { xp[(p * H + iy) * W + ix] += v } }
+        }
+      }
+    }
+    return dx
+  }
+
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let y = sim.allocate(try outputShape(for: x.shape))
+    if training { sim.notes[ObjectIdentifier(self)] = x.shape }
+    return y
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    guard let s = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? [Int], needInputGradient else { return nil }
+    return sim.allocate(s)
+  }
+}

@@ -71,14 +71,17 @@ extension Sequential {
 
 /// A residual block: out = ReLU(main(x) + shortcut(x)), the shortcut being the identity or a
 /// projection (1×1 conv + BatchNorm). Names follow torchvision (`conv1`, `bn1`, …, `downsample.0`).
+/// `finalReLU: false` gives MobileNetV2's linear bottleneck: out = main(x) + x.
 public final class ResidualBlock: Layer {
   public let main: Sequential
   public let shortcut: Sequential?
+  public let finalReLU: Bool
   private var savedOutput: Tensor?
 
-  public init(main: Sequential, shortcut: Sequential?) {
+  public init(main: Sequential, shortcut: Sequential?, finalReLU: Bool = true) {
     self.main = main
     self.shortcut = shortcut
+    self.finalReLU = finalReLU
   }
 
   public var kind: String { "ResidualBlock" }
@@ -142,6 +145,7 @@ public final class ResidualBlock: Layer {
     let b = shortcut?.forward(x, training: training) ?? x
     let y = Tensor(uninitialized: a.shape)
     ElementwiseKernels.add(a.floats, b.floats, y.floats, count: y.count)
+    guard finalReLU else { return y }
     ElementwiseKernels.leakyRelu(y.floats, y.floats, count: y.count)
     if training { savedOutput = y }
     return y
@@ -162,6 +166,7 @@ public final class ResidualBlock: Layer {
 
   /// The gradient through the final ReLU; the kept output is let go once it is computed.
   private func outputGradient(_ dy: Tensor) -> Tensor {
+    guard finalReLU else { return dy }
     guard let y = savedOutput else { preconditionFailure("ResidualBlock.backward without a training forward") }
     savedOutput = nil
     let d = Tensor(uninitialized: y.shape)
@@ -174,13 +179,13 @@ public final class ResidualBlock: Layer {
     let a = try main.planForward(x, training: training, sim)
     let b = try shortcut?.planForward(x, training: training, sim) ?? x
     let y = sim.allocate(a.shape)
-    if training { sim.keep(self, [y]) }
+    if training && finalReLU { sim.keep(self, [y]) }
     _ = b
     return y
   }
 
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
-    let d = sim.allocate(dy.shape)
+    let d = finalReLU ? sim.allocate(dy.shape) : dy
     _ = sim.take(self)
     let dMain = main.planBackward(d, needInputGradient: needInputGradient, sim)
     let dShort = shortcut?.planBackward(d, needInputGradient: needInputGradient, sim)

@@ -1,6 +1,9 @@
 /// Built-in architectures.
 public enum Zoo {
-  public static let names = ["fcn-large", "resnet18", "resnet34", "resnet50"]
+  public static let names = [
+    "fcn-large", "alexnet", "vgg11", "vgg16", "vgg11-fcn", "vgg16-fcn", "resnet18", "resnet34", "resnet50",
+    "mobilenet_v2",
+  ]
 
   /// Builds a model by name, or nil for an unknown name.
   public static func model(_ name: String, classes: Int, inputChannels: Int = 3) -> Sequential? {
@@ -9,6 +12,11 @@ public enum Zoo {
     case "resnet18": resnet(blocks: [2, 2, 2, 2], bottleneck: false, classes: classes, inputChannels: inputChannels)
     case "resnet34": resnet(blocks: [3, 4, 6, 3], bottleneck: false, classes: classes, inputChannels: inputChannels)
     case "resnet50": resnet(blocks: [3, 4, 6, 3], bottleneck: true, classes: classes, inputChannels: inputChannels)
+    case "alexnet": alexnet(classes: classes, inputChannels: inputChannels)
+    case "vgg11", "vgg16": vgg(name.lowercased(), classes: classes, inputChannels: inputChannels)
+    case "vgg11-fcn", "vgg16-fcn":
+      vgg(String(name.lowercased().dropLast(4)), classes: classes, inputChannels: inputChannels, fullyConvolutional: true)
+    case "mobilenet_v2", "mobilenet-v2", "mobilenetv2": mobilenetV2(classes: classes, inputChannels: inputChannels)
     default: nil
     }
   }
