@@ -26,11 +26,13 @@ let package = Package(
     .executable(name: "tessera", targets: ["tessera"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
   ],
   targets: [
     .target(name: "TesseraKernels", swiftSettings: kernelFlags),
-    .target(name: "Tessera", dependencies: ["TesseraKernels"], swiftSettings: targetFlags),
+    .target(name: "Tessera", dependencies: ["TesseraKernels", .product(name: "Yams", package: "Yams")],
+            swiftSettings: targetFlags),
     .target(name: "TesseraPlanner", dependencies: ["Tessera"], swiftSettings: targetFlags),
     .executableTarget(
       name: "tessera",

@@ -11,13 +11,15 @@ struct TesseraCLI: ParsableCommand {
     discussion: """
       Quick start:
         swift run -c release tessera demo      train a small model on built-in synthetic data
+        tessera plan --model resnet50 --input 3x2400x2400 --budget 16GiB   will it fit? what batch?
+        tessera rf --model vgg16               receptive field layer by layer
         tessera step --model fcn-large ...     one forward+backward on a batch, gradients to safetensors
         tessera bench train --json             training throughput and memory of a zoo model
 
       Threads: --threads N on any command, or TESSERA_THREADS=N (default: all cores).
       Results go to stdout, progress and warnings to stderr; --json prints one JSON object.
       """,
-    subcommands: [DemoCommand.self, StepCommand.self, BenchCommand.self]
+    subcommands: [DemoCommand.self, PlanCommand.self, RFCommand.self, StepCommand.self, BenchCommand.self]
   )
 }
 

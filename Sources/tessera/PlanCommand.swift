@@ -1,0 +1,182 @@
+import ArgumentParser
+import Foundation
+import Tessera
+import TesseraKernels
+import TesseraPlanner
+
+/// Options shared by `plan` and `rf`: which model, on what input.
+struct ModelOptions: ParsableArguments {
+  @Option(help: "A zoo model (\(Zoo.names.joined(separator: ", "))) or a model-spec file (.json, .yaml).")
+  var model: String = "fcn-large"
+  @Option(help: "Input C×H×W or H×W (channels from the model), e.g. 3x2400x2400.") var input: String = "3x224x224"
+  @Option(help: "Classes for zoo models (spec files give their own).") var classes: Int = 1000
+
+  func load() throws -> (name: String, model: Sequential, input: [Int]) {
+    let (name, model, channels) = try ModelLoader.load(model, classes: classes)
+    return (name, model, try parseInput(input, defaultChannels: channels))
+  }
+}
+
+struct PlanCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "plan",
+    abstract: "Predict a run's memory, MACs and receptive field before it runs, and the batch a budget allows.",
+    discussion: """
+      Bytes are predicted by dry-running every layer's forward and backward allocations (outputs, what
+      each layer keeps for backward, kernel workspaces) — the same numbers the memory ledger measures
+      in a real step (tests hold them equal to the byte). Peak training = parameters + gradients +
+      optimizer state + the batch + the activation/workspace peak of one step; peak inference =
+      parameters + the batch + the forward peak. Sizes print in binary units (1 MiB = 2^20 bytes);
+      --budget takes B/KB/MB/GB (10^n) or KiB/MiB/GiB (2^n).
+      """)
+
+  @OptionGroup var modelOptions: ModelOptions
+  @Option(help: "Images per batch.") var batch = 1
+  @Option(help: "Storage precision: fp32 (fp16/bf16 storage comes with the memory-modes work).") var precision = "fp32"
+  @Option(help: "Optimizer state to count: sgd (none), momentum (1×), adamw (2×).") var optimizer = "momentum"
+  @Option(help: "Memory budget, e.g. 8GiB: report the largest batches that fit and what would fit.") var budget: String?
+  @Flag(help: "Print one JSON object.") var json = false
+  @OptionGroup var global: GlobalOptions
+
+  func validate() throws {
+    guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
+    guard OptimizerKind(rawValue: optimizer) != nil else {
+      throw ValidationError("--optimizer must be sgd, momentum or adamw, got '\(optimizer)'")
+    }
+    guard ["fp32", "fp16", "bf16"].contains(precision) else {
+      throw ValidationError("--precision must be fp32, fp16 or bf16, got '\(precision)'")
+    }
+    guard precision == "fp32" else {
+      throw ValidationError("--precision \(precision): 16-bit storage is not in the engine yet, so it cannot be planned against the ledger; plan with fp32")
+    }
+  }
+
+  func run() throws {
+    try global.apply()
+    let (name, model, input) = try modelOptions.load()
+    let opt = OptimizerKind(rawValue: optimizer)!
+    let plan = try Planner.plan(model, name: name, input: input, batch: batch, optimizer: opt)
+    let advice = try budget.map { try Planner.advise(model, input: input, batch: batch, optimizer: opt,
+                                                    budget: try ByteSize.parse($0)) }
+    if json {
+      printJSON(planJSON(plan, advice: advice))
+      return
+    }
+    printTable(plan)
+    if let a = advice { printAdvice(a, plan: plan) }
+  }
+
+  func planJSON(_ p: Plan, advice: BudgetAdvice?) -> [String: Any] {
+    var out: [String: Any] = [
+      "model": p.model, "input": p.input, "batch": p.batch, "precision": precision, "optimizer": p.optimizer.rawValue,
+      "threads": p.threads, "parameters": p.parameters, "macs": p.macs,
+      "bytes": [
+        "input": p.inputBytes, "parameters": p.parameterBytes, "gradients": p.gradientBytes,
+        "optimizer": p.optimizerBytes, "activations": p.activationBytes, "peakTraining": p.peakTrainingBytes,
+        "peakInference": p.peakInferenceBytes,
+      ],
+      "receptiveField": rfJSON(p.receptiveField),
+      "fullyConnectedShare": p.fullyConnectedShare,
+      "layers": p.layers.map { l -> [String: Any] in
+        ["name": l.name, "kind": l.kind, "output": l.output, "parameters": l.parameters, "macs": l.macs,
+         "keptBytes": l.keptBytes, "workspaceBytes": l.workspaceBytes, "receptiveField": rfJSON(l.receptiveField)]
+      },
+    ]
+    if let a = advice {
+      out["budget"] = a.budgetBytes
+      out["fits"] = a.fits
+      out["maxBatch"] = ["training": a.maxTrainingBatch as Any? ?? NSNull(), "inference": a.maxInferenceBatch as Any? ?? NSNull()]
+      out["suggestions"] = a.suggestions.map {
+        ["change": $0.change, "batch": $0.batch, "input": $0.input, "peakTraining": $0.peakTrainingBytes,
+         "peakInference": $0.peakInferenceBytes, "note": $0.note] as [String: Any]
+      }
+    }
+    return out
+  }
+
+  func printTable(_ p: Plan) {
+    print("\(p.model) on \(p.batch) × \(p.input.map(String.init).joined(separator: "×")), fp32, \(p.optimizer.rawValue), \(p.threads) threads")
+    print(pad("layer", 26) + pad("kind", 18) + pad("output", 20, right: true) + pad("params", 12, right: true)
+          + pad("MACs/img", 14, right: true) + pad("kept", 12, right: true) + pad("RF", 10, right: true))
+    for l in p.layers {
+      let rf = l.receptiveField.global ? "global" : l.receptiveField.size.map(String.init).joined(separator: "×")
+      print(pad(l.name, 26) + pad(l.kind, 18) + pad(l.output.map(String.init).joined(separator: "×"), 20, right: true)
+            + pad(grouped(l.parameters), 12, right: true) + pad(grouped(l.macs), 14, right: true)
+            + pad(ByteSize.format(l.keptBytes), 12, right: true) + pad(rf, 10, right: true))
+    }
+    print("")
+    print("parameters        \(grouped(p.parameters))")
+    print("MACs per image    \(grouped(p.macs))  (\(String(format: "%.2f", Double(p.macs) / 1e9)) G)")
+    if p.fullyConnectedShare > 0 {
+      print(String(format: "FC share          %.1f %% of the parameters are in fully connected layers", p.fullyConnectedShare * 100))
+    }
+    let rfText = p.receptiveField.global ? "global (the whole input)" : p.receptiveField.size.map(String.init).joined(separator: "×")
+    print("receptive field   \(rfText), effective stride \(p.receptiveField.stride.map(String.init).joined(separator: "×"))")
+    print("bytes (binary units):")
+    for (k, v) in [("input batch", p.inputBytes), ("parameters", p.parameterBytes), ("gradients", p.gradientBytes),
+                   ("optimizer state", p.optimizerBytes), ("activations+workspace", p.activationBytes),
+                   ("peak training", p.peakTrainingBytes), ("peak inference", p.peakInferenceBytes)] {
+      print("  " + pad(k, 24) + pad(ByteSize.format(v), 12, right: true) + "  (\(grouped(v)) B)")
+    }
+  }
+
+  func printAdvice(_ a: BudgetAdvice, plan p: Plan) {
+    print("budget \(ByteSize.format(a.budgetBytes)) (\(grouped(a.budgetBytes)) B):")
+    print("  largest training batch:  \(a.maxTrainingBatch.map(String.init) ?? "none — not even one image")")
+    print("  largest inference batch: \(a.maxInferenceBatch.map(String.init) ?? "none — not even one image")")
+    print(a.fits ? "  batch \(p.batch) fits." : "  batch \(p.batch) does NOT fit (needs \(ByteSize.format(p.peakTrainingBytes))).")
+    for s in a.suggestions {
+      print("  → \(s.note): batch \(s.batch), input \(s.input.map(String.init).joined(separator: "×")), peak \(ByteSize.format(s.peakTrainingBytes))")
+    }
+  }
+}
+
+struct RFCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "rf",
+    abstract: "Receptive field per layer: size, effective stride and centre of the first unit, in input pixels.")
+
+  @OptionGroup var modelOptions: ModelOptions
+  @Flag(help: "Print one JSON object.") var json = false
+
+  func run() throws {
+    let (name, model, input) = try modelOptions.load()
+    let p = try Planner.plan(model, name: name, input: input, batch: 1, optimizer: .sgd)
+    if json {
+      printJSON(["model": name, "input": input, "receptiveField": rfJSON(p.receptiveField),
+                 "layers": p.layers.map { ["name": $0.name, "kind": $0.kind, "output": Array($0.output.dropFirst()),
+                                           "receptiveField": rfJSON($0.receptiveField)] as [String: Any] }])
+      return
+    }
+    print("\(name) on \(input.map(String.init).joined(separator: "×"))")
+    print(pad("layer", 26) + pad("kind", 18) + pad("output", 16, right: true) + pad("RF size", 12, right: true)
+          + pad("stride", 10, right: true) + pad("centre", 14, right: true))
+    for l in p.layers {
+      let r = l.receptiveField
+      print(pad(l.name, 26) + pad(l.kind, 18) + pad(l.output.dropFirst().map(String.init).joined(separator: "×"), 16, right: true)
+            + pad(r.global ? "global" : r.size.map(String.init).joined(separator: "×"), 12, right: true)
+            + pad(r.stride.map(String.init).joined(separator: "×"), 10, right: true)
+            + pad(r.center.map { String(format: "%g", $0) }.joined(separator: ","), 14, right: true))
+    }
+  }
+}
+
+func rfJSON(_ r: ReceptiveField) -> [String: Any] {
+  ["size": r.size, "stride": r.stride, "center": r.center, "global": r.global]
+}
+
+func pad(_ s: String, _ n: Int, right: Bool = false) -> String {
+  let c = s.count
+  guard c < n else { return s + " " }
+  return right ? String(repeating: " ", count: n - c) + s : s + String(repeating: " ", count: n - c)
+}
+
+func grouped(_ v: Int) -> String {
+  let s = String(v)
+  var out = ""
+  for (i, ch) in s.reversed().enumerated() {
+    if i > 0 && i % 3 == 0 && ch != "-" { out.append(",") }
+    out.append(ch)
+  }
+  return String(out.reversed())
+}
