@@ -112,17 +112,21 @@ public enum Planner {
 
     // Training step: the batch, forward keeping what backward needs, loss gradient, backward.
     let train = MemorySimulation(threads: threads)
+    // (withExtendedLifetime: a simulated tensor must live exactly as long as the real one, which
+    // the caller of a training step holds to the end, even where the dry run no longer reads it.)
     do {
       let x = train.allocate(shape)
       let logits = try model.planForward(x, training: true, train)
       for (i, (_, leaf)) in leaves.enumerated() { rows[i].keptBytes = train.keptBytes(of: leaf) }
       let dLogits = train.allocate(logits.shape)
-      _ = model.planBackward(dLogits, needInputGradient: false, train)
+      let dx = model.planBackward(dLogits, needInputGradient: false, train)
+      withExtendedLifetime((x, logits, dLogits, dx)) {}
     }
     let infer = MemorySimulation(threads: threads)
     do {
       let x = infer.allocate(shape)
-      _ = try model.planForward(x, training: false, infer)
+      let y = try model.planForward(x, training: false, infer)
+      withExtendedLifetime((x, y)) {}
     }
     let inputBytes = shape.reduce(1, *) * 4
     let resident = parameterBytes + gradientBytes + optimizerBytes

@@ -32,7 +32,7 @@ public final class ReLU: Layer {
     let y = sim.take(self)
     guard needInputGradient else { return nil }
     let dx = sim.allocate(dy.shape)
-    _ = y
+    withExtendedLifetime(y) {}  // held until here, as the real pass holds it
     return dx
   }
 }
@@ -69,7 +69,7 @@ public final class ReLU6: Layer {
     let y = sim.take(self)
     guard needInputGradient else { return nil }
     let dx = sim.allocate(dy.shape)
-    _ = y
+    withExtendedLifetime(y) {}  // held until here, as the real pass holds it
     return dx
   }
 }
@@ -110,7 +110,7 @@ public final class LeakyReLU: Layer {
     let y = sim.take(self)
     guard needInputGradient else { return nil }
     let dx = sim.allocate(dy.shape)
-    _ = y
+    withExtendedLifetime(y) {}  // held until here, as the real pass holds it
     return dx
   }
 }

@@ -94,7 +94,7 @@ public final class BatchNorm2D: Layer {
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
     let x = sim.take(self)
     let dx = sim.allocate(dy.shape)
-    _ = x
+    withExtendedLifetime(x) {}  // held until here, as the real pass holds it
     return needInputGradient ? dx : nil
   }
 }

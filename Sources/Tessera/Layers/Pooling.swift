@@ -90,7 +90,7 @@ public final class Pool2D: Layer {
     let kept = sim.take(self)
     guard let s = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? [Int], needInputGradient else { return nil }
     let dx = sim.allocate(s)
-    _ = kept
+    withExtendedLifetime(kept) {}  // held until here, as the real pass holds it
     return dx
   }
 }

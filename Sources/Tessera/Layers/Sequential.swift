@@ -180,7 +180,7 @@ public final class ResidualBlock: Layer {
     let b = try shortcut?.planForward(x, training: training, sim) ?? x
     let y = sim.allocate(a.shape)
     if training && finalReLU { sim.keep(self, [y]) }
-    _ = b
+    withExtendedLifetime(b) {}  // held until here, as the real pass holds it
     return y
   }
 
@@ -189,7 +189,7 @@ public final class ResidualBlock: Layer {
     _ = sim.take(self)
     let dMain = main.planBackward(d, needInputGradient: needInputGradient, sim)
     let dShort = shortcut?.planBackward(d, needInputGradient: needInputGradient, sim)
-    _ = dShort
+    withExtendedLifetime((d, dShort)) {}  // held until here, as the real pass holds them
     return dMain
   }
 }
