@@ -153,3 +153,55 @@ extension CLITests {
     XCTAssertEqual(tensors["stem.conv.weight"]?["shape"] as? [Int], [16, 3, 7, 7])
   }
 }
+
+extension CLITests {
+  func testPlanAndRF() throws {
+    var r = try CLI.run(["plan", "--model", "resnet50", "--input", "3x2400x2400", "--batch", "4", "--budget", "16GiB", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let p = try json(r.stdout)
+    XCTAssertEqual(p["parameters"] as? Int, 25_557_032)
+    let bytes = try XCTUnwrap(p["bytes"] as? [String: Int])
+    for k in ["input", "parameters", "gradients", "optimizer", "activations", "peakTraining", "peakInference"] {
+      XCTAssertNotNil(bytes[k], k)
+    }
+    XCTAssertEqual(bytes["input"], 4 * 69_120_000)
+    XCTAssertEqual(p["fits"] as? Bool, false)
+    let maxBatch = try XCTUnwrap(p["maxBatch"] as? [String: Any])
+    XCTAssertNotNil(maxBatch["training"])
+    XCTAssertFalse((p["suggestions"] as? [Any] ?? []).isEmpty)
+    let layers = try XCTUnwrap(p["layers"] as? [[String: Any]])
+    XCTAssertEqual(layers.first?["name"] as? String, "conv1")
+    for k in ["name", "output", "parameters", "macs", "keptBytes", "receptiveField"] { XCTAssertNotNil(layers[0][k], k) }
+
+    // Human table: FC share for a model with an FC head, and sizes labelled.
+    r = try CLI.run(["plan", "--model", "vgg16", "--input", "224x224"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssert(r.stdout.contains("FC share") && r.stdout.contains("MiB"), r.stdout)
+
+    r = try CLI.run(["rf", "--model", "vgg16", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let rf = try json(r.stdout)
+    let pool5 = try XCTUnwrap((rf["layers"] as? [[String: Any]])?.first { $0["name"] as? String == "features.30" })
+    XCTAssertEqual((pool5["receptiveField"] as? [String: Any])?["size"] as? [Int], [212, 212])
+
+    // A spec file, and its shape error naming the layer.
+    let examples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().appendingPathComponent("examples")
+    r = try CLI.run(["plan", "--model", examples.appendingPathComponent("tiny-resnet.yaml").path, "--input", "1024x768", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertEqual(try json(r.stdout)["input"] as? [Int], [1, 1024, 768])
+    r = try CLI.run(["plan", "--model", examples.appendingPathComponent("mismatch.yaml").path, "--input", "3x64x64"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("too_big"), r.stderr)
+
+    // Bad arguments say what to type.
+    r = try CLI.run(["plan", "--budget", "lots"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("8GiB"), r.stderr)
+    r = try CLI.run(["plan", "--model", "nonet"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("resnet50"), r.stderr)
+    r = try CLI.run(["plan", "--precision", "fp16"])
+    XCTAssertNotEqual(r.status, 0)
+  }
+}
