@@ -22,29 +22,43 @@ public enum GEMM {
     let colSlivers = (n + nr - 1) / nr
     let workers = Parallel.workers(for: colSlivers)
     if workers > 1 && colSlivers >= 4 * workers {
-      let cc = SendablePointer(c)
-      Parallel.forRanges(colSlivers) { _, r in
-        let j0 = r.lowerBound * nr, j1 = min(n, r.upperBound * nr)
-        let bView = transB ? b + j0 * ldb : b + j0
-        blocked(transA: transA, transB: transB, m: m, n: j1 - j0, k: k, alpha: alpha, a: a, lda: lda,
-                b: bView, ldb: ldb, c: cc.p + j0, ldc: ldc, rowWorkers: 1)
+      // All workers' workspaces in one allocation made here, so the peak does not depend on timing.
+      let ranges = columnRanges(colSlivers, workers: workers, n: n)
+      let offsets = ranges.reduce(into: [0]) { $0.append($0.last! + workspaceFloats(n: $1.count, rowWorkers: 1)) }
+      let workspace = Buffer(floats: offsets.last!, zeroed: false)
+      let cc = SendablePointer(c), ws = SendablePointer(workspace.floats)
+      Parallel.forRanges(workers) { _, r in
+        for w in r {
+          let j0 = ranges[w].lowerBound
+          let bView = transB ? b + j0 * ldb : b + j0
+          blocked(transA: transA, transB: transB, m: m, n: ranges[w].count, k: k, alpha: alpha, a: a, lda: lda,
+                  b: bView, ldb: ldb, c: cc.p + j0, ldc: ldc, rowWorkers: 1, workspace: ws.p + offsets[w])
+        }
       }
+      withExtendedLifetime(workspace) {}
     } else {
+      let rowWorkers = Parallel.workers(for: (m + mr - 1) / mr)
+      let workspace = Buffer(floats: workspaceFloats(n: n, rowWorkers: rowWorkers), zeroed: false)
       blocked(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
-              c: c, ldc: ldc, rowWorkers: Parallel.workers(for: (m + mr - 1) / mr))
+              c: c, ldc: ldc, rowWorkers: rowWorkers, workspace: workspace.floats)
+      withExtendedLifetime(workspace) {}
     }
+  }
+
+  /// Column ranges (whole 16-wide slivers) of the column split.
+  static func columnRanges(_ slivers: Int, workers: Int, n: Int) -> [Range<Int>] {
+    (0..<workers).map { i in (slivers * i / workers * nr)..<min(n, slivers * (i + 1) / workers * nr) }
   }
 
   /// C += alpha · op(A) · op(B), blocked; `rowWorkers` > 1 splits each panel's rows between threads.
   static func blocked(
     transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-    c: UnsafeMutablePointer<Float>, ldc: Int, rowWorkers: Int
+    c: UnsafeMutablePointer<Float>, ldc: Int, rowWorkers: Int, workspace: UnsafeMutablePointer<Float>
   ) {
-    // One workspace for the packed B panel and each worker's packed A block (workspaceFloats).
+    // `workspace` (workspaceFloats) holds the packed B panel, then each row worker's packed A block.
     let bFloats = kc * min(roundUp(n, nr), nc)
-    let workspace = Buffer(floats: workspaceFloats(n: n, rowWorkers: rowWorkers), zeroed: false)
-    let pB = SendablePointer(workspace.floats), pA = SendablePointer(workspace.floats + bFloats)
+    let pB = SendablePointer(workspace), pA = SendablePointer(workspace + bFloats)
     let cc = SendablePointer(c)
 
     for jc in stride(from: 0, to: n, by: nc) {
@@ -105,10 +119,7 @@ public enum GEMM {
     let colSlivers = (n + nr - 1) / nr
     let workers = max(1, min(colSlivers, threads))
     if workers > 1 && colSlivers >= 4 * workers {
-      return (0..<workers).reduce(0) { sum, i in
-        let lo = colSlivers * i / workers, hi = colSlivers * (i + 1) / workers
-        return sum + 4 * workspaceFloats(n: min(n, hi * nr) - lo * nr, rowWorkers: 1)
-      }
+      return 4 * columnRanges(colSlivers, workers: workers, n: n).reduce(0) { $0 + workspaceFloats(n: $1.count, rowWorkers: 1) }
     }
     return 4 * workspaceFloats(n: n, rowWorkers: max(1, min((m + mr - 1) / mr, threads)))
   }

@@ -1,24 +1,34 @@
 import TesseraKernels
 
-/// max(x, 0). Keeps its output for backward.
-public final class ReLU: Layer {
+/// An element-wise activation whose backward needs only its output: ReLU, LeakyReLU (slope ≥ 0)
+/// and ReLU6 differ only in their two kernels. Keeps its output for backward.
+public class OutputActivation: Layer {
   private var savedOutput: Tensor?
   public init() {}
+
+  /// y = f(x)
+  func apply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int) { fatalError("abstract") }
+  /// dx = f'(x) · dy, f' read off the output y.
+  func gradient(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ count: Int) {
+    fatalError("abstract")
+  }
+
+  public var kind: String { String(describing: type(of: self)) }
   public func outputShape(for input: [Int]) throws -> [Int] { input }
 
   public func forward(_ x: Tensor, training: Bool) -> Tensor {
     let y = Tensor(uninitialized: x.shape)
-    ElementwiseKernels.leakyRelu(x.floats, y.floats, count: x.count)
+    apply(x.floats, y.floats, x.count)
     if training { savedOutput = y }
     return y
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
-    guard let y = savedOutput else { preconditionFailure("ReLU.backward without a training forward") }
+    guard let y = savedOutput else { preconditionFailure("\(kind).backward without a training forward") }
     savedOutput = nil
     guard needInputGradient else { return nil }
     let dx = Tensor(uninitialized: y.shape)
-    ElementwiseKernels.leakyReluBackward(y: y.floats, dy: dy.floats, dx: dx.floats, count: y.count)
+    gradient(y.floats, dy.floats, dx.floats, y.count)
     return dx
   }
 
@@ -37,81 +47,38 @@ public final class ReLU: Layer {
   }
 }
 
-/// min(max(x, 0), 6), as MobileNetV2. Keeps its output for backward.
-public final class ReLU6: Layer {
-  private var savedOutput: Tensor?
-  public init() {}
-  public func outputShape(for input: [Int]) throws -> [Int] { input }
-
-  public func forward(_ x: Tensor, training: Bool) -> Tensor {
-    let y = Tensor(uninitialized: x.shape)
-    ElementwiseKernels.clamp(x.floats, y.floats, count: x.count, lo: 0, hi: 6)
-    if training { savedOutput = y }
-    return y
+/// max(x, 0).
+public final class ReLU: OutputActivation {
+  override func apply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    ElementwiseKernels.leakyRelu(x, y, count: n)
   }
-
-  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
-    guard let y = savedOutput else { preconditionFailure("ReLU6.backward without a training forward") }
-    savedOutput = nil
-    guard needInputGradient else { return nil }
-    let dx = Tensor(uninitialized: y.shape)
-    ElementwiseKernels.clampBackward(y: y.floats, dy: dy.floats, dx: dx.floats, count: y.count, lo: 0, hi: 6)
-    return dx
-  }
-
-  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
-    let y = sim.allocate(x.shape)
-    if training { sim.keep(self, [y]) }
-    return y
-  }
-
-  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
-    let y = sim.take(self)
-    guard needInputGradient else { return nil }
-    let dx = sim.allocate(dy.shape)
-    withExtendedLifetime(y) {}  // held until here, as the real pass holds it
-    return dx
+  override func gradient(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
+    ElementwiseKernels.leakyReluBackward(y: y, dy: dy, dx: dx, count: n)
   }
 }
 
-/// x < 0 ? slope·x : x, slope ≥ 0 (default 0.01, as PyTorch). Keeps its output for backward.
-public final class LeakyReLU: Layer {
+/// min(max(x, 0), 6), as MobileNetV2.
+public final class ReLU6: OutputActivation {
+  override func apply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    ElementwiseKernels.clamp(x, y, count: n, lo: 0, hi: 6)
+  }
+  override func gradient(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
+    ElementwiseKernels.clampBackward(y: y, dy: dy, dx: dx, count: n, lo: 0, hi: 6)
+  }
+}
+
+/// x < 0 ? slope·x : x, slope ≥ 0 (default 0.01, as PyTorch).
+public final class LeakyReLU: OutputActivation {
   public let slope: Float
-  private var savedOutput: Tensor?
   public init(slope: Float = 0.01) {
     precondition(slope >= 0, "LeakyReLU slope must be ≥ 0")
     self.slope = slope
   }
-  public func outputShape(for input: [Int]) throws -> [Int] { input }
-
-  public func forward(_ x: Tensor, training: Bool) -> Tensor {
-    let y = Tensor(uninitialized: x.shape)
-    ElementwiseKernels.leakyRelu(x.floats, y.floats, count: x.count, slope: slope)
-    if training { savedOutput = y }
-    return y
+  override func apply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    ElementwiseKernels.leakyRelu(x, y, count: n, slope: slope)
   }
-
-  public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
-    guard let y = savedOutput else { preconditionFailure("LeakyReLU.backward without a training forward") }
-    savedOutput = nil
-    guard needInputGradient else { return nil }
-    let dx = Tensor(uninitialized: y.shape)
-    ElementwiseKernels.leakyReluBackward(y: y.floats, dy: dy.floats, dx: dx.floats, count: y.count, slope: slope)
-    return dx
-  }
-
-  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
-    let y = sim.allocate(x.shape)
-    if training { sim.keep(self, [y]) }
-    return y
-  }
-
-  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
-    let y = sim.take(self)
-    guard needInputGradient else { return nil }
-    let dx = sim.allocate(dy.shape)
-    withExtendedLifetime(y) {}  // held until here, as the real pass holds it
-    return dx
+  override func gradient(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
+    ElementwiseKernels.leakyReluBackward(y: y, dy: dy, dx: dx, count: n, slope: slope)
   }
 }
 
