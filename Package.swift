@@ -23,6 +23,7 @@ let package = Package(
     .library(name: "TesseraKernels", targets: ["TesseraKernels"]),
     .library(name: "Tessera", targets: ["Tessera"]),
     .library(name: "TesseraPlanner", targets: ["TesseraPlanner"]),
+    .library(name: "TesseraData", targets: ["TesseraData"]),
     .executable(name: "tessera", targets: ["tessera"]),
   ],
   dependencies: [
@@ -34,9 +35,13 @@ let package = Package(
     .target(name: "Tessera", dependencies: ["TesseraKernels", .product(name: "Yams", package: "Yams")],
             swiftSettings: targetFlags),
     .target(name: "TesseraPlanner", dependencies: ["Tessera"], swiftSettings: targetFlags),
+    // libjpeg-turbo and libpng from the system (Debian: libjpeg62-turbo-dev, libpng-dev).
+    .target(name: "CTesseraImage", cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]),
+    .target(name: "TesseraData", dependencies: ["Tessera", "CTesseraImage"], swiftSettings: kernelFlags),
     .executableTarget(
       name: "tessera",
-      dependencies: ["Tessera", "TesseraPlanner", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: targetFlags),
     .target(name: "TestSupport", dependencies: ["Tessera"], path: "Tests/TestSupport",
             swiftSettings: targetFlags),
@@ -46,6 +51,7 @@ let package = Package(
                 swiftSettings: targetFlags),
     .testTarget(name: "TesseraPlannerTests", dependencies: ["TesseraPlanner", "TestSupport"],
                 swiftSettings: targetFlags),
+    .testTarget(name: "TesseraDataTests", dependencies: ["TesseraData", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport"], swiftSettings: targetFlags),
   ],
   swiftLanguageModes: [.v5]
