@@ -1,0 +1,54 @@
+import Foundation
+import Tessera
+
+/// Binary PGM (P5) and PPM (P6), 8- or 16-bit (big-endian) samples.
+enum PNM {
+  struct Header { var width: Int, height: Int, channels: Int, maxval: Int, offset: Int }
+
+  static func header(_ d: Data, path: String) throws -> Header {
+    let bytes = [UInt8](d.prefix(4096))
+    var i = 2
+    func token() throws -> Int {
+      while i < bytes.count {
+        if bytes[i] == UInt8(ascii: "#") {
+          while i < bytes.count && bytes[i] != 10 { i += 1 }
+        } else if bytes[i] == 32 || (9...13).contains(bytes[i]) {
+          i += 1
+        } else { break }
+      }
+      var v = 0, digits = 0
+      while i < bytes.count, (48...57).contains(bytes[i]) {
+        v = v * 10 + Int(bytes[i] - 48)
+        digits += 1
+        i += 1
+        guard digits <= 9 else { throw ImageError(path: path, .corrupt("PNM header number too long")) }
+      }
+      guard digits > 0 else { throw ImageError(path: path, .corrupt("PNM header is incomplete")) }
+      return v
+    }
+    let channels = bytes[1] == UInt8(ascii: "6") ? 3 : 1
+    let w = try token(), h = try token(), maxval = try token()
+    guard w > 0, h > 0, (1...65535).contains(maxval), i < bytes.count else {
+      throw ImageError(path: path, .corrupt("PNM header has width \(w), height \(h), maxval \(maxval)"))
+    }
+    return Header(width: w, height: h, channels: channels, maxval: maxval, offset: i + 1)
+  }
+
+  static func decode(_ d: Data, path: String, x: Int, y: Int, w: Int, h: Int, channels: Int) throws -> Tensor {
+    let hd = try header(d, path: path)
+    let bps = hd.maxval > 255 ? 2 : 1
+    let rowBytes = hd.width * hd.channels * bps
+    let (need, overflow) = rowBytes.multipliedReportingOverflow(by: hd.height)
+    guard !overflow, d.count >= hd.offset + need else {
+      throw ImageError(path: path, .corrupt("PNM data is truncated: \(d.count - hd.offset) of \(overflow ? Int.max : need) bytes"))
+    }
+    let scale = 1 / Float(hd.maxval)
+    return d.withUnsafeBytes { raw -> Tensor in
+      let base = raw.bindMemory(to: UInt8.self).baseAddress! + hd.offset
+      return Pixels.convert(width: w, height: h, inChannels: hd.channels, outChannels: channels, scale: scale) { yy, xx, c in
+        let p = base + (y + yy) * rowBytes + ((x + xx) * hd.channels + c) * bps
+        return bps == 1 ? Float(p[0]) : Float(Int(p[0]) << 8 | Int(p[1]))
+      }
+    }
+  }
+}
