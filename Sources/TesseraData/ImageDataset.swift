@@ -1,0 +1,161 @@
+import Foundation
+import TesseraKernels
+
+/// One labelled image of a data set.
+public struct Sample: Sendable, Equatable {
+  public var url: URL
+  /// Path relative to the data set's root (as written in manifests).
+  public var relativePath: String
+  public var label: Int
+  /// "train", "val" or "test" when a manifest says so.
+  public var split: String?
+}
+
+/// Why a data set could not be listed, naming the file (and line) at fault.
+public struct DatasetError: Error, CustomStringConvertible {
+  public var path: String
+  public var message: String
+  public var description: String { "\(path): \(message)" }
+}
+
+/// Images with labels: an ImageFolder tree (`root/<class>/<file>`) or a CSV manifest
+/// (`path,label[,split]`). Classes are sorted by name; their index is the label.
+public struct ImageDataset: Sendable {
+  public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png", "ppm", "pgm"]
+  public var root: URL
+  public var classes: [String]
+  public var samples: [Sample]
+
+  /// `root/<class>/<file>`: every image file under each class folder (recursively), hidden files
+  /// and other extensions ignored, in sorted order.
+  public static func folder(_ root: URL) throws -> ImageDataset {
+    let fm = FileManager.default
+    var isDir: ObjCBool = false
+    guard fm.fileExists(atPath: root.path, isDirectory: &isDir), isDir.boolValue else {
+      throw DatasetError(path: root.path, message: "not a folder; expected root/<class>/<image files>")
+    }
+    let classes = try fm.contentsOfDirectory(atPath: root.path).filter { name in
+      var d: ObjCBool = false
+      return !name.hasPrefix(".") && fm.fileExists(atPath: root.appendingPathComponent(name).path, isDirectory: &d) && d.boolValue
+    }.sorted()
+    guard !classes.isEmpty else { throw DatasetError(path: root.path, message: "no class folders (root/<class>/<image files>)") }
+    var samples = [Sample]()
+    for (label, c) in classes.enumerated() {
+      let dir = root.appendingPathComponent(c)
+      guard let e = fm.enumerator(atPath: dir.path) else { continue }
+      var files = [String]()
+      while let f = e.nextObject() as? String {
+        let name = (f as NSString).lastPathComponent
+        if name.hasPrefix(".") { continue }
+        if imageExtensions.contains((f as NSString).pathExtension.lowercased()) { files.append(f) }
+      }
+      for f in files.sorted() {
+        samples.append(Sample(url: dir.appendingPathComponent(f), relativePath: c + "/" + f, label: label, split: nil))
+      }
+    }
+    return ImageDataset(root: root, classes: classes, samples: samples)
+  }
+
+  /// A CSV manifest of `path,label[,split]` (a header line naming `path` is skipped). Paths are
+  /// relative to `root` (default: the manifest's folder) and may not leave it.
+  public static func manifest(_ csv: URL, root: URL? = nil) throws -> ImageDataset {
+    let base = (root ?? csv.deletingLastPathComponent()).standardizedFileURL
+    let text: String
+    do { text = try String(contentsOf: csv, encoding: .utf8) } catch {
+      throw DatasetError(path: csv.path, message: "cannot read the manifest: \((error as NSError).localizedDescription)")
+    }
+    var rows = [(String, String, String?)]()
+    for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
+      let line = raw.trimmingCharacters(in: .whitespaces)
+      if line.isEmpty || line.hasPrefix("#") { continue }
+      let f = CSV.fields(line)
+      if n == 0 && f.first?.lowercased() == "path" { continue }
+      guard f.count == 2 || f.count == 3, !f[0].isEmpty, !f[1].isEmpty else {
+        throw DatasetError(path: "\(csv.path):\(n + 1)", message: "expected path,label[,split], got '\(line)'")
+      }
+      if f.count == 3, !["train", "val", "test"].contains(f[2]) {
+        throw DatasetError(path: "\(csv.path):\(n + 1)", message: "split must be train, val or test, got '\(f[2])'")
+      }
+      rows.append((f[0], f[1], f.count == 3 ? f[2] : nil))
+    }
+    let classes = Array(Set(rows.map(\.1))).sorted()
+    let index = Dictionary(uniqueKeysWithValues: classes.enumerated().map { ($1, $0) })
+    var samples = [Sample]()
+    for (i, r) in rows.enumerated() {
+      let url = base.appendingPathComponent(r.0).standardizedFileURL
+      guard !r.0.hasPrefix("/"), url.path.hasPrefix(base.path + "/") else {
+        throw DatasetError(path: csv.path, message: "row \(i + 1): path '\(r.0)' leaves the data set root \(base.path)")
+      }
+      samples.append(Sample(url: url, relativePath: r.0, label: index[r.1]!, split: r.2))
+    }
+    return ImageDataset(root: base, classes: classes, samples: samples)
+  }
+
+  /// Writes `{"classes": [...]}`: the class-to-index map (index = position).
+  public func saveClassMap(to url: URL) throws {
+    let d = try JSONSerialization.data(withJSONObject: ["classes": classes], options: [.prettyPrinted, .sortedKeys])
+    try d.write(to: url, options: .atomic)
+  }
+}
+
+/// Minimal CSV: commas, double-quoted fields with "" escapes.
+enum CSV {
+  static func fields(_ line: String) -> [String] {
+    var out = [String](), cur = "", quoted = false
+    var it = Array(line).makeIterator()
+    var pending: Character? = nil
+    while let ch = pending ?? it.next() {
+      pending = nil
+      if quoted {
+        if ch == "\"" {
+          if let n = it.next() { if n == "\"" { cur.append("\"") } else { quoted = false; pending = n } } else { quoted = false }
+        } else { cur.append(ch) }
+      } else if ch == "\"" { quoted = true } else if ch == "," {
+        out.append(cur.trimmingCharacters(in: .whitespaces))
+        cur = ""
+      } else { cur.append(ch) }
+    }
+    out.append(cur.trimmingCharacters(in: .whitespaces))
+    return out
+  }
+
+  static func quote(_ s: String) -> String {
+    s.contains(",") || s.contains("\"") ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
+  }
+}
+
+/// Deterministic, stratified train/val/test split: within each class the samples (sorted by path)
+/// are shuffled by a Fisher–Yates driven by `SeededGenerator`, so the same seed gives the same split
+/// on any machine and Swift version; each class contributes round(n·test) test and round(n·val)
+/// validation images.
+public enum DatasetSplit {
+  public static func assign(_ samples: [Sample], test: Double = 0.3, val: Double = 0, seed: UInt64 = 42) -> [String] {
+    precondition(test >= 0 && val >= 0 && test + val < 1, "test + val must be below 1")
+    var result = [String](repeating: "train", count: samples.count)
+    let byClass = Dictionary(grouping: samples.indices, by: { samples[$0].label })
+    for label in byClass.keys.sorted() {
+      var idx = byClass[label]!.sorted { samples[$0].relativePath < samples[$1].relativePath }
+      var rng = SeededGenerator(seed: seed &+ UInt64(label) &* 0x9E37_79B9_7F4A_7C15)
+      if idx.count > 1 {
+        for i in stride(from: idx.count - 1, to: 0, by: -1) {
+          let j = Int(rng.next() % UInt64(i + 1))
+          idx.swapAt(i, j)
+        }
+      }
+      let nTest = Int((Double(idx.count) * test).rounded()), nVal = Int((Double(idx.count) * val).rounded())
+      for (k, i) in idx.enumerated() {
+        if k < nTest { result[i] = "test" } else if k < nTest + nVal { result[i] = "val" }
+      }
+    }
+    return result
+  }
+
+  /// `path,label,split` lines (with a header) for a manifest.
+  public static func manifest(_ ds: ImageDataset, splits: [String]) -> String {
+    var s = "path,label,split\n"
+    for (i, x) in ds.samples.enumerated() {
+      s += "\(CSV.quote(x.relativePath)),\(CSV.quote(ds.classes[x.label])),\(splits[i])\n"
+    }
+    return s
+  }
+}
