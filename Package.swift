@@ -51,7 +51,8 @@ let package = Package(
                 swiftSettings: targetFlags),
     .testTarget(name: "TesseraPlannerTests", dependencies: ["TesseraPlanner", "TestSupport"],
                 swiftSettings: targetFlags),
-    .testTarget(name: "TesseraDataTests", dependencies: ["TesseraData", "CTesseraImage", "TestSupport"], swiftSettings: targetFlags),
+    .testTarget(name: "TesseraDataTests", dependencies: ["TesseraData", "CTesseraImage", "TestSupport"],
+                exclude: ["Fixtures"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport"], swiftSettings: targetFlags),
   ],
   swiftLanguageModes: [.v5]

@@ -84,3 +84,55 @@ enum Fixtures {
   /// Bytes of a (C, H, W) [0, 1] tensor as 8-bit values, channel-major.
   static func bytes(_ t: Tensor) -> [UInt8] { t.toArray().map { UInt8(($0 * 255).rounded()) } }
 }
+
+extension Fixtures {
+  /// A PNG written by hand (stored deflate blocks, filter 0): `samples` interleaved, 8- or 16-bit
+  /// (big-endian in the file), colour type 0 (gray), 2 (RGB), 4 (gray+alpha) or 6 (RGBA); Adam7
+  /// interlacing on request.
+  static func handPNG(_ samples: [UInt16], width w: Int, height h: Int, colorType: UInt8, depth: Int,
+                      interlaced: Bool = false) -> Data {
+    let channels = [0: 1, 2: 3, 4: 2, 6: 4][Int(colorType)]!
+    func row(_ xs: [Int], _ y: Int) -> [UInt8] {
+      var r: [UInt8] = [0]
+      for x in xs {
+        for c in 0..<channels {
+          let v = samples[(y * w + x) * channels + c]
+          if depth == 16 { r += [UInt8(v >> 8), UInt8(v & 255)] } else { r.append(UInt8(v)) }
+        }
+      }
+      return r
+    }
+    var raw = [UInt8]()
+    if interlaced {
+      for (xs, ys, dx, dy) in [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)] {
+        let cols = Array(stride(from: xs, to: w, by: dx))
+        guard !cols.isEmpty else { continue }
+        for y in stride(from: ys, to: h, by: dy) { raw += row(cols, y) }
+      }
+    } else {
+      for y in 0..<h { raw += row(Array(0..<w), y) }
+    }
+    // zlib with stored blocks.
+    var z: [UInt8] = [0x78, 0x01]
+    var i = 0
+    repeat {
+      let n = min(65535, raw.count - i)
+      z.append(i + n >= raw.count ? 1 : 0)
+      z += [UInt8(n & 255), UInt8(n >> 8), UInt8(~n & 255), UInt8((~n >> 8) & 255)]
+      z += raw[i..<(i + n)]
+      i += n
+    } while i < raw.count
+    var a: UInt32 = 1, b: UInt32 = 0
+    for x in raw { a = (a + UInt32(x)) % 65521; b = (b + a) % 65521 }
+    z += be32(b << 16 | a)
+    func chunk(_ type: String, _ data: [UInt8]) -> [UInt8] {
+      let body = Array(type.utf8) + data
+      return be32(UInt32(data.count)) + body + be32(crc32(body))
+    }
+    var png: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+    png += chunk("IHDR", be32(UInt32(w)) + be32(UInt32(h)) + [UInt8(depth), colorType, 0, 0, interlaced ? 1 : 0])
+    png += chunk("IDAT", z)
+    png += chunk("IEND", [])
+    return Data(png)
+  }
+}
