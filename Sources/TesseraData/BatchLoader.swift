@@ -129,15 +129,26 @@ public final class BatchLoader: @unchecked Sendable {
   }
 }
 
-/// The batches of one epoch, in order. `next()` blocks until the next batch is ready; dropping the
-/// iterator stops its workers.
+/// The batches of one epoch, in order. Workers take images one at a time (so even one batch is
+/// decoded in parallel) from at most `prefetch` batches ahead of the consumer, writing each into its
+/// slot of the batch tensor. `next()` blocks until the next batch is complete; dropping the iterator
+/// stops the workers.
 public final class EpochIterator: @unchecked Sendable {
   let loader: BatchLoader
   let epoch: Int
   let groups: [[Int]]
   private let cond = NSCondition()
-  private var results: [Int: Result<Batch?, Error>] = [:]
-  private var nextToStart = 0, nextToTake = 0, inFlight = 0
+  /// Per batch in flight: its tensor (allocated with its first image), which slots hold an image,
+  /// how many images are finished (loaded or skipped), and the first error under `.fail`.
+  private final class Pending {
+    var tensor: Tensor?
+    var filled: [Bool]
+    var finished = 0
+    var error: Error?
+    init(_ n: Int) { filled = [Bool](repeating: false, count: n) }
+  }
+  private var pending: [Int: Pending] = [:]
+  private var nextBatch = 0, nextSlot = 0, nextToTake = 0
   private var cancelled = false
   private var started = false
   private var startTime = 0.0
@@ -169,7 +180,8 @@ public final class EpochIterator: @unchecked Sendable {
   private func startWorkers() {
     started = true
     startTime = Date().timeIntervalSince1970
-    for _ in 0..<max(1, min(loader.workers, groups.count)) {
+    let images = groups.reduce(0) { $0 + $1.count }
+    for _ in 0..<max(1, min(loader.workers, images)) {
       let t = Thread { [weak self] in self?.work() }
       t.stackSize = 1 << 20
       t.start()
@@ -179,43 +191,44 @@ public final class EpochIterator: @unchecked Sendable {
   private func work() {
     while true {
       cond.lock()
-      while inFlight >= loader.prefetch && !cancelled { cond.wait() }
-      if cancelled || nextToStart >= groups.count {
+      while !cancelled && nextBatch < groups.count && nextBatch >= nextToTake + loader.prefetch { cond.wait() }
+      if cancelled || nextBatch >= groups.count {
         cond.unlock()
         return
       }
-      let b = nextToStart
-      nextToStart += 1
-      inFlight += 1
+      let b = nextBatch, slot = nextSlot
+      if pending[b] == nil { pending[b] = Pending(groups[b].count) }
+      let job = pending[b]!
+      nextSlot += 1
+      if nextSlot == groups[b].count {
+        nextBatch += 1
+        nextSlot = 0
+      }
       cond.unlock()
-      let r = Result { try build(b) }
+
+      let sample = groups[b][slot]
+      let result = Result { try loader.load(sample, epoch: epoch) }
       cond.lock()
-      results[b] = r
+      switch result {
+      case .success(let image):
+        if job.tensor == nil {
+          job.tensor = Tensor(uninitialized: [groups[b].count] + image.shape, category: .data)
+        }
+        job.tensor!.floats.advanced(by: slot * image.count).update(from: image.floats, count: image.count)
+        job.filled[slot] = true
+      case .failure(let error):
+        if loader.badFilePolicy == .fail {
+          job.error = job.error ?? error
+        } else {
+          let url = loader.dataset.samples[sample].url
+          skipped.append((url.path, "\(error)"))
+          loader.onWarning("skipping \(error)")
+        }
+      }
+      job.finished += 1
       cond.broadcast()
       cond.unlock()
     }
-  }
-
-  private func build(_ b: Int) throws -> Batch? {
-    var images = [Tensor](), labels = [Int](), urls = [URL]()
-    for s in groups[b] {
-      let sample = loader.dataset.samples[s]
-      do {
-        images.append(try loader.load(s, epoch: epoch))
-        labels.append(sample.label)
-        urls.append(sample.url)
-      } catch {
-        guard loader.badFilePolicy == .skip else { throw error }
-        cond.lock()
-        skipped.append((sample.url.path, "\(error)"))
-        cond.unlock()
-        loader.onWarning("skipping \(error)")
-      }
-    }
-    guard let first = images.first else { return nil }
-    let x = Tensor(uninitialized: [images.count] + first.shape, category: .data)
-    for (i, im) in images.enumerated() { (x.floats + i * first.count).update(from: im.floats, count: first.count) }
-    return Batch(images: x, labels: labels, urls: urls, index: b)
   }
 
   /// The next batch of the epoch, or nil at its end. Throws a bad file's error under `.fail`.
@@ -224,21 +237,26 @@ public final class EpochIterator: @unchecked Sendable {
     defer { cond.unlock() }
     if !started { startWorkers() }
     while nextToTake < groups.count {
-      while results[nextToTake] == nil { cond.wait() }
-      let r = results.removeValue(forKey: nextToTake)!
+      let b = nextToTake
+      while pending[b] == nil || pending[b]!.finished < groups[b].count { cond.wait() }
+      let job = pending.removeValue(forKey: b)!
       nextToTake += 1
-      inFlight -= 1
       cond.broadcast()
-      switch r {
-      case .failure(let e):
+      if let e = job.error {
         cancelled = true
         throw e
-      case .success(let batch?):
-        imagesDelivered += batch.labels.count
-        return batch
-      case .success(nil):
-        continue  // every file of this batch was skipped
       }
+      guard let t = job.tensor else { continue }  // every file of this batch was skipped
+      let kept = job.filled.indices.filter { job.filled[$0] }
+      let per = t.count / groups[b].count
+      var images = t
+      if kept.count < groups[b].count {
+        images = Tensor(uninitialized: [kept.count] + Array(t.shape.dropFirst()), category: .data)
+        for (i, k) in kept.enumerated() { (images.floats + i * per).update(from: t.floats + k * per, count: per) }
+      }
+      let samples = kept.map { loader.dataset.samples[groups[b][$0]] }
+      imagesDelivered += kept.count
+      return Batch(images: images, labels: samples.map(\.label), urls: samples.map(\.url), index: b)
     }
     return nil
   }

@@ -38,6 +38,8 @@ public struct ImagePipeline: Sendable {
   public var channels: Int
   /// Value of letterbox padding, in [0, 1].
   public var fillValue: Float
+  /// Decode JPEGs at a reduced DCT scale when the target is small enough (default on).
+  public var useDCTScaling = true
 
   public init(size: Int, policy: ResizePolicy = .fit, filter: ResampleFilter = .area, channels: Int = 3,
               fillValue: Float = 0, reader: ImageReader = ImageReader()) {
@@ -71,9 +73,11 @@ public struct ImagePipeline: Sendable {
 
   /// Reads and prepares one file. `cropOrigin` picks the crop of `.fill` (default: centred).
   public func prepare(_ url: URL, cropOrigin: ((Int, Int) -> (Int, Int))? = nil) throws -> PreparedImage {
-    let info = try reader.info(url)
+    let file = try reader.open(url)
+    let info = file.info
     let (rw, rh) = resizedSize(width: info.width, height: info.height)
-    let decoded = try reader.read(url, minimumSize: policy == .none ? nil : (rw, rh), channels: channels)
+    let decoded = try reader.read(file, minimumSize: policy == .none || !useDCTScaling ? nil : (rw, rh),
+                                  channels: channels)
     var img = decoded.pixels
     if rw != img.shape[2] || rh != img.shape[1] { img = Resample.resize(img, height: rh, width: rw, filter: filter) }
     switch policy {

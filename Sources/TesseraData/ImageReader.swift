@@ -121,10 +121,26 @@ public struct ImageReader: Sendable {
   public func read(
     _ url: URL, region: PixelRect? = nil, minimumSize: (width: Int, height: Int)? = nil, channels: Int = 3
   ) throws -> DecodedImage {
-    precondition(channels == 1 || channels == 3, "channels must be 1 or 3")
-    let path = url.path
+    try read(try open(url), region: region, minimumSize: minimumSize, channels: channels)
+  }
+
+  /// A file read into memory with its header parsed, to decode without reading it again.
+  public struct File {
+    public let url: URL
+    public let info: ImageInfo
+    let data: Data
+  }
+
+  public func open(_ url: URL) throws -> File {
     let d = try load(url)
-    let info = try info(of: d, path: path)
+    return File(url: url, info: try info(of: d, path: url.path), data: d)
+  }
+
+  public func read(
+    _ file: File, region: PixelRect? = nil, minimumSize: (width: Int, height: Int)? = nil, channels: Int = 3
+  ) throws -> DecodedImage {
+    precondition(channels == 1 || channels == 3, "channels must be 1 or 3")
+    let path = file.url.path, d = file.data, info = file.info
     let r = region ?? PixelRect(x: 0, y: 0, width: info.width, height: info.height)
     guard r.width > 0, r.height > 0, r.x >= 0, r.y >= 0, r.x + r.width <= info.width, r.y + r.height <= info.height else {
       throw ImageError(path: path, .badRegion("region \(r) is not inside the \(info.width)×\(info.height) image"))

@@ -6,7 +6,25 @@ enum Pixels {
   static func planar(
     _ src: UnsafePointer<UInt8>, width w: Int, height h: Int, channels _: Int, stride: Int, inChannels: Int, outChannels: Int
   ) -> Tensor {
-    convert(width: w, height: h, inChannels: inChannels, outChannels: outChannels, scale: 1 / 255) { y, x, c in
+    if inChannels == outChannels && (inChannels == 3 || inChannels == 1) {
+      // The common case, as one tight loop per row: de-interleave and scale.
+      let t = Tensor(uninitialized: [outChannels, h, w], category: .data)
+      let p = t.floats, plane = w * h, k: Float = 1 / 255
+      for y in 0..<h {
+        let row = src + y * stride, o = p + y * w
+        if inChannels == 1 {
+          for x in 0..<w { o[x] = Float(row[x]) * k }
+        } else {
+          for x in 0..<w {
+            o[x] = Float(row[3 * x]) * k
+            o[plane + x] = Float(row[3 * x + 1]) * k
+            o[2 * plane + x] = Float(row[3 * x + 2]) * k
+          }
+        }
+      }
+      return t
+    }
+    return convert(width: w, height: h, inChannels: inChannels, outChannels: outChannels, scale: 1 / 255) { y, x, c in
       Float(src[y * stride + x * inChannels + c])
     }
   }

@@ -15,7 +15,7 @@ public enum ResampleFilter: String, Sendable, Codable, CaseIterable {
 }
 
 public enum Resample {
-  /// (C, H, W) → (C, height, width).
+  /// (C, H, W) → (C, height, width). Single-threaded: the loader runs one image per worker.
   public static func resize(_ t: Tensor, height: Int, width: Int, filter: ResampleFilter) -> Tensor {
     precondition(t.rank == 3 && height > 0 && width > 0, "resize takes (C, H, W) to a positive size")
     let c = t.shape[0], h = t.shape[1], w = t.shape[2]
@@ -26,8 +26,8 @@ public enum Resample {
     let mid = Tensor(uninitialized: [c, h, width], category: .data)
     let out = Tensor(uninitialized: [c, height, width], category: .data)
     let src = SendablePointer(t.floats), m = SendablePointer(mid.floats), dst = SendablePointer(out.floats)
-    Parallel.forRanges(c * h) { _, r in
-      for row in r {
+    do {
+      for row in 0..<(c * h) {
         let s = src.p + row * w, d = m.p + row * width
         for (ox, k) in wx.enumerated() {
           var acc: Float = 0
@@ -36,8 +36,8 @@ public enum Resample {
         }
       }
     }
-    Parallel.forRanges(c * height) { _, r in
-      for row in r {
+    do {
+      for row in 0..<(c * height) {
         let ch = row / height, oy = row % height
         let k = wy[oy], d = dst.p + row * width
         for x in 0..<width { d[x] = 0 }
