@@ -53,7 +53,7 @@ let package = Package(
                 swiftSettings: targetFlags),
     .testTarget(name: "TesseraDataTests", dependencies: ["TesseraData", "CTesseraImage", "TestSupport"],
                 exclude: ["Fixtures"], swiftSettings: targetFlags),
-    .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport"], swiftSettings: targetFlags),
+    .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "TesseraData"], swiftSettings: targetFlags),
   ],
   swiftLanguageModes: [.v5]
 )

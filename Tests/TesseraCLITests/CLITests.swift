@@ -1,6 +1,7 @@
 import Foundation
 import Tessera
 import TestSupport
+import TesseraData
 import TesseraKernels
 import XCTest
 
@@ -203,5 +204,50 @@ extension CLITests {
     XCTAssert(r.stderr.contains("resnet50"), r.stderr)
     r = try CLI.run(["plan", "--precision", "fp16"])
     XCTAssertNotEqual(r.status, 0)
+  }
+}
+
+extension CLITests {
+  func testPreviewSplitAndBenchData() throws {
+    // A folder of tiny images made by the library's own encoder.
+    let data = dir.appendingPathComponent("photos")
+    for (c, n) in [("cat", 5), ("dog", 4)] {
+      let d = data.appendingPathComponent(c)
+      try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+      for i in 0..<n {
+        let px = [UInt8](repeating: UInt8(i * 40), count: 48 * 32 * 3)
+        try JPEGEncoder.encode(px, width: 48, height: 32).write(to: d.appendingPathComponent("\(i).jpg"))
+      }
+    }
+    let png = dir.appendingPathComponent("p.png")
+    var r = try CLI.run(["preview", data.appendingPathComponent("cat/1.jpg").path, "--size", "16", "--out", png.path, "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let p = try json(r.stdout)
+    XCTAssertEqual(p["original"] as? [Int], [48, 32])
+    XCTAssertEqual(p["output"] as? [Int], [16, 16])
+    XCTAssertEqual(p["decodeScale"] as? Int, 2)
+    XCTAssertEqual(try ImageReader().info(png).width, 16)
+
+    let csv = dir.appendingPathComponent("split.csv")
+    r = try CLI.run(["split", "--data", data.path, "--out", csv.path, "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let counts = try XCTUnwrap(try json(r.stdout)["counts"] as? [String: [String: Int]])
+    XCTAssertEqual(counts["cat"]?["test"], 2)
+    XCTAssertEqual(counts["dog"]?["test"], 1)
+    let first = try String(contentsOf: csv, encoding: .utf8)
+    r = try CLI.run(["split", "--data", data.path, "--out", csv.path])
+    XCTAssertEqual(try String(contentsOf: csv, encoding: .utf8), first, "the same seed gives the same split")
+    XCTAssertEqual(try ImageDataset.manifest(csv).samples.count, 9)
+
+    r = try CLI.run(["bench", "data", "--data", data.path, "--size", "16", "--passes", "1", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertGreaterThan(try json(r.stdout)["images_per_second"] as? Double ?? 0, 0)
+
+    // A bad file: the error names it.
+    let bad = dir.appendingPathComponent("bad.jpg")
+    FileManager.default.createFile(atPath: bad.path, contents: Data("nope".utf8))
+    r = try CLI.run(["preview", bad.path])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains(bad.path), r.stderr)
   }
 }
