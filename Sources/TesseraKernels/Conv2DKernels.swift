@@ -28,13 +28,13 @@ public enum Conv2DKernels {
     }
 
     /// The padded image `n` of x.
-    func load(_ x: UnsafePointer<Float>, image n: Int) -> UnsafePointer<Float> {
+    func load(_ x: UnsafePointer<Float>, image n: Int, parallel: Bool = true) -> UnsafePointer<Float> {
       let count = g.inChannels * g.inHeight * g.inWidth
       let image = x + n * count
       guard let buf = buffer else { return image }
       let dst = SendablePointer(buf.floats)
       let h = g.inHeight, w = g.inWidth, top = g.padTop, left = g.padLeft, hp = hp, wp = wp
-      Parallel.forRanges(g.inChannels * h) { _, r in
+      Parallel.forRanges(g.inChannels * h, maxWorkers: parallel ? nil : 1) { _, r in
         for row in r {
           let c = row / h, y = row % h
           (dst.p + (c * hp + y + top) * wp + left).update(from: image + row * w, count: w)
@@ -57,8 +57,8 @@ public enum Conv2DKernels {
 
   /// Workspace bytes each kernel holds at its peak (all its buffers live together), for the planner;
   /// tests check them against the ledger.
-  public static func forwardWorkspaceBytes(_ g: ConvGeometry) -> Int {
-    4 * (packedWeightFloats(g) + paddedFloats(g))
+  public static func forwardWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
+    4 * (packedWeightFloats(g) + imageWorkers(g, threads: threads) * paddedFloats(g))
   }
 
   public static func backwardWeightsWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
@@ -67,8 +67,8 @@ public enum Conv2DKernels {
     return 4 * (workers * g.groups * g.taps * Kpad + g.groups * P * Kpad + paddedFloats(g))
   }
 
-  public static func backwardDataWorkspaceBytes(_ g: ConvGeometry) -> Int {
-    if let gt = transposedGeometry(g) { return 4 * g.weightCount + forwardWorkspaceBytes(gt) }
+  public static func backwardDataWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
+    if let gt = transposedGeometry(g) { return 4 * g.weightCount + forwardWorkspaceBytes(gt, threads: threads) }
     return 4 * (g.groups * g.groupOutChannels * (g.taps + lanes) + paddedFloats(g))
   }
 
@@ -102,7 +102,7 @@ public enum Conv2DKernels {
     y: UnsafeMutablePointer<Float>
   ) {
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
-    let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels
+    let P = g.outHeight * g.outWidth
     // Weights packed [group][kblock][tap][16], zero beyond the group's channels.
     let wtBuf = Buffer(floats: packedWeightFloats(g))
     let wt = wtBuf.floats
@@ -114,50 +114,77 @@ public enum Conv2DKernels {
       }
     }
     let tiles = (P + tile - 1) / tile
-    let yy = SendablePointer(y)
-    let img = PaddedImage(g)
-    let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
-    let plane = img.hp * img.wp
-    for n in 0..<g.batch {
-      let xn = img.load(x, image: n)
-      to.withUnsafeBufferPointer { tob in
-        pb.withUnsafeBufferPointer { pbb in
-          let top = tob.baseAddress!, pbp = pbb.baseAddress!
-          // Blocks of 48 tiles handed out on demand: a slowed core takes fewer.
-          Parallel.forChunks(tiles, chunk: 48) { _, range in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
-              let s = scratch.baseAddress!
-              var b0 = range.lowerBound
-              while b0 < range.upperBound {
-                let b1 = min(range.upperBound, b0 + 48)
-                for gi in 0..<g.groups {
-                  let xg = xn + gi * cg * plane
-                  for kb in 0..<KB {
-                    let wk = UnsafePointer(wt + (gi * KB + kb) * T * lanes)
-                    let kValid = min(lanes, kg - kb * lanes)
-                    let kBase = gi * kg + kb * lanes
-                    for ti in b0..<b1 {
-                      let p0 = ti * tile
-                      forwardTile(T: T, to: top, pb: pbp, p0: p0, P: P, xg: xg, wk: wk, out: s)
-                      let pValid = min(tile, P - p0)
-                      let yo = yy.p + (n * K + kBase) * P + p0
-                      for j in 0..<kValid {
-                        let bj = bias?[kBase + j] ?? 0
-                        let yj = yo + j * P
-                        for i in 0..<pValid { yj[i] = s[i * lanes + j] + bj }
-                      }
-                    }
-                  }
-                }
-                b0 = b1
-              }
-            }
+    let yy = SendablePointer(y), wtp = SendablePointer(wt)
+    let workers = imageWorkers(g, threads: Parallel.threadCount)
+    // All padded-image buffers are made here, before any thread starts, so the peak is fixed.
+    let imgs = (0..<max(workers, 1)).map { _ in PaddedImage(g) }
+    let to = tapOffsets(g, hp: imgs[0].hp, wp: imgs[0].wp), pb = pixelBases(g, wp: imgs[0].wp)
+    to.withUnsafeBufferPointer { tob in
+      pb.withUnsafeBufferPointer { pbb in
+        let top = tob.baseAddress!, pbp = pbb.baseAddress!
+        func run(_ n: Int, _ xn: UnsafePointer<Float>, _ range: Range<Int>) {
+          forwardTiles(g, image: n, xn: xn, plane: imgs[0].hp * imgs[0].wp, tiles: range, to: top, pb: pbp,
+                       wt: UnsafePointer(wtp.p), bias: bias, y: yy.p)
+        }
+        if workers > 1 {
+          // Whole images per worker: one parallel region for the batch, no per-image barriers.
+          Parallel.forRanges(g.batch, maxWorkers: workers) { w, r in
+            for n in r { run(n, imgs[w].load(x, image: n, parallel: false), 0..<tiles) }
+          }
+        } else {
+          for n in 0..<g.batch {
+            let xn = imgs[0].load(x, image: n, parallel: true)
+            // Blocks of 48 tiles handed out on demand: a slowed core takes fewer.
+            Parallel.forChunks(tiles, chunk: 48) { _, range in run(n, xn, range) }
           }
         }
       }
     }
     withExtendedLifetime(wtBuf) {}
-    withExtendedLifetime(img) {}
+    withExtendedLifetime(imgs) {}
+  }
+
+  /// Threads that each take whole images (> 1), or 1 when the batch is spread tile by tile: whole
+  /// images when the batch divides evenly among the threads, which spares a barrier per image.
+  static func imageWorkers(_ g: ConvGeometry, threads: Int) -> Int {
+    threads > 1 && g.batch >= threads && g.batch % threads == 0 ? threads : 1
+  }
+
+  /// Output tiles `tiles` (6 pixels each) of image n, all groups and channel blocks.
+  static func forwardTiles(
+    _ g: ConvGeometry, image n: Int, xn: UnsafePointer<Float>, plane: Int, tiles: Range<Int>,
+    to: UnsafePointer<Int>, pb: UnsafePointer<Int>, wt: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    y: UnsafeMutablePointer<Float>
+  ) {
+    let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
+    let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
+      let s = scratch.baseAddress!
+      var b0 = tiles.lowerBound
+      while b0 < tiles.upperBound {
+        let b1 = min(tiles.upperBound, b0 + 48)
+        for gi in 0..<g.groups {
+          let xg = xn + gi * cg * plane
+          for kb in 0..<KB {
+            let wk = wt + (gi * KB + kb) * T * lanes
+            let kValid = min(lanes, kg - kb * lanes)
+            let kBase = gi * kg + kb * lanes
+            for ti in b0..<b1 {
+              let p0 = ti * tile
+              forwardTile(T: T, to: to, pb: pb, p0: p0, P: P, xg: xg, wk: wk, out: s)
+              let pValid = min(tile, P - p0)
+              let yo = y + (n * K + kBase) * P + p0
+              for j in 0..<kValid {
+                let bj = bias?[kBase + j] ?? 0
+                let yj = yo + j * P
+                for i in 0..<pValid { yj[i] = s[i * lanes + j] + bj }
+              }
+            }
+          }
+        }
+        b0 = b1
+      }
+    }
   }
 
   @inline(__always)

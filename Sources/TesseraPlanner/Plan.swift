@@ -92,8 +92,8 @@ public enum Planner {
       var macs = 0, ws = 0
       if let c = layer as? Conv2D, let g = try? c.geometry(for: inShape) {
         macs = g.macs / max(batch, 1)
-        ws = max(Conv2DKernels.forwardWorkspaceBytes(g), Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: threads),
-                 Conv2DKernels.backwardDataWorkspaceBytes(g))
+        ws = max(Conv2DKernels.forwardWorkspaceBytes(g, threads: threads), Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: threads),
+                 Conv2DKernels.backwardDataWorkspaceBytes(g, threads: threads))
       } else if let l = layer as? Linear {
         macs = l.inputFeatures * l.outputFeatures
         ws = max(GEMM.workspaceBytes(m: batch, n: l.outputFeatures, k: l.inputFeatures, threads: threads),

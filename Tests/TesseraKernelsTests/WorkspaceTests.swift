@@ -20,11 +20,11 @@ final class WorkspaceTests: XCTestCase {
         var y = [Float](repeating: 0, count: g.outputCount), dx = [Float](repeating: 0, count: g.inputCount)
         var dw = [Float](repeating: 0, count: g.weightCount)
         XCTAssertEqual(peak { Conv2DKernels.forward(g, x: x, w: w, bias: nil, y: &y) },
-                       Conv2DKernels.forwardWorkspaceBytes(g), "forward \(g)")
+                       Conv2DKernels.forwardWorkspaceBytes(g, threads: threads), "forward \(g)")
         XCTAssertEqual(peak { Conv2DKernels.backwardWeights(g, x: x, dy: dy, dw: &dw, dbias: nil) },
                        Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: threads), "backward-weights \(g)")
         XCTAssertEqual(peak { Conv2DKernels.backwardData(g, dy: dy, w: w, dx: &dx) },
-                       Conv2DKernels.backwardDataWorkspaceBytes(g), "backward-data \(g)")
+                       Conv2DKernels.backwardDataWorkspaceBytes(g, threads: threads), "backward-data \(g)")
       }
     }
   }

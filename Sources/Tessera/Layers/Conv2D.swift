@@ -123,7 +123,7 @@ public final class Conv2D: Layer {
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     let g = try geometry(for: x.shape)
     let y = sim.allocate([g.batch, g.outChannels, g.outHeight, g.outWidth])
-    sim.transient(Conv2DKernels.forwardWorkspaceBytes(g))
+    sim.transient(Conv2DKernels.forwardWorkspaceBytes(g, threads: sim.threads))
     if training {
       sim.keep(self, [x])
       sim.notes[ObjectIdentifier(self)] = g
@@ -137,7 +137,7 @@ public final class Conv2D: Layer {
     _ = sim.take(self)
     guard needInputGradient else { return nil }
     let dx = sim.allocate([g.batch, g.inChannels, g.inHeight, g.inWidth])
-    sim.transient(Conv2DKernels.backwardDataWorkspaceBytes(g))
+    sim.transient(Conv2DKernels.backwardDataWorkspaceBytes(g, threads: sim.threads))
     return dx
   }
 }
