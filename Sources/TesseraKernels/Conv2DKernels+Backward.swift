@@ -8,60 +8,75 @@ extension Conv2DKernels {
   ) {
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes, Kpad = KB * lanes
     let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels, G = g.groups
-    let workers = Parallel.workers(for: P)
+    let imageMode = imageWorkers(g, threads: Parallel.threadCount)
+    let workers = imageMode > 1 ? imageMode : Parallel.workers(for: P)
+    let copies = imageMode > 1 ? imageMode : 1  // padded image and transposed dy per image worker
     let partialCount = G * T * Kpad
     let partialBuf = Buffer(floats: workers * partialCount)
-    let dytBuf = Buffer(floats: G * P * Kpad)
+    let dytBuf = Buffer(floats: copies * G * P * Kpad)
     let partials = SendablePointer(partialBuf.floats), dyt = SendablePointer(dytBuf.floats)
     let tapTiles = (T + tile - 1) / tile
     // Pixels per chunk: the chunk's rows of dy (chunk × Kpad floats) should stay near L1 while
     // every tap tile sweeps them (measured: 64 beats 128 by 15–30 % at Kpad 128–256, 128 wins below).
     let chunkPixels = max(64, min(128, 8192 / Kpad))
-    let img = PaddedImage(g)
-    let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
-    let plane = img.hp * img.wp
-    for n in 0..<g.batch {
-      let xn = img.load(x, image: n)
+    let imgs = (0..<copies).map { _ in PaddedImage(g) }
+    let to = tapOffsets(g, hp: imgs[0].hp, wp: imgs[0].wp), pb = pixelBases(g, wp: imgs[0].wp)
+    let plane = imgs[0].hp * imgs[0].wp
+    /// dy of image n transposed to [group][pixel][Kpad] (pixels `r`) into copy c.
+    func transpose(_ n: Int, _ c: Int, _ r: Range<Int>) {
       let dyn = dy + n * K * P
-      // dy of this image transposed to [group][pixel][Kpad].
-      Parallel.forRanges(P) { _, r in
-        for gi in 0..<G {
-          let src = dyn + gi * kg * P
-          let dst = dyt.p + gi * P * Kpad
-          for p in r {
-            let d = dst + p * Kpad
-            for k in 0..<kg { d[k] = src[k * P + p] }
-          }
+      for gi in 0..<G {
+        let src = dyn + gi * kg * P
+        let dst = dyt.p + (c * G + gi) * P * Kpad
+        for p in r {
+          let d = dst + p * Kpad
+          for k in 0..<kg { d[k] = src[k * P + p] }
         }
       }
-      to.withUnsafeBufferPointer { tob in
-        pb.withUnsafeBufferPointer { pbb in
-          let top = tob.baseAddress!, pbp = pbb.baseAddress!
-          // Chunks of 128 pixels handed out on demand; each worker sums into its own partials.
-          Parallel.forChunks(P, chunk: chunkPixels, maxWorkers: workers) { wi, range in
-            let mine = partials.p + wi * partialCount
-            var c0 = range.lowerBound
-            while c0 < range.upperBound {
-              let c1 = min(range.upperBound, c0 + chunkPixels)
-              for gi in 0..<G {
-                let xg = xn + gi * cg * plane
-                let dg = UnsafePointer(dyt.p + gi * P * Kpad)
-                for tt in 0..<tapTiles {
-                  let t0 = tt * tile
-                  for kb in 0..<KB {
-                    let acc = mine + (gi * T) * Kpad + kb * lanes
-                    weightsTile(t0: t0, T: T, to: top, pb: pbp, pixels: c0..<c1, xg: xg,
-                                dyt: dg + kb * lanes, Kpad: Kpad, acc: acc)
-                  }
+    }
+    to.withUnsafeBufferPointer { tob in
+      pb.withUnsafeBufferPointer { pbb in
+        let top = tob.baseAddress!, pbp = pbb.baseAddress!
+        /// Pixels `range` of image n (padded xn, transposed dy in copy c) into worker wi's partials.
+        func accumulate(_ xn: UnsafePointer<Float>, _ c: Int, _ wi: Int, _ range: Range<Int>) {
+          let mine = partials.p + wi * partialCount
+          var c0 = range.lowerBound
+          while c0 < range.upperBound {
+            let c1 = min(range.upperBound, c0 + chunkPixels)
+            for gi in 0..<G {
+              let xg = xn + gi * cg * plane
+              let dg = UnsafePointer(dyt.p + (c * G + gi) * P * Kpad)
+              for tt in 0..<tapTiles {
+                let t0 = tt * tile
+                for kb in 0..<KB {
+                  weightsTile(t0: t0, T: T, to: top, pb: pbp, pixels: c0..<c1, xg: xg, dyt: dg + kb * lanes,
+                              Kpad: Kpad, acc: mine + (gi * T) * Kpad + kb * lanes)
                 }
               }
-              c0 = c1
             }
+            c0 = c1
+          }
+        }
+        if imageMode > 1 {
+          // Whole images per worker: one parallel region for the batch.
+          Parallel.forRanges(g.batch, maxWorkers: imageMode) { w, r in
+            for n in r {
+              let xn = imgs[w].load(x, image: n, parallel: false)
+              transpose(n, w, 0..<P)
+              accumulate(xn, w, w, 0..<P)
+            }
+          }
+        } else {
+          for n in 0..<g.batch {
+            let xn = imgs[0].load(x, image: n)
+            Parallel.forRanges(P) { _, r in transpose(n, 0, r) }
+            // Chunks of pixels handed out on demand; each worker sums into its own partials.
+            Parallel.forChunks(P, chunk: chunkPixels, maxWorkers: workers) { wi, range in accumulate(xn, 0, wi, range) }
           }
         }
       }
     }
-    withExtendedLifetime(img) {}
+    withExtendedLifetime(imgs) {}
     // Sum the workers' partials into dw (K, taps).
     let dwp = SendablePointer(dw)
     // Workers' partials are [group][tap][Kpad]: sum them row by row (contiguous), then scatter

@@ -63,8 +63,10 @@ public enum Conv2DKernels {
 
   public static func backwardWeightsWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
     let P = g.outHeight * g.outWidth, Kpad = (g.groupOutChannels + lanes - 1) / lanes * lanes
-    let workers = max(1, min(P, threads))
-    return 4 * (workers * g.groups * g.taps * Kpad + g.groups * P * Kpad + paddedFloats(g))
+    let imageMode = imageWorkers(g, threads: threads)
+    let workers = imageMode > 1 ? imageMode : max(1, min(P, threads))
+    let copies = imageMode > 1 ? imageMode : 1
+    return 4 * (workers * g.groups * g.taps * Kpad + copies * (g.groups * P * Kpad + paddedFloats(g)))
   }
 
   public static func backwardDataWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
