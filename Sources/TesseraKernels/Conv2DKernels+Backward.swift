@@ -209,69 +209,89 @@ extension Conv2DKernels {
     let wdBuf = Buffer(floats: G * kg * Tpad)
     for kk in 0..<K { (wdBuf.floats + kk * Tpad).update(from: w + kk * T, count: T) }
     let wd = UnsafePointer(wdBuf.floats)
-    let dxpBuf: Buffer? = needsCrop ? Buffer(floats: paddedFloats(g)) : nil
+    let imageMode = imageWorkers(g, threads: Parallel.threadCount)
+    // Padded dx per image worker (one when the batch is spread by channels).
+    let dxpBufs: [Buffer] = needsCrop ? (0..<max(imageMode, 1)).map { _ in Buffer(floats: paddedFloats(g)) } : []
     let pix = pixelBases(g, wp: wp), to = tapOffsets(g, hp: hp, wp: wp)
-    let parts = Parallel.workers(for: cg)
-    let items = G * parts
     let pTiles = (P + tile - 1) / tile
     // Tap tiles per block so that the block's weights (kg × 16 × tiles) stay in L2.
     let tilesPerBlock = max(1, (256 * 1024) / (kg * lanes * 4))
-    for n in 0..<g.batch {
-      let dxn = dx + n * g.inChannels * g.inHeight * g.inWidth
-      let target = dxpBuf?.floats ?? dxn
-      target.update(repeating: 0, count: g.inChannels * plane)
-      let tgt = SendablePointer(target)
-      let dyn = dy + n * K * P
-      to.withUnsafeBufferPointer { tob in
-        pix.withUnsafeBufferPointer { pbb in
-          let top = tob.baseAddress!, pbp = pbb.baseAddress!
-          Parallel.forRanges(items) { _, r in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
-              let s = scratch.baseAddress!
-              for item in r {
-                let gi = item / parts, part = item % parts
-                let ca = cg * part / parts, cb = cg * (part + 1) / parts
-                let tStart = ca * khw, tEnd = cb * khw
-                let dxg = tgt.p + gi * cg * plane
-                let dyg = dyn + gi * kg * P
-                let wg = wd + gi * kg * Tpad
-                var blockStart = tStart
-                while blockStart < tEnd {
-                  let blockEnd = min(tEnd, blockStart + tilesPerBlock * lanes)
-                  for pt in 0..<pTiles {
-                    let p0 = pt * tile
-                    let pValid = min(tile, P - p0)
-                    var t0 = blockStart
-                    while t0 < blockEnd {
-                      dataTile(kg: kg, P: P, p0: p0, dyg: dyg, wt: wg + t0, Tpad: Tpad, out: s)
-                      let tValid = min(lanes, blockEnd - t0)
-                      for i in 0..<pValid {
-                        let base = dxg + pbp[p0 + i]
-                        let si = s + i * lanes
-                        for j in 0..<tValid { base[top[t0 + j]] += si[j] }
-                      }
-                      t0 += lanes
-                    }
-                  }
-                  blockStart = blockEnd
+    to.withUnsafeBufferPointer { tob in
+      pix.withUnsafeBufferPointer { pbb in
+        let top = tob.baseAddress!, pbp = pbb.baseAddress!
+        /// Channels ca..<cb of group gi of image n into target (the padded or the real dx image).
+        func scatter(_ n: Int, _ gi: Int, _ ca: Int, _ cb: Int, _ target: UnsafeMutablePointer<Float>,
+                     _ s: UnsafeMutablePointer<Float>) {
+          let tStart = ca * khw, tEnd = cb * khw
+          let dxg = target + gi * cg * plane
+          let dyg = dy + n * K * P + gi * kg * P
+          let wg = wd + gi * kg * Tpad
+          var blockStart = tStart
+          while blockStart < tEnd {
+            let blockEnd = min(tEnd, blockStart + tilesPerBlock * lanes)
+            for pt in 0..<pTiles {
+              let p0 = pt * tile
+              let pValid = min(tile, P - p0)
+              var t0 = blockStart
+              while t0 < blockEnd {
+                dataTile(kg: kg, P: P, p0: p0, dyg: dyg, wt: wg + t0, Tpad: Tpad, out: s)
+                let tValid = min(lanes, blockEnd - t0)
+                for i in 0..<pValid {
+                  let base = dxg + pbp[p0 + i]
+                  let si = s + i * lanes
+                  for j in 0..<tValid { base[top[t0 + j]] += si[j] }
                 }
+                t0 += lanes
               }
+            }
+            blockStart = blockEnd
+          }
+        }
+        /// dx image n from its padded accumulation.
+        func crop(_ n: Int, _ src: UnsafePointer<Float>, _ channels: Range<Int>) {
+          let dxn = dx + n * g.inChannels * g.inHeight * g.inWidth
+          let h = g.inHeight, wdt = g.inWidth, top = g.padTop, left = g.padLeft
+          for c in channels {
+            for y in 0..<h {
+              (dxn + (c * h + y) * wdt).update(from: src + (c * hp + y + top) * wp + left, count: wdt)
             }
           }
         }
-      }
-      if let dxp = dxpBuf {
-        let src = SendablePointer(dxp.floats), dst = SendablePointer(dxn)
-        let h = g.inHeight, wdt = g.inWidth, top = g.padTop, left = g.padLeft
-        Parallel.forRanges(g.inChannels) { _, r in
-          for c in r {
-            for y in 0..<h {
-              (dst.p + (c * h + y) * wdt).update(from: src.p + (c * hp + y + top) * wp + left, count: wdt)
+        let dxx = SendablePointer(dx)
+        let bufs = dxpBufs.map { SendablePointer($0.floats) }
+        if imageMode > 1 {
+          // Whole images per worker, each into its own padded dx: one parallel region for the batch.
+          Parallel.forRanges(g.batch, maxWorkers: imageMode) { w, r in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
+              for n in r {
+                let target = needsCrop ? bufs[w].p : dxx.p + n * g.inChannels * g.inHeight * g.inWidth
+                target.update(repeating: 0, count: g.inChannels * plane)
+                for gi in 0..<G { scatter(n, gi, 0, cg, target, scratch.baseAddress!) }
+                if needsCrop { crop(n, target, 0..<g.inChannels) }
+              }
             }
+          }
+        } else {
+          // Threads own disjoint input channels, so no two write the same value.
+          let parts = Parallel.workers(for: cg)
+          for n in 0..<g.batch {
+            let target = needsCrop ? bufs[0].p : dxx.p + n * g.inChannels * g.inHeight * g.inWidth
+            target.update(repeating: 0, count: g.inChannels * plane)
+            let tgt = SendablePointer(target)
+            Parallel.forRanges(G * parts) { _, r in
+              withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
+                for item in r {
+                  let gi = item / parts, part = item % parts
+                  scatter(n, gi, cg * part / parts, cg * (part + 1) / parts, tgt.p, scratch.baseAddress!)
+                }
+              }
+            }
+            if needsCrop { Parallel.forRanges(g.inChannels) { _, r in crop(n, tgt.p, r) } }
           }
         }
       }
     }
+    withExtendedLifetime(dxpBufs) {}
     withExtendedLifetime(wdBuf) {}
   }
 

@@ -71,7 +71,7 @@ public enum Conv2DKernels {
 
   public static func backwardDataWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
     if let gt = transposedGeometry(g) { return 4 * g.weightCount + forwardWorkspaceBytes(gt, threads: threads) }
-    return 4 * (g.groups * g.groupOutChannels * (g.taps + lanes) + paddedFloats(g))
+    return 4 * (g.groups * g.groupOutChannels * (g.taps + lanes) + max(imageWorkers(g, threads: threads), 1) * paddedFloats(g))
   }
 
   /// Offsets of each tap of one group, relative to the group's first channel in the padded image.

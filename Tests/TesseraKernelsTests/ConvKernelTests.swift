@@ -23,9 +23,23 @@ final class ConvKernelTests: XCTestCase {
                  strideH: 3, strideW: 2, padTop: 1, padLeft: 0, padBottom: 1, padRight: 0),
     ConvGeometry(batch: 2, inChannels: 6, inHeight: 12, inWidth: 11, outChannels: 8, kernelH: 3, kernelW: 3,
                  strideH: 2, strideW: 2, padTop: 0, padLeft: 1, padBottom: 1, padRight: 1, groups: 2),
+    ConvGeometry(batch: 4, inChannels: 5, inHeight: 9, inWidth: 10, outChannels: 18, kernelH: 3, kernelW: 3,
+                 padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+    ConvGeometry(batch: 4, inChannels: 3, inHeight: 13, inWidth: 12, outChannels: 7, kernelH: 5, kernelW: 5,
+                 strideH: 2, strideW: 2, padTop: 1, padLeft: 2, padBottom: 2, padRight: 1),
   ]
 
   func testFastMatchesReference() {
+    // Thread counts 1–3: batches of 2, 3 and 4 also take the whole-image-per-thread paths.
+    let saved = Parallel.threadCount
+    defer { Parallel.threadCount = saved }
+    for threads in [1, 2, 3] {
+      Parallel.threadCount = threads
+      compareAllCases()
+    }
+  }
+
+  func compareAllCases() {
     for (ci, g) in Self.cases.enumerated() {
       XCTAssertNil(g.problem)
       let x = randomFloats(g.inputCount, seed: 1 + UInt64(ci))
