@@ -5,15 +5,7 @@ import TesseraData
 import TesseraKernels
 import XCTest
 
-final class CLITests: XCTestCase {
-  var dir: URL!
-
-  override func setUpWithError() throws {
-    dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cli-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-  }
-
-  override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+final class CLITests: TemporaryDirectoryTestCase {
 
   func json(_ s: String) throws -> [String: Any] {
     let line = s.split(separator: "\n").last.map(String.init) ?? ""

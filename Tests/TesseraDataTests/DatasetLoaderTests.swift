@@ -5,13 +5,7 @@ import TesseraKernels
 import TestSupport
 import XCTest
 
-final class DatasetLoaderTests: XCTestCase {
-  var dir: URL!
-  override func setUpWithError() throws {
-    dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-ds-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-  }
-  override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+final class DatasetLoaderTests: TemporaryDirectoryTestCase {
 
   /// root/<class>/<n>.png, small images of distinct shades.
   func makeFolder(_ counts: [String: Int], size: Int = 24) throws -> URL {

@@ -5,13 +5,7 @@ import TesseraData
 import TestSupport
 import XCTest
 
-final class ImageReaderTests: XCTestCase {
-  var dir: URL!
-  override func setUpWithError() throws {
-    dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-img-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-  }
-  override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+final class ImageReaderTests: TemporaryDirectoryTestCase {
 
   let reader = ImageReader()
 

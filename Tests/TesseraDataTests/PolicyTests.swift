@@ -2,15 +2,10 @@ import Foundation
 import Tessera
 import TesseraData
 import TesseraKernels
+import TestSupport
 import XCTest
 
-final class PolicyTests: XCTestCase {
-  var dir: URL!
-  override func setUpWithError() throws {
-    dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-pol-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-  }
-  override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+final class PolicyTests: TemporaryDirectoryTestCase {
 
   func testPoliciesKeepTheAspectRatio() throws {
     let (w, h) = (400, 200)

@@ -4,15 +4,7 @@ import TestSupport
 import TesseraKernels
 import XCTest
 
-final class SafeTensorsTests: XCTestCase {
-  var dir: URL!
-
-  override func setUpWithError() throws {
-    dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-st-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-  }
-
-  override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+final class SafeTensorsTests: TemporaryDirectoryTestCase {
 
   func testRoundTripAllDTypes() throws {
     let f = Tensor(shape: [2, 3], values: [1, -2, 3.5, 0, 0.0009765625, 65504])

@@ -36,3 +36,19 @@ public func maxRelativeError(_ a: [Float], _ b: [Float]) -> Float {
   }
   return diff / scale
 }
+
+/// A test case with a fresh temporary folder `dir`, removed afterwards.
+open class TemporaryDirectoryTestCase: XCTestCase {
+  public var dir: URL!
+
+  open override func setUpWithError() throws {
+    try super.setUpWithError()
+    dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-test-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+  }
+
+  open override func tearDownWithError() throws {
+    try? FileManager.default.removeItem(at: dir)
+    try super.tearDownWithError()
+  }
+}

@@ -39,6 +39,19 @@ public final class MemorySimulation {
     (kept[ObjectIdentifier(layer)] ?? []).reduce(0) { $0 + $1.storage.bytes }
   }
 
+  /// The twin of a layer that allocates its output and, for backward, remembers only the input shape
+  /// (global and adaptive average pooling): dx is allocated in backward.
+  func planShapeOnlyForward(_ layer: Layer, _ x: SimTensor, training: Bool) throws -> SimTensor {
+    let y = allocate(try layer.outputShape(for: x.shape))
+    if training { notes[ObjectIdentifier(layer)] = x.shape }
+    return y
+  }
+
+  func planShapeOnlyBackward(_ layer: Layer, needInputGradient: Bool) -> SimTensor? {
+    guard let s = notes.removeValue(forKey: ObjectIdentifier(layer)) as? [Int], needInputGradient else { return nil }
+    return allocate(s)
+  }
+
   func keep(_ layer: Layer, _ tensors: [SimTensor]) { kept[ObjectIdentifier(layer)] = tensors }
   func take(_ layer: Layer) -> [SimTensor] { kept.removeValue(forKey: ObjectIdentifier(layer)) ?? [] }
 }

@@ -132,14 +132,11 @@ public final class GlobalAvgPool2D: Layer {
   }
 
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
-    let y = sim.allocate(try outputShape(for: x.shape))
-    if training { sim.notes[ObjectIdentifier(self)] = x.shape }
-    return y
+    try sim.planShapeOnlyForward(self, x, training: training)
   }
 
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
-    guard let s = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? [Int], needInputGradient else { return nil }
-    return sim.allocate(s)
+    sim.planShapeOnlyBackward(self, needInputGradient: needInputGradient)
   }
 }
 
@@ -203,13 +200,10 @@ public final class AdaptiveAvgPool2D: Layer {
   }
 
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
-    let y = sim.allocate(try outputShape(for: x.shape))
-    if training { sim.notes[ObjectIdentifier(self)] = x.shape }
-    return y
+    try sim.planShapeOnlyForward(self, x, training: training)
   }
 
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
-    guard let s = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? [Int], needInputGradient else { return nil }
-    return sim.allocate(s)
+    sim.planShapeOnlyBackward(self, needInputGradient: needInputGradient)
   }
 }
