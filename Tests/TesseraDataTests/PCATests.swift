@@ -120,3 +120,27 @@ final class PCATests: TemporaryDirectoryTestCase {
     XCTAssertEqual(peaks[0], peaks[1])
   }
 }
+
+extension PCATests {
+  /// A model trains on PCA features: the projection is fixed, its gradient is right, and the planner
+  /// still matches the ledger with it in front.
+  func testPCAInputLayer() throws {
+    let d = 2 * 4 * 4
+    let x = data(n: 64, d: d)
+    let m = try PCA.exact(dimension: d, components: 5, whiten: true, vectorShape: [2, 4, 4], source: source(x, d: d))
+    let pca = PCAProjection(m)
+    checkGradients(pca, input: Tensor(shape: [3, 2, 4, 4], values: Array(x.prefix(3 * d))))
+    let net = Sequential([("pca", pca), ("fc", Linear(inputFeatures: 5, outputFeatures: 3))])
+    net.initializeParameters(seed: 1)
+    XCTAssertEqual(pca.mean.value.toArray(), m.mean, "initialisation must not touch the constants")
+    XCTAssertEqual(net.parameterCount, 5 * 3 + 3)
+    let input = Tensor(shape: [8, 2, 4, 4], values: Array(x.prefix(8 * d)))
+    let labels = (0..<8).map { $0 % 3 }
+    let opt = SGD(momentum: 0.9)
+    let first = try net.trainingStep(input: input, labels: labels, optimizer: opt, lr: 0.1).loss
+    var last = first
+    for _ in 0..<30 { last = try net.trainingStep(input: input, labels: labels, optimizer: opt, lr: 0.1).loss }
+    XCTAssertLessThan(last, first)
+    XCTAssertEqual(pca.basis.value.toArray(), m.components, "the projection is fixed")
+  }
+}

@@ -18,6 +18,8 @@ public enum ParameterRole: Sendable, Equatable {
   case bias, scale, shift
   /// BatchNorm running statistics: buffers saved with the weights, never trained.
   case runningMean, runningVariance
+  /// A fixed tensor (e.g. a PCA projection): saved with the weights, never trained or re-initialised.
+  case constant
 }
 
 /// A named tensor of a model: its value and, for trainable ones, a gradient that `backward`
@@ -58,7 +60,7 @@ public final class Parameter {
   public var count: Int { shape.reduce(1, *) }
   /// Whether storage has been allocated yet.
   public var isMaterialized: Bool { _value != nil }
-  public var trainable: Bool { role != .runningMean && role != .runningVariance }
+  public var trainable: Bool { role != .runningMean && role != .runningVariance && role != .constant }
 
   /// The gradient buffer, allocated zero on first use.
   public var gradient: UnsafeMutablePointer<Float> {
@@ -124,6 +126,7 @@ extension Layer {
         for i in 0..<n { v[i] = rng.nextNormal() * std }
       case .bias, .shift, .runningMean: v.update(repeating: 0, count: n)
       case .scale, .runningVariance: v.update(repeating: 1, count: n)
+      case .constant: continue
       }
     }
   }

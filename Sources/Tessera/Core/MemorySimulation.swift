@@ -13,7 +13,7 @@ public final class MemorySimulation {
   /// What each layer keeps between its planned forward and backward.
   var kept: [ObjectIdentifier: [SimTensor]] = [:]
   /// Geometry each layer recorded in its planned forward, for its planned backward.
-  var notes: [ObjectIdentifier: Any] = [:]
+  public var notes: [ObjectIdentifier: Any] = [:]
 
   public init(threads: Int = Parallel.threadCount) { self.threads = threads }
 
