@@ -95,7 +95,7 @@ public enum PCA {
     var cov = [Double](repeating: 0, count: d * d)
     for i in 0..<d { for j in 0..<d { cov[i * d + j] = (scatter[i * d + j] - Double(n) * mean[i] * mean[j]) / Double(n - 1) } }
     let total = (0..<d).reduce(0.0) { $0 + cov[$1 * d + $1] }
-    let (values, vectors) = SymmetricEigen.jacobi(cov, d)
+    let (values, vectors) = SymmetricEigen.decompose(cov, d)
     var comps = [Float](repeating: 0, count: k * d)
     for c in 0..<k { for j in 0..<d { comps[c * d + j] = Float(vectors[j * d + c]) } }
     normalizeSigns(&comps, k, d)
@@ -159,7 +159,7 @@ public enum PCA {
       }
     }
     for a in 0..<l { for b in 0..<a { let m = (t[a * l + b] + t[b * l + a]) / 2; t[a * l + b] = m; t[b * l + a] = m } }
-    let (values, u) = SymmetricEigen.jacobi(t, l)
+    let (values, u) = SymmetricEigen.decompose(t, l)
     var comps = [Float](repeating: 0, count: k * d)
     for c in 0..<k {
       for j in 0..<d {
@@ -206,49 +206,157 @@ public enum PCAError: Error, CustomStringConvertible {
   }
 }
 
-/// Eigen-decomposition of a symmetric matrix by cyclic Jacobi rotations, in Double.
+/// Eigen-decomposition of a symmetric matrix in Double: Householder reduction to tridiagonal form,
+/// then the implicit QL algorithm (tred2/tql2, as EISPACK and JAMA). O(n³), a second or so at n = 1000.
 public enum SymmetricEigen {
   /// Eigenvalues in decreasing order and the eigenvectors as the columns of an n × n row-major matrix.
-  public static func jacobi(_ input: [Double], _ n: Int, sweeps: Int = 100) -> (values: [Double], vectors: [Double]) {
-    var a = input
-    var v = [Double](repeating: 0, count: n * n)
-    for i in 0..<n { v[i * n + i] = 1 }
-    for _ in 0..<sweeps {
-      var off = 0.0, diag = 0.0
-      for i in 0..<n {
-        diag += a[i * n + i] * a[i * n + i]
-        for j in (i + 1)..<max(n, i + 1) { off += a[i * n + j] * a[i * n + j] }
-      }
-      if off <= 1e-30 * max(diag, 1e-300) { break }
-      for p in 0..<n {
-        for q in (p + 1)..<max(n, p + 1) {
-          let apq = a[p * n + q]
-          if abs(apq) < 1e-300 { continue }
-          let theta = (a[q * n + q] - a[p * n + p]) / (2 * apq)
-          let t = (theta >= 0 ? 1 : -1) / (abs(theta) + (theta * theta + 1).squareRoot())
-          let c = 1 / (t * t + 1).squareRoot(), s = t * c
-          for k in 0..<n {
-            let akp = a[k * n + p], akq = a[k * n + q]
-            a[k * n + p] = c * akp - s * akq
-            a[k * n + q] = s * akp + c * akq
+  public static func decompose(_ a: [Double], _ n: Int) -> (values: [Double], vectors: [Double]) {
+    precondition(a.count == n * n && n >= 1, "need an n × n matrix")
+    // V is kept transposed (vt[j][k] = V[k][j]) so that the column operations of both phases walk
+    // contiguous memory.
+    var vt = [Double](repeating: 0, count: n * n)
+    for i in 0..<n { for j in 0..<n { vt[j * n + i] = a[i * n + j] } }
+    var d = [Double](repeating: 0, count: n), e = [Double](repeating: 0, count: n)
+    @inline(__always) func V(_ r: Int, _ c: Int) -> Double { vt[c * n + r] }
+    @inline(__always) func setV(_ r: Int, _ c: Int, _ v: Double) { vt[c * n + r] = v }
+    // tred2
+    for j in 0..<n { d[j] = V(n - 1, j) }
+    var i = n - 1
+    while i > 0 {
+      var scale = 0.0, h = 0.0
+      for k in 0..<i { scale += abs(d[k]) }
+      if scale == 0 {
+        e[i] = d[i - 1]
+        for j in 0..<i {
+          d[j] = V(i - 1, j)
+          setV(i, j, 0)
+          setV(j, i, 0)
+        }
+      } else {
+        for k in 0..<i {
+          d[k] /= scale
+          h += d[k] * d[k]
+        }
+        var f = d[i - 1]
+        var g = h.squareRoot()
+        if f > 0 { g = -g }
+        e[i] = scale * g
+        h -= f * g
+        d[i - 1] = f - g
+        for j in 0..<i { e[j] = 0 }
+        for j in 0..<i {
+          f = d[j]
+          setV(j, i, f)
+          g = e[j] + V(j, j) * f
+          if j + 1 <= i - 1 {
+            let col = j * n  // V(k, j) = vt[j * n + k]: contiguous in k
+            for k in (j + 1)...(i - 1) {
+              g += vt[col + k] * d[k]
+              e[k] += vt[col + k] * f
+            }
           }
-          for k in 0..<n {
-            let apk = a[p * n + k], aqk = a[q * n + k]
-            a[p * n + k] = c * apk - s * aqk
-            a[q * n + k] = s * apk + c * aqk
-          }
-          for k in 0..<n {
-            let vkp = v[k * n + p], vkq = v[k * n + q]
-            v[k * n + p] = c * vkp - s * vkq
-            v[k * n + q] = s * vkp + c * vkq
-          }
+          e[j] = g
+        }
+        f = 0
+        for j in 0..<i {
+          e[j] /= h
+          f += e[j] * d[j]
+        }
+        let hh = f / (h + h)
+        for j in 0..<i { e[j] -= hh * d[j] }
+        for j in 0..<i {
+          f = d[j]
+          g = e[j]
+          let col = j * n
+          for k in j...(i - 1) { vt[col + k] -= f * e[k] + g * d[k] }
+          d[j] = V(i - 1, j)
+          setV(i, j, 0)
         }
       }
+      d[i] = h
+      i -= 1
     }
-    let order = (0..<n).sorted { a[$0 * n + $0] > a[$1 * n + $1] }
-    let values = order.map { a[$0 * n + $0] }
+    for i in 0..<(n - 1) {
+      setV(n - 1, i, V(i, i))
+      setV(i, i, 1)
+      let h = d[i + 1]
+      if h != 0 {
+        let ci = (i + 1) * n
+        for k in 0...i { d[k] = vt[ci + k] / h }
+        for j in 0...i {
+          var g = 0.0
+          let cj = j * n
+          for k in 0...i { g += vt[ci + k] * vt[cj + k] }
+          for k in 0...i { vt[cj + k] -= g * d[k] }
+        }
+      }
+      for k in 0...i { setV(k, i + 1, 0) }
+    }
+    for j in 0..<n {
+      d[j] = V(n - 1, j)
+      setV(n - 1, j, 0)
+    }
+    setV(n - 1, n - 1, 1)
+    e[0] = 0
+    // tql2
+    for i in 1..<max(n, 1) { e[i - 1] = e[i] }
+    e[n - 1] = 0
+    var f = 0.0, tst1 = 0.0
+    let eps = Double.ulpOfOne
+    for l in 0..<n {
+      tst1 = max(tst1, abs(d[l]) + abs(e[l]))
+      var m = l
+      while m < n - 1 && abs(e[m]) > eps * tst1 { m += 1 }
+      if m > l {
+        var iterations = 0
+        repeat {
+          iterations += 1
+          var g = d[l]
+          var p = (d[l + 1] - g) / (2 * e[l])
+          var r = (p * p + 1).squareRoot()
+          if p < 0 { r = -r }
+          d[l] = e[l] / (p + r)
+          d[l + 1] = e[l] * (p + r)
+          let dl1 = d[l + 1]
+          var h = g - d[l]
+          if l + 2 < n { for i in (l + 2)..<n { d[i] -= h } }
+          f += h
+          p = d[m]
+          var c = 1.0, c2 = 1.0, c3 = 1.0
+          let el1 = e[l + 1]
+          var s = 0.0, s2 = 0.0
+          var i = m - 1
+          while i >= l {
+            c3 = c2
+            c2 = c
+            s2 = s
+            g = c * e[i]
+            h = c * p
+            r = (p * p + e[i] * e[i]).squareRoot()
+            e[i + 1] = s * r
+            s = e[i] / r
+            c = p / r
+            p = c * d[i] - s * g
+            d[i + 1] = h + s * (c * g + s * d[i])
+            let ci = i * n, ci1 = (i + 1) * n
+            for k in 0..<n {
+              let hk = vt[ci1 + k]
+              vt[ci1 + k] = s * vt[ci + k] + c * hk
+              vt[ci + k] = c * vt[ci + k] - s * hk
+            }
+            i -= 1
+          }
+          p = -s * s2 * c3 * el1 * e[l] / dl1
+          e[l] = s * p
+          d[l] = c * p
+        } while abs(e[l]) > eps * tst1 && iterations < 60
+      }
+      d[l] += f
+      e[l] = 0
+    }
+    let order = (0..<n).sorted { d[$0] > d[$1] }
     var vectors = [Double](repeating: 0, count: n * n)
-    for (newCol, old) in order.enumerated() { for r in 0..<n { vectors[r * n + newCol] = v[r * n + old] } }
-    return (values, vectors)
+    for (newCol, old) in order.enumerated() { for r in 0..<n { vectors[r * n + newCol] = vt[old * n + r] } }
+    return (order.map { d[$0] }, vectors)
   }
 }

@@ -81,7 +81,7 @@ final class CLITests: TemporaryDirectoryTestCase {
     var d = Data()
     withUnsafeBytes(of: UInt64(10_000_000_000).littleEndian) { d.append(contentsOf: $0) }
     d.append(Data("{}".utf8))
-    FileManager.default.createFile(atPath: huge.path, contents: d)
+    _ = FileManager.default.createFile(atPath: huge.path, contents: d)
     r = try CLI.run(["step", "--batch", huge.path, "--out", out])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains(huge.path) && r.stderr.contains("10000000000"), r.stderr)
@@ -237,9 +237,48 @@ extension CLITests {
 
     // A bad file: the error names it.
     let bad = dir.appendingPathComponent("bad.jpg")
-    FileManager.default.createFile(atPath: bad.path, contents: Data("nope".utf8))
+    _ = FileManager.default.createFile(atPath: bad.path, contents: Data("nope".utf8))
     r = try CLI.run(["preview", bad.path])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains(bad.path), r.stderr)
+  }
+}
+
+extension CLITests {
+  func testPCAFitAndTransform() throws {
+    let data = dir.appendingPathComponent("imgs")
+    var g = SeededGenerator(seed: 2)
+    for c in ["x", "y"] {
+      let d = data.appendingPathComponent(c)
+      try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+      for i in 0..<12 {
+        let px = (0..<(40 * 30 * 3)).map { _ in UInt8(g.next() % 256) }
+        try JPEGEncoder.encode(px, width: 40, height: 30).write(to: d.appendingPathComponent("\(i).jpg"))
+      }
+    }
+    let out = dir.appendingPathComponent("pca.safetensors")
+    var r = try CLI.run(["pca", "fit", "--data", data.path, "--size", "8", "--components", "5", "--out", out.path, "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let j = try json(r.stdout)
+    XCTAssertEqual(j["vectors"] as? Int, 24)
+    XCTAssertEqual(j["dimension"] as? Int, 192)
+    XCTAssertEqual(j["method"] as? String, "exact")
+    XCTAssertEqual((j["explainedVarianceRatio"] as? [Double])?.count, 5)
+    XCTAssertNotNil(j["componentsFor"])
+    XCTAssertTrue(FileManager.default.fileExists(atPath: dir.appendingPathComponent("pca.png").path))
+    let csv = dir.appendingPathComponent("f.csv")
+    r = try CLI.run(["pca", "transform", "--pca", out.path, "--data", data.path, "--out", csv.path])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let lines = try String(contentsOf: csv, encoding: .utf8).split(separator: "\n")
+    XCTAssertEqual(lines.count, 25)
+    XCTAssertEqual(lines[0], "path,label,f1,f2,f3,f4,f5")
+    // Patches, randomized.
+    r = try CLI.run(["pca", "fit", "--data", data.path, "--patch", "6", "--patches-per-image", "3", "--components", "4",
+                     "--method", "randomized", "--out", dir.appendingPathComponent("p.safetensors").path, "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertEqual(try json(r.stdout)["vectors"] as? Int, 72)
+    r = try CLI.run(["pca", "fit", "--data", data.path, "--out", out.path])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("--size") && r.stderr.contains("--patch"), r.stderr)
   }
 }

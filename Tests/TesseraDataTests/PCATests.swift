@@ -144,3 +144,28 @@ extension PCATests {
     XCTAssertEqual(pca.basis.value.toArray(), m.components, "the projection is fixed")
   }
 }
+
+extension PCATests {
+  /// The eigensolver on random symmetric matrices: A·v = λ·v, V orthonormal, λ descending.
+  func testSymmetricEigenResiduals() {
+    var g = SeededGenerator(seed: 11)
+    for n in [1, 2, 7, 60] {
+      var a = [Double](repeating: 0, count: n * n)
+      for i in 0..<n { for j in 0...i { let v = Double(g.nextNormal()); a[i * n + j] = v; a[j * n + i] = v } }
+      let (values, vectors) = SymmetricEigen.decompose(a, n)
+      XCTAssertEqual(values, values.sorted(by: >))
+      for c in 0..<n {
+        for i in 0..<n {
+          var av = 0.0
+          for j in 0..<n { av += a[i * n + j] * vectors[j * n + c] }
+          XCTAssertEqual(av, values[c] * vectors[i * n + c], accuracy: 1e-9, "n \(n) column \(c)")
+        }
+        for c2 in 0..<n {
+          var dot = 0.0
+          for i in 0..<n { dot += vectors[i * n + c] * vectors[i * n + c2] }
+          XCTAssertEqual(dot, c == c2 ? 1 : 0, accuracy: 1e-9)
+        }
+      }
+    }
+  }
+}
