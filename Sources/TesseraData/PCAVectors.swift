@@ -24,7 +24,7 @@ public enum PCAVectors {
     return (shape.reduce(1, *), shape, source)
   }
 
-  /// Square patches of `size` at native resolution, decoding only each patch's region: `perImage`
+  /// Square patches of `size` at native resolution, decoding only the region that holds them: `perImage`
   /// random patches per image (seeded by `seed` and the image's index), or with `grid` every
   /// non-overlapping patch. Images smaller than a patch, and unreadable ones, are skipped.
   public static func patches(
@@ -52,12 +52,21 @@ public enum PCAVectors {
           var g = SeededGenerator(seed: seed ^ (UInt64(i) &* 0x9E37_79B9_7F4A_7C15))
           rects = (0..<perImage).map { _ in Tiling.randomPatch(width: w, height: h, size: size, using: &g) }
         }
+        // One decode per image: the rectangle bounding all its patches, then each patch cropped
+        // from it (decoding patch by patch re-reads the file's entropy-coded rows every time).
+        guard let x0 = rects.map(\.x).min(), let y0 = rects.map(\.y).min(),
+              let x1 = rects.map({ $0.x + $0.width }).max(), let y1 = rects.map({ $0.y + $0.height }).max()
+        else { continue }
+        let bounds: Tensor
+        do {
+          bounds = try reader.read(file, region: PixelRect(x: x0, y: y0, width: x1 - x0, height: y1 - y0),
+                                   channels: channels).pixels
+        } catch {
+          onSkip("skipping \(error)")
+          continue
+        }
         for r in rects {
-          let p: Tensor
-          do { p = try reader.read(file, region: r, channels: channels).pixels } catch {
-            onSkip("skipping \(error)")
-            break
-          }
+          let p = crop(bounds, x: r.x - x0, y: r.y - y0, width: size, height: size)
           (buf.floats + rows * d).update(from: p.floats, count: d)
           rows += 1
           if rows == chunk {
