@@ -83,7 +83,9 @@ public enum PCAVectors {
   /// The components as one PNG: each reshaped to (C, H, W), stretched to [0, 1] by its own range,
   /// laid out in a grid with a 1-pixel grey border.
   public static func writeGrid(_ m: PCAModel, to url: URL, maxComponents: Int = 64) throws {
-    let c = m.vectorShape[0], h = m.vectorShape[1], w = m.vectorShape[2], d = m.dimension
+    let c = m.vectorShape[0], h0 = m.vectorShape[1], w0 = m.vectorShape[2], d = m.dimension
+    // Small components are enlarged (nearest neighbour) to at least 64 pixels so they can be seen.
+    let zoom = max(1, 64 / max(h0, w0, 1)), h = h0 * zoom, w = w0 * zoom
     let k = min(m.count, maxComponents), cols = Int(Double(k).squareRoot().rounded(.up)), rowsN = (k + cols - 1) / cols
     let H = rowsN * (h + 1) + 1, W = cols * (w + 1) + 1
     let out = Tensor(zeros: [c, H, W], category: .data)
@@ -95,7 +97,7 @@ public enum PCAVectors {
       for ch in 0..<c {
         for y in 0..<h {
           for x in 0..<w {
-            out.floats[(ch * H + oy + y) * W + ox + x] = (v[i * d + (ch * h + y) * w + x] - lo) / span
+            out.floats[(ch * H + oy + y) * W + ox + x] = (v[i * d + (ch * h0 + y / zoom) * w0 + x / zoom] - lo) / span
           }
         }
       }
