@@ -116,3 +116,24 @@ extension ConvKernelTests {
     }
   }
 }
+
+extension ConvKernelTests {
+  /// The same inputs give bit-identical results run after run (resuming a run relies on it).
+  func testKernelsAreDeterministic() {
+    for g in [Self.cases[5], Self.cases[1], Self.cases[3]] {
+      let x = randomFloats(g.inputCount, seed: 1), w = randomFloats(g.weightCount, seed: 2)
+      let dy = randomFloats(g.outputCount, seed: 3)
+      var runs = [[Float]]()
+      for _ in 0..<3 {
+        var y = [Float](repeating: 0, count: g.outputCount), dx = [Float](repeating: 0, count: g.inputCount)
+        var dw = [Float](repeating: 0, count: g.weightCount)
+        Conv2DKernels.forward(g, x: x, w: w, bias: nil, y: &y)
+        Conv2DKernels.backwardData(g, dy: dy, w: w, dx: &dx)
+        Conv2DKernels.backwardWeights(g, x: x, dy: dy, dw: &dw, dbias: nil)
+        runs.append(y + dx + dw)
+      }
+      XCTAssertEqual(runs[0], runs[1])
+      XCTAssertEqual(runs[0], runs[2])
+    }
+  }
+}
