@@ -24,6 +24,7 @@ let package = Package(
     .library(name: "Tessera", targets: ["Tessera"]),
     .library(name: "TesseraPlanner", targets: ["TesseraPlanner"]),
     .library(name: "TesseraData", targets: ["TesseraData"]),
+    .library(name: "TesseraTraining", targets: ["TesseraTraining"]),
     .executable(name: "tessera", targets: ["tessera"]),
   ],
   dependencies: [
@@ -39,9 +40,10 @@ let package = Package(
     .target(name: "CTesseraImage", cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]),
     .target(name: "TesseraData", dependencies: ["Tessera", "CTesseraImage"], swiftSettings: kernelFlags),
+    .target(name: "TesseraTraining", dependencies: ["Tessera", "TesseraData", "TesseraPlanner"], swiftSettings: targetFlags),
     .executableTarget(
       name: "tessera",
-      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTraining", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: targetFlags),
     .target(name: "TestSupport", dependencies: ["Tessera"], path: "Tests/TestSupport",
             swiftSettings: targetFlags),
@@ -53,7 +55,8 @@ let package = Package(
                 swiftSettings: targetFlags),
     .testTarget(name: "TesseraDataTests", dependencies: ["TesseraData", "CTesseraImage", "TestSupport"],
                 exclude: ["Fixtures"], swiftSettings: targetFlags),
-    .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "TesseraData"], swiftSettings: targetFlags),
+    .testTarget(name: "TesseraTrainingTests", dependencies: ["TesseraTraining", "TestSupport"], swiftSettings: targetFlags),
+    .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "TesseraData", "TesseraTraining"], swiftSettings: targetFlags),
   ],
   swiftLanguageModes: [.v5]
 )

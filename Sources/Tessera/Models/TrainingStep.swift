@@ -32,12 +32,14 @@ extension Layer {
   @discardableResult
   public func trainingStep(
     input: Tensor, labels: [Int], optimizer: Optimizer? = nil, lr: Float = 0, labelSmoothing: Float = 0,
-    accumulate: Bool = false
+    accumulate: Bool = false, gradientScale: Float = 1
   ) throws -> StepResult {
     _ = try checkInput(input.shape)
     if !accumulate { zeroGradients() }
     let logits = forward(input, training: true)
     let res = try SoftmaxCrossEntropy.compute(logits: logits, labels: labels, labelSmoothing: labelSmoothing)
+    // Gradient accumulation over K micro-batches scales each by 1/K: the mean over K·b images.
+    if gradientScale != 1 { ElementwiseKernels.scale(res.gradient.floats, by: gradientScale, count: res.gradient.count) }
     _ = backward(res.gradient, needInputGradient: false)
     if let opt = optimizer { opt.step(namedParameters(), lr: lr) }
     return StepResult(loss: res.loss, logits: logits, probabilities: res.probabilities,

@@ -1,0 +1,56 @@
+import Tessera
+
+/// Classification metrics accumulated over batches: confusion matrix (rows = true class, columns =
+/// predicted), top-1 and top-k accuracy, per-class precision and recall, mean loss.
+public struct ClassificationMetrics: Sendable {
+  public let classes: Int
+  public let topK: Int
+  public private(set) var confusion: [[Int]]
+  public private(set) var samples = 0
+  public private(set) var topKHits = 0
+  private var lossSum = 0.0
+
+  public init(classes: Int, topK: Int = 3) {
+    self.classes = classes
+    self.topK = max(1, min(topK, classes))
+    confusion = [[Int]](repeating: [Int](repeating: 0, count: classes), count: classes)
+  }
+
+  /// Adds a batch: logits (N, classes), labels, and the batch's mean loss.
+  public mutating func add(logits: Tensor, labels: [Int], loss: Float) {
+    let n = labels.count, k = logits.shape[1], z = logits.floats
+    for i in 0..<n {
+      let row = (0..<k).map { z[i * k + $0] }
+      let order = row.indices.sorted { row[$0] > row[$1] || (row[$0] == row[$1] && $0 < $1) }
+      confusion[labels[i]][order[0]] += 1
+      if order.prefix(topK).contains(labels[i]) { topKHits += 1 }
+    }
+    samples += n
+    lossSum += Double(loss) * Double(n)
+  }
+
+  public var loss: Double { samples == 0 ? 0 : lossSum / Double(samples) }
+  public var accuracy: Double {
+    samples == 0 ? 0 : Double((0..<classes).reduce(0) { $0 + confusion[$1][$1] }) / Double(samples)
+  }
+  public var topKAccuracy: Double { samples == 0 ? 0 : Double(topKHits) / Double(samples) }
+  /// Of the images predicted as class c, the share that are c (0 when none predicted).
+  public var precision: [Double] {
+    (0..<classes).map { c in
+      let predicted = (0..<classes).reduce(0) { $0 + confusion[$1][c] }
+      return predicted == 0 ? 0 : Double(confusion[c][c]) / Double(predicted)
+    }
+  }
+  /// Of the images of class c, the share predicted as c.
+  public var recall: [Double] {
+    (0..<classes).map { c in
+      let actual = confusion[c].reduce(0, +)
+      return actual == 0 ? 0 : Double(confusion[c][c]) / Double(actual)
+    }
+  }
+
+  public var json: [String: Any] {
+    ["loss": loss, "accuracy": accuracy, "top\(topK)Accuracy": topKAccuracy, "precision": precision,
+     "recall": recall, "confusion": confusion, "samples": samples]
+  }
+}

@@ -1,0 +1,89 @@
+import Foundation
+import Tessera
+import TesseraData
+import TesseraKernels
+import TestSupport
+import XCTest
+
+final class TrainCLITests: TemporaryDirectoryTestCase {
+  /// Two colour classes of small JPEGs of varying sizes.
+  func makeData() throws -> URL {
+    let root = dir.appendingPathComponent("data")
+    var g = SeededGenerator(seed: 5)
+    for (ci, c) in ["red", "blue"].enumerated() {
+      let d = root.appendingPathComponent(c)
+      try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+      for i in 0..<16 {
+        let w = 24 + Int(g.next() % 16), h = 24 + Int(g.next() % 16)
+        var px = [UInt8]()
+        for _ in 0..<(w * h) {
+          let n = UInt8(g.next() % 60)
+          px += ci == 0 ? [150 + n, n, n] : [n, n, 150 + n]
+        }
+        try JPEGEncoder.encode(px, width: w, height: h).write(to: d.appendingPathComponent("\(i).jpg"))
+      }
+    }
+    return root
+  }
+
+  func trainArgs(_ data: URL, _ out: URL, epochs: Int) -> [String] {
+    ["train", "--data", data.path, "--image-size", "32", "--epochs", "\(epochs)", "--batch", "4", "--lr", "0.05",
+     "--seed", "3", "--threads", "2", "--out", out.path]
+  }
+
+  func testTrainWritesARunFolderAndRefusesWhatDoesNotFit() throws {
+    let data = try makeData(), out = dir.appendingPathComponent("run")
+    var r = try CLI.run(trainArgs(data, out, epochs: 2) + ["--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssert(r.stderr.contains("plan: fcn-large") && r.stderr.contains("predicted peak"), r.stderr)
+    for f in ["config.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "state.json", "classes.json"] {
+      XCTAssert(FileManager.default.fileExists(atPath: out.appendingPathComponent(f).path), f)
+    }
+    let lines = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+    XCTAssertEqual(lines.count, 2)
+    let model = Zoo.fcnLarge(classes: 2)
+    try model.load(from: out.appendingPathComponent("best.safetensors"))  // loads with the documented names
+    r = try CLI.run(trainArgs(data, dir.appendingPathComponent("r2"), epochs: 1) + ["--budget", "1MiB"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("does not fit"), r.stderr)
+    r = try CLI.run(["train", "--data", data.path, "--image-size", "32", "--epochs", "1", "--batch", "auto", "--budget", "64MiB",
+                     "--out", dir.appendingPathComponent("r3").path, "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let s = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
+    XCTAssertLessThanOrEqual(s["predictedPeakBytes"] as? Int ?? .max, 64 << 20)
+  }
+
+  /// SIGKILL mid-run, resume, and end with the same parameters as an uninterrupted run, bit for bit
+  /// (the kernels are deterministic for a given thread count).
+  func testKillAndResumeEqualsUninterrupted() throws {
+    let data = try makeData()
+    let a = dir.appendingPathComponent("a"), b = dir.appendingPathComponent("b")
+    let epochs = 5
+    var r = try CLI.run(trainArgs(data, a, epochs: epochs))
+    XCTAssertEqual(r.status, 0, r.stderr)
+    // Interrupted run: killed as soon as its first checkpoint exists.
+    let p = Process()
+    p.executableURL = CLI.binary
+    p.arguments = trainArgs(data, b, epochs: epochs)
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let state = b.appendingPathComponent("state.json")
+    let deadline = Date().addingTimeInterval(120)
+    while !FileManager.default.fileExists(atPath: state.path) && p.isRunning && Date() < deadline { usleep(5000) }
+    kill(p.processIdentifier, SIGKILL)
+    p.waitUntilExit()
+    let killedAt = (try? JSONSerialization.jsonObject(with: Data(contentsOf: state)) as? [String: Any])?["epoch"] as? Int
+    XCTAssertNotNil(killedAt, "the run was killed before its first checkpoint")
+    r = try CLI.run(trainArgs(data, b, epochs: epochs) + ["--resume"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertLessThan(killedAt ?? epochs, epochs, "the kill came after the run had finished")
+    XCTAssert(r.stderr.contains("resuming"), r.stderr)
+    let fa = try SafeTensors.read(a.appendingPathComponent("last.safetensors"))
+    let fb = try SafeTensors.read(b.appendingPathComponent("last.safetensors"))
+    XCTAssertEqual(Set(fa.tensors.keys), Set(fb.tensors.keys))
+    for (k, t) in fa.tensors { XCTAssertEqual(t.toArray(), fb.tensors[k]!.toArray(), k) }
+    let lines = try String(contentsOf: b.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+    XCTAssertEqual(lines.count, epochs)
+  }
+}
