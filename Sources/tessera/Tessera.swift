@@ -19,7 +19,7 @@ struct TesseraCLI: ParsableCommand {
       Threads: --threads N on any command, or TESSERA_THREADS=N (default: all cores).
       Results go to stdout, progress and warnings to stderr; --json prints one JSON object.
       """,
-    subcommands: [DemoCommand.self, PlanCommand.self, RFCommand.self, TrainCommand.self, PreviewCommand.self, SplitCommand.self, PCACommand.self, StepCommand.self, BenchCommand.self]
+    subcommands: [DemoCommand.self, PlanCommand.self, RFCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, PreviewCommand.self, SplitCommand.self, PCACommand.self, StepCommand.self, BenchCommand.self]
   )
 }
 

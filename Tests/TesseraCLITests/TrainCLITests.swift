@@ -43,6 +43,20 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(lines.count, 2)
     let model = Zoo.fcnLarge(classes: 2)
     try model.load(from: out.appendingPathComponent("best.safetensors"))  // loads with the documented names
+    // eval and predict from the run folder.
+    r = try CLI.run(["eval", "--run", out.path, "--data", data.path, "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let ev = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
+    XCTAssertEqual(ev["samples"] as? Int, 32)
+    XCTAssertEqual((ev["confusion"] as? [[Int]])?.flatMap { $0 }.reduce(0, +), 32)
+    XCTAssertEqual(ev["classes"] as? [String], ["blue", "red"])
+    let img = data.appendingPathComponent("red/0.jpg").path
+    r = try CLI.run(["predict", "--run", out.path, img, "--top", "2", "--csv"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertEqual(r.stdout.split(separator: "\n").count, 3)  // header + 2 ranks
+    r = try CLI.run(["predict", "--run", out.path, dir.appendingPathComponent("missing.jpg").path])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("missing.jpg"), r.stderr)
     r = try CLI.run(trainArgs(data, dir.appendingPathComponent("r2"), epochs: 1) + ["--budget", "1MiB"])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("does not fit"), r.stderr)

@@ -1,0 +1,120 @@
+import ArgumentParser
+import Foundation
+import Tessera
+import TesseraData
+import TesseraTraining
+
+/// The model of a run folder (config.json + best/last checkpoint) or of an explicit checkpoint.
+struct TrainedModelOptions: ParsableArguments {
+  @Option(help: "A run folder from `tessera train` (uses its config and best.safetensors).") var run: String?
+  @Option(help: "A checkpoint (safetensors); with --model, --image-size and --classes unless inside a run folder.")
+  var checkpoint: String?
+  @Option(help: "Model (when not given by a run).") var model: String?
+  @Option(help: "Input side (when not given by a run).") var imageSize: Int?
+  @Option(help: "Class names, comma-separated (when not given by a run).") var classes: String?
+
+  func load() throws -> (net: Sequential, classes: [String], pipeline: ImagePipeline) {
+    var cfg = [String: Any]()
+    var ckpt = checkpoint.map { URL(fileURLWithPath: $0) }
+    if let r = run {
+      let dir = URL(fileURLWithPath: r)
+      let data = try Data(contentsOf: dir.appendingPathComponent("config.json"))
+      cfg = (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+      if ckpt == nil {
+        let best = dir.appendingPathComponent("best.safetensors")
+        ckpt = FileManager.default.fileExists(atPath: best.path) ? best : dir.appendingPathComponent("last.safetensors")
+      }
+    }
+    guard let ck = ckpt else { throw CLIError("give --run DIR or --checkpoint FILE") }
+    let names = (cfg["classes"] as? [String]) ?? classes?.split(separator: ",").map(String.init) ?? []
+    guard !names.isEmpty else { throw CLIError("class names unknown: give --run or --classes a,b,c") }
+    guard let modelName = (cfg["model"] as? String) ?? model, let size = (cfg["imageSize"] as? Int) ?? imageSize else {
+      throw CLIError("model and input size unknown: give --run or --model and --image-size")
+    }
+    let (_, net, channels) = try ModelLoader.load(modelName, classes: names.count)
+    try Checkpoint.load(ck, into: net)
+    let policy = ResizePolicy(rawValue: (cfg["policy"] as? String) ?? "fit") ?? .fit
+    return (net, names, ImagePipeline(size: size, policy: policy, channels: channels))
+  }
+}
+
+struct EvalCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "eval", abstract: "Loss, accuracy and confusion matrix of a trained model on a folder of images.")
+
+  @OptionGroup var trained: TrainedModelOptions
+  @Option(help: "Image folder DIR/<class>/<images> (class names as in training).") var data: String
+  @Option(help: "Images per batch.") var batch = 16
+  @Flag(help: "Print one JSON object.") var json = false
+  @OptionGroup var global: GlobalOptions
+
+  func run() throws {
+    try global.apply()
+    let (net, names, pipeline) = try trained.load()
+    let ds = try ImageDataset.folder(URL(fileURLWithPath: data))
+    // Map this folder's labels onto the model's classes by name.
+    var remapped = ds
+    for (i, s) in ds.samples.enumerated() {
+      guard let idx = names.firstIndex(of: ds.classes[s.label]) else {
+        throw CLIError("\(data): class '\(ds.classes[s.label])' is not one of the model's classes \(names)")
+      }
+      remapped.samples[i].label = idx
+    }
+    remapped.classes = names
+    let loader = BatchLoader(dataset: remapped, pipeline: pipeline, batchSize: batch)
+    loader.shuffle = false
+    loader.onWarning = { note("warning: " + $0) }
+    let trainer = Trainer(model: net, optimizer: SGD(), schedule: .constant(0), classes: names.count)
+    let m = try trainer.evaluate(loader)
+    if json {
+      var o = m.json
+      o["classes"] = names
+      printJSON(o)
+      return
+    }
+    print(String(format: "%d images: loss %.4f, accuracy %.3f, top-%d %.3f", m.samples, m.loss, m.accuracy, m.topK, m.topKAccuracy))
+    print("confusion (rows: true, columns: predicted): " + names.joined(separator: ", "))
+    for (i, row) in m.confusion.enumerated() { print(pad(names[i], 16) + row.map { pad(String($0), 7, right: true) }.joined()) }
+  }
+}
+
+struct PredictCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "predict", abstract: "Top classes of images with a trained model.")
+
+  @OptionGroup var trained: TrainedModelOptions
+  @Argument(help: "Images.") var images: [String]
+  @Option(help: "Classes to show per image.") var top = 3
+  @Flag(help: "Print one JSON object.") var json = false
+  @Flag(help: "Print CSV: path,class,probability per row.") var csv = false
+  @OptionGroup var global: GlobalOptions
+
+  func run() throws {
+    try global.apply()
+    let (net, names, pipeline) = try trained.load()
+    var results = [[String: Any]]()
+    var failed = 0
+    if csv { print("path,rank,class,probability") }
+    for path in images {
+      do {
+        let img = try pipeline.prepare(URL(fileURLWithPath: path)).pixels
+        let logits = try net.predict(img.reshaped([1] + img.shape))
+        let z = logits.toArray(), m = z.max() ?? 0
+        let e = z.map { Foundation.exp(Double($0 - m)) }, s = e.reduce(0, +)
+        let ranked = e.indices.sorted { e[$0] > e[$1] }.prefix(top).map { (names[$0], e[$0] / s) }
+        if csv {
+          for (r, (c, p)) in ranked.enumerated() { print("\(path),\(r + 1),\(c),\(p)") }
+        } else if !json {
+          print("\(path): " + ranked.map { String(format: "%@ %.3f", $0.0, $0.1) }.joined(separator: ", "))
+        }
+        results.append(["path": path, "top": ranked.map { ["class": $0.0, "probability": $0.1] }])
+      } catch {
+        failed += 1
+        note("error: \(error)")
+        results.append(["path": path, "error": "\(error)"])
+      }
+    }
+    if json { printJSON(["predictions": results]) }
+    if failed > 0 { throw ExitCode(1) }
+  }
+}
