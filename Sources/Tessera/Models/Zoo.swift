@@ -25,9 +25,10 @@ public enum Zoo {
   /// → 16, BN, ReLU, max-pool 3×3/2; four stages [conv 3×3/2, BN, ReLU, conv 3×3/1, BN, ReLU] of
   /// 32, 64, 128, 256 channels; 1×1 conv head with bias; global average pool. Padding `same`, no
   /// bias before BN, BN epsilon 1e-3 and momentum 0.99 (Keras defaults).
-  public static func fcnLarge(classes: Int, inputChannels: Int = 3) -> Sequential {
+  /// `bnMomentum` 0.99 is Keras's default (the peer's); short runs want a faster 0.9.
+  public static func fcnLarge(classes: Int, inputChannels: Int = 3, bnMomentum: Float = 0.99) -> Sequential {
     // BatchNorm and the ReLU after it run as one fused layer (same numbers, one pass, one kept tensor).
-    func bn(_ c: Int) -> BatchNorm2D { BatchNorm2D(channels: c, epsilon: 1e-3, momentum: 0.99, fusedReLU: true) }
+    func bn(_ c: Int) -> BatchNorm2D { BatchNorm2D(channels: c, epsilon: 1e-3, momentum: bnMomentum, fusedReLU: true) }
     var layers: [(String, Layer)] = [
       ("stem", Sequential([
         ("conv", Conv2D(inputChannels: inputChannels, outputChannels: 16, kernelSize: 7, stride: 2, padding: .same,
