@@ -12,13 +12,14 @@ struct DemoCommand: ParsableCommand {
     abstract: "The seed's warning, measured: train at full resolution vs on images shrunk to 112×112.",
     discussion: """
       Generates (seeded, cached under $TESSERA_CACHE_DIR or ~/.cache/tessera, regenerated when missing
-      or damaged) 1024×1024 textured images whose class is decided only by the shape of four 12-pixel
+      or damaged) 1024×1024 textured images whose class is decided only by the shape of eight 16-pixel
       marks: crosses or hollow squares. Trains the fully convolutional fcn-large at full resolution
       within --budget (the plan is printed first), then the same net on the images shrunk to 112×112,
       and prints both held-out accuracies with time and peak memory. `--quick` runs a tiny version.
       """)
 
   @Option(help: "Epochs for each run.") var epochs = 6
+  @Option(help: "Learning rate (cosine schedule, SGD momentum 0.9).") var lr: Float = 0.01
   @Option(help: "Memory budget for the full-resolution run.") var budget = "2GiB"
   @Option(help: "Seed of the data, initialisation and shuffles.") var seed: UInt64 = 7
   @Flag(help: "A tiny version (seconds), for tests.") var quick = false
@@ -28,7 +29,7 @@ struct DemoCommand: ParsableCommand {
   func run() throws {
     try global.apply()
     let data = quick ? DemoData(side: 128, mark: 10, train: 24, test: 12, seed: seed)
-      : DemoData(side: 1024, mark: 12, train: 160, test: 80, seed: seed)
+      : DemoData(side: 1024, mark: 16, marksPerImage: 8, train: 160, test: 80, seed: seed)
     let manifest = try data.prepare(progress: { note($0) })
     let ds = try ImageDataset.manifest(manifest)
     let trainIdx = ds.samples.indices.filter { ds.samples[$0].split == "train" }
@@ -50,7 +51,7 @@ struct DemoCommand: ParsableCommand {
       let test = BatchLoader(dataset: ds, indices: testIdx, pipeline: pipeline, batchSize: batch)
       test.shuffle = false
       let steps = max(1, epochs * ((trainIdx.count + batch - 1) / batch))
-      let trainer = Trainer(model: net, optimizer: SGD(momentum: 0.9), schedule: .cosine(base: 0.05, total: steps), classes: 2)
+      let trainer = Trainer(model: net, optimizer: SGD(momentum: 0.9), schedule: .cosine(base: lr, total: steps), classes: 2)
       MemoryLedger.shared.resetPeak()
       let t0 = DispatchTime.now().uptimeNanoseconds
       try trainer.fit(train: train, epochs: epochs, callbacks: [ProgressPrinter(epochs: epochs)])

@@ -12,17 +12,24 @@ struct TrainedModelOptions: ParsableArguments {
   @Option(help: "Model (when not given by a run).") var model: String?
   @Option(help: "Input side (when not given by a run).") var imageSize: Int?
   @Option(help: "Class names, comma-separated (when not given by a run).") var classes: String?
+  @Flag(help: "Use the run's last.safetensors instead of best.safetensors.") var last = false
+
+  /// The run's config.json, when --run is given.
+  func runConfig() throws -> [String: Any] {
+    guard let r = run else { return [:] }
+    let data = try Data(contentsOf: URL(fileURLWithPath: r).appendingPathComponent("config.json"))
+    return (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+  }
 
   func load() throws -> (net: Sequential, classes: [String], pipeline: ImagePipeline) {
     var cfg = [String: Any]()
     var ckpt = checkpoint.map { URL(fileURLWithPath: $0) }
     if let r = run {
       let dir = URL(fileURLWithPath: r)
-      let data = try Data(contentsOf: dir.appendingPathComponent("config.json"))
-      cfg = (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+      cfg = try runConfig()
       if ckpt == nil {
         let best = dir.appendingPathComponent("best.safetensors")
-        ckpt = FileManager.default.fileExists(atPath: best.path) ? best : dir.appendingPathComponent("last.safetensors")
+        ckpt = !last && FileManager.default.fileExists(atPath: best.path) ? best : dir.appendingPathComponent("last.safetensors")
       }
     }
     guard let ck = ckpt else { throw CLIError("give --run DIR or --checkpoint FILE") }
@@ -43,7 +50,8 @@ struct EvalCommand: ParsableCommand {
     commandName: "eval", abstract: "Loss, accuracy and confusion matrix of a trained model on a folder of images.")
 
   @OptionGroup var trained: TrainedModelOptions
-  @Option(help: "Image folder DIR/<class>/<images> (class names as in training).") var data: String
+  @Option(help: "Image folder DIR/<class>/<images> (class names as in training); default with --run: the run's held-out split.")
+  var data: String?
   @Option(help: "Images per batch.") var batch = 16
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
@@ -51,17 +59,38 @@ struct EvalCommand: ParsableCommand {
   func run() throws {
     try global.apply()
     let (net, names, pipeline) = try trained.load()
-    let ds = try ImageDataset.folder(URL(fileURLWithPath: data))
+    var ds: ImageDataset
+    var indices: [Int]? = nil
+    if let d = data {
+      ds = try ImageDataset.folder(URL(fileURLWithPath: d))
+    } else {
+      // The run's own held-out images, rebuilt exactly as `tessera train` split them.
+      let cfg = try trained.runConfig()
+      if let m = cfg["manifest"] as? String {
+        ds = try ImageDataset.manifest(URL(fileURLWithPath: m))
+        let hasVal = ds.samples.contains { $0.split == "val" }
+        indices = ds.samples.indices.filter { ds.samples[$0].split == (hasVal ? "val" : "test") }
+      } else if let d = cfg["data"] as? String {
+        ds = try ImageDataset.folder(URL(fileURLWithPath: d))
+        let splits = DatasetSplit.assign(ds.samples, test: cfg["test"] as? Double ?? 0.3,
+                                         seed: UInt64(cfg["seed"] as? Int ?? 0))
+        indices = splits.indices.filter { splits[$0] != "train" }
+      } else {
+        throw CLIError("give --data DIR (or --run of a run whose config names its data)")
+      }
+    }
+    let label = data ?? "held-out split"
     // Map this folder's labels onto the model's classes by name.
     var remapped = ds
     for (i, s) in ds.samples.enumerated() {
       guard let idx = names.firstIndex(of: ds.classes[s.label]) else {
-        throw CLIError("\(data): class '\(ds.classes[s.label])' is not one of the model's classes \(names)")
+        throw CLIError("\(label): class '\(ds.classes[s.label])' is not one of the model's classes \(names)")
       }
       remapped.samples[i].label = idx
     }
     remapped.classes = names
-    let loader = BatchLoader(dataset: remapped, pipeline: pipeline, batchSize: batch)
+    let cfgBatch = (try? trained.runConfig())?["batch"] as? Int
+    let loader = BatchLoader(dataset: remapped, indices: indices, pipeline: pipeline, batchSize: data == nil ? (cfgBatch ?? batch) : batch)
     loader.shuffle = false
     loader.onWarning = { note("warning: " + $0) }
     let trainer = Trainer(model: net, optimizer: SGD(), schedule: .constant(0), classes: names.count)

@@ -89,11 +89,16 @@ final class CLITests: TemporaryDirectoryTestCase {
   }
 
   func testDemoQuickAndBenchJSON() throws {
-    var r = try CLI.run(["demo", "--quick", "--json", "--threads", "2"])
+    var r = try CLI.run(["demo", "--quick", "--json", "--threads", "2"], environment: ["TESSERA_CACHE_DIR": dir.path])
     XCTAssertEqual(r.status, 0, r.stderr)
     let demo = try json(r.stdout)
-    XCTAssertNotNil(demo["accuracy"] as? Double)
-    XCTAssertGreaterThan(demo["peakBytes"] as? Int ?? 0, 0)
+    for key in ["fullResolution", "downsampled"] {
+      let d = try XCTUnwrap(demo[key] as? [String: Any], key)
+      XCTAssertNotNil(d["accuracy"] as? Double, key)
+      XCTAssertNotNil(d["seconds"] as? Double, key)
+      XCTAssertGreaterThan(d["peakBytes"] as? Int ?? 0, 0, key)
+      XCTAssertEqual((d["inputSize"] as? [Int])?.count, 3, key)
+    }
     r = try CLI.run(["bench", "gemm", "--size", "64", "--runs", "1", "--no-peer", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
     XCTAssertGreaterThan(try json(r.stdout)["gflops"] as? Double ?? 0, 0)

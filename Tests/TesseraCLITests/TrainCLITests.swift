@@ -54,6 +54,15 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
     r = try CLI.run(["predict", "--run", out.path, img, "--top", "2", "--csv"])
     XCTAssertEqual(r.status, 0, r.stderr)
     XCTAssertEqual(r.stdout.split(separator: "\n").count, 3)  // header + 2 ranks
+    // `eval` on the run's own held-out split with the last checkpoint: the numbers of the last epoch.
+    r = try CLI.run(["eval", "--run", out.path, "--last", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let e2 = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
+    let lastEpoch = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(lines.last!.utf8)) as? [String: Any])
+    XCTAssertEqual(e2["accuracy"] as? Double, lastEpoch["val_accuracy"] as? Double)
+    XCTAssertEqual(e2["loss"] as? Double ?? -1, lastEpoch["val_loss"] as? Double ?? -2, accuracy: 1e-9)
+    // The checkpoint in Python's safetensors (skipped, with a message, without Python + safetensors).
+    try checkpointLoadsInPython(out.appendingPathComponent("last.safetensors"))
     r = try CLI.run(["predict", "--run", out.path, dir.appendingPathComponent("missing.jpg").path])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("missing.jpg"), r.stderr)
@@ -65,6 +74,32 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(r.status, 0, r.stderr)
     let s = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
     XCTAssertLessThanOrEqual(s["predictedPeakBytes"] as? Int ?? .max, 64 << 20)
+  }
+
+  func checkpointLoadsInPython(_ url: URL) throws {
+    let python = ProcessInfo.processInfo.environment["TESSERA_PYTHON"] ?? "python3"
+    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().appendingPathComponent("scripts/read_safetensors.py")
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = [python, script.path, url.path, "--require-safetensors"]
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    do { try p.run() } catch { throw XCTSkip("no \(python): the Python safetensors check was skipped") }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else {
+      print("skipping the Python check: \(python) has no safetensors package (pip install safetensors numpy)")
+      return
+    }
+    let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    XCTAssertEqual(obj["reader"] as? String, "safetensors")
+    let tensors = try XCTUnwrap(obj["tensors"] as? [String: [String: Any]])
+    XCTAssertEqual(tensors["stem.conv.weight"]?["shape"] as? [Int], [16, 3, 7, 7])
+    XCTAssertEqual(tensors["head.weight"]?["shape"] as? [Int], [2, 256, 1, 1])
+    XCTAssertNotNil(tensors["stage4.bn2.running_var"])
+    XCTAssertNotNil(tensors["optimizer.head.weight.momentum"])
   }
 
   /// SIGKILL mid-run, resume, and end with the same parameters as an uninterrupted run, bit for bit
