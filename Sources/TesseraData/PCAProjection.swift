@@ -41,7 +41,7 @@ public final class PCAProjection: Layer {
     GEMM.sgemm(transB: true, m: n, n: k, k: d, a: centered.floats, lda: d, b: basis.value.floats, ldb: d, c: y.floats, ldc: k)
     let sp = scale.value.floats
     for r in 0..<n { for j in 0..<k { y.floats[r * k + j] *= sp[j] } }
-    if training { savedShape = x.shape }
+    if training && BackwardRecording.isOn { savedShape = x.shape }
     return y
   }
 
@@ -64,7 +64,7 @@ public final class PCAProjection: Layer {
     let centered = sim.allocate([s[0], dimension])
     sim.transient(GEMM.workspaceBytes(m: s[0], n: components, k: dimension, threads: sim.threads))
     withExtendedLifetime(centered) {}
-    if training { sim.notes[ObjectIdentifier(self)] = x.shape }
+    if training && BackwardRecording.isOn { sim.notes[ObjectIdentifier(self)] = x.shape }
     return y
   }
 

@@ -149,10 +149,12 @@ public enum Planner {
     case let s as Sequential:
       var shape = input, r = rf
       for (name, l) in s.layers {
-        r = try walk(l, path: child(name), input: shape, rf: r, visit)
+        r = try walk(l, path: l.transparent ? path : child(name), input: shape, rf: r, visit)
         shape = try l.outputShape(for: shape)
       }
       return r
+    case let c as Checkpointed:
+      return try walk(c.segment, path: path, input: input, rf: rf, visit)
     case let b as ResidualBlock:
       let main = try walk(b.main, path: path, input: input, rf: rf, visit)
       guard let s = b.shortcut else { return main }

@@ -76,6 +76,20 @@ public final class Parameter {
   public func dropGradient() { grad = nil }
 }
 
+/// Whether a training-mode forward keeps what backward needs. `Checkpointed` turns it off while it
+/// runs its segment forward the first time (batch statistics are still used) and back on to
+/// recompute the segment in backward.
+public enum BackwardRecording {
+  nonisolated(unsafe) public private(set) static var isOn = true
+
+  public static func without<T>(_ body: () throws -> T) rethrows -> T {
+    let old = isOn
+    isOn = false
+    defer { isOn = old }
+    return try body()
+  }
+}
+
 /// A network layer with its forward and backward pass side by side.
 ///
 /// `forward(_:training:)` in training mode keeps what backward needs (and nothing in inference
@@ -92,6 +106,8 @@ public protocol Layer: AnyObject {
   var children: [(String, Layer)] { get }
   /// A short type name for tables (`Conv2D`, `BatchNorm2D`…).
   var kind: String { get }
+  /// A wrapper whose name adds nothing to its children's parameter names (`Checkpointed`).
+  var transparent: Bool { get }
 
   /// The dry-run twin of `forward`: the same allocations, workspaces and kept tensors, simulated
   /// (see `MemorySimulation`). Throws the `ShapeError` `outputShape` would.
@@ -104,11 +120,14 @@ extension Layer {
   public var ownParameters: [(String, Parameter)] { [] }
   public var children: [(String, Layer)] { [] }
   public var kind: String { String(describing: type(of: self)) }
+  public var transparent: Bool { false }
 
   /// Every parameter and buffer with its stable dotted name (`stage2.conv1.weight`), in a fixed order.
   public func namedParameters(prefix: String = "") -> [(String, Parameter)] {
     var out = ownParameters.map { (prefix + $0.0, $0.1) }
-    for (name, child) in children { out += child.namedParameters(prefix: prefix + name + ".") }
+    for (name, child) in children {
+      out += child.namedParameters(prefix: child.transparent ? prefix : prefix + name + ".")
+    }
     return out
   }
 

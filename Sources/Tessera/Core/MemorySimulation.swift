@@ -43,7 +43,7 @@ public final class MemorySimulation {
   /// (global and adaptive average pooling): dx is allocated in backward.
   func planShapeOnlyForward(_ layer: Layer, _ x: SimTensor, training: Bool) throws -> SimTensor {
     let y = allocate(try layer.outputShape(for: x.shape))
-    if training { notes[ObjectIdentifier(layer)] = x.shape }
+    if training && BackwardRecording.isOn { notes[ObjectIdentifier(layer)] = x.shape }
     return y
   }
 

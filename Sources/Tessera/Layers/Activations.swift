@@ -19,7 +19,7 @@ public class OutputActivation: Layer {
   public func forward(_ x: Tensor, training: Bool) -> Tensor {
     let y = Tensor(uninitialized: x.shape)
     apply(x.floats, y.floats, x.count)
-    if training { savedOutput = y }
+    if training && BackwardRecording.isOn { savedOutput = y }
     return y
   }
 
@@ -34,7 +34,7 @@ public class OutputActivation: Layer {
 
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     let y = sim.allocate(x.shape)
-    if training { sim.keep(self, [y]) }
+    if training && BackwardRecording.isOn { sim.keep(self, [y]) }
     return y
   }
 
@@ -97,6 +97,12 @@ public final class Dropout: Layer {
   }
   public func outputShape(for input: [Int]) throws -> [Int] { input }
 
+  /// The mask generator's state: `Checkpointed` restores it so a recomputed forward draws the same masks.
+  public var generatorState: SeededGenerator {
+    get { rng }
+    set { rng = newValue }
+  }
+
   func applyMask(seed: UInt64, _ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
     var g = SeededGenerator(seed: seed)
     let keep = 1 / (1 - rate)
@@ -144,7 +150,7 @@ public final class Flatten: Layer {
     return [input[0], input.dropFirst().reduce(1, *)]
   }
   public func forward(_ x: Tensor, training: Bool) -> Tensor {
-    if training { savedShape = x.shape }
+    if training && BackwardRecording.isOn { savedShape = x.shape }
     return x.reshaped([x.shape[0], x.count / max(x.shape[0], 1)])
   }
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
@@ -155,7 +161,7 @@ public final class Flatten: Layer {
 
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     let s = try outputShape(for: x.shape)
-    if training { sim.notes[ObjectIdentifier(self)] = x.shape }
+    if training && BackwardRecording.isOn { sim.notes[ObjectIdentifier(self)] = x.shape }
     return x.reshaped(s)
   }
 

@@ -69,7 +69,7 @@ public final class BatchNorm2D: Layer {
     let y = Tensor(uninitialized: x.shape)
     BatchNormKernels.affine(x: x.floats, y: y.floats, batch: n, channels: c, spatial: hw, scale: scale, shift: shift,
                             relu: fusedReLU)
-    if training { saved = (x, mean, invstd, shift) }
+    if training && BackwardRecording.isOn { saved = (x, mean, invstd, shift) }
     return y
   }
 
@@ -87,7 +87,7 @@ public final class BatchNorm2D: Layer {
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     _ = try outputShape(for: x.shape)
     let y = sim.allocate(x.shape)
-    if training { sim.keep(self, [x]) }
+    if training && BackwardRecording.isOn { sim.keep(self, [x]) }
     return y
   }
 

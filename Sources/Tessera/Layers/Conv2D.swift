@@ -100,7 +100,7 @@ public final class Conv2D: Layer {
     do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
     let y = Tensor(uninitialized: [g.batch, g.outChannels, g.outHeight, g.outWidth])
     Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: bias?.value.floats, y: y.floats)
-    if training { saved = (x, g) }
+    if training && BackwardRecording.isOn { saved = (x, g) }
     return y
   }
 
@@ -124,7 +124,7 @@ public final class Conv2D: Layer {
     let g = try geometry(for: x.shape)
     let y = sim.allocate([g.batch, g.outChannels, g.outHeight, g.outWidth])
     sim.transient(Conv2DKernels.forwardWorkspaceBytes(g, threads: sim.threads))
-    if training {
+    if training && BackwardRecording.isOn {
       sim.keep(self, [x])
       sim.notes[ObjectIdentifier(self)] = g
     }

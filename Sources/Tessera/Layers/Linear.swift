@@ -33,7 +33,7 @@ public final class Linear: Layer {
     }
     GEMM.sgemm(transB: true, m: n, n: outputFeatures, k: inputFeatures, a: x.floats, lda: inputFeatures,
                b: weight.value.floats, ldb: inputFeatures, beta: bias == nil ? 0 : 1, c: y.floats, ldc: outputFeatures)
-    if training { savedInput = x }
+    if training && BackwardRecording.isOn { savedInput = x }
     return y
   }
 
@@ -65,7 +65,7 @@ public final class Linear: Layer {
     let s = try outputShape(for: x.shape)
     let y = sim.allocate(s)
     sim.transient(GEMM.workspaceBytes(m: s[0], n: outputFeatures, k: inputFeatures, threads: sim.threads))
-    if training { sim.keep(self, [x]) }
+    if training && BackwardRecording.isOn { sim.keep(self, [x]) }
     return y
   }
 

@@ -51,13 +51,13 @@ public final class Pool2D: Layer {
     let y = Tensor(uninitialized: [x.shape[0], x.shape[1], g.outHeight, g.outWidth])
     switch mode {
     case .max:
-      let argmax = training ? Tensor(zeros: y.shape, dtype: .int32) : nil
+      let argmax = training && BackwardRecording.isOn ? Tensor(zeros: y.shape, dtype: .int32) : nil
       Pool2DKernels.maxForward(g, x: x.floats, y: y.floats,
                                argmax: argmax?.storage.raw.assumingMemoryBound(to: Int32.self))
       if let a = argmax { saved = (a, g) }
     case .average(let inc):
       Pool2DKernels.avgForward(g, x: x.floats, y: y.floats, countIncludePad: inc)
-      if training { saved = (Tensor(zeros: [0]), g) }
+      if training && BackwardRecording.isOn { saved = (Tensor(zeros: [0]), g) }
     }
     return y
   }
@@ -79,7 +79,7 @@ public final class Pool2D: Layer {
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     let g = try geometry(for: x.shape)
     let y = sim.allocate([x.shape[0], x.shape[1], g.outHeight, g.outWidth])
-    if training {
+    if training && BackwardRecording.isOn {
       sim.keep(self, mode == .max ? [sim.allocate(y.shape)] : [])  // Int32 arg-max, 4 bytes each
       sim.notes[ObjectIdentifier(self)] = x.shape
     }
@@ -114,7 +114,7 @@ public final class GlobalAvgPool2D: Layer {
       for i in 0..<hw { s += Double(xp[p * hw + i]) }
       yp[p] = Float(s / Double(hw))
     }
-    if training { savedShape = x.shape }
+    if training && BackwardRecording.isOn { savedShape = x.shape }
     return y
   }
 
@@ -175,7 +175,7 @@ public final class AdaptiveAvgPool2D: Layer {
         }
       }
     }
-    if training { savedShape = x.shape }
+    if training && BackwardRecording.isOn { savedShape = x.shape }
     return y
   }
 

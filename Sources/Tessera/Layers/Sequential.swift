@@ -147,7 +147,7 @@ public final class ResidualBlock: Layer {
     ElementwiseKernels.add(a.floats, b.floats, y.floats, count: y.count)
     guard finalReLU else { return y }
     ElementwiseKernels.leakyRelu(y.floats, y.floats, count: y.count)
-    if training { savedOutput = y }
+    if training && BackwardRecording.isOn { savedOutput = y }
     return y
   }
 
@@ -179,7 +179,7 @@ public final class ResidualBlock: Layer {
     let a = try main.planForward(x, training: training, sim)
     let b = try shortcut?.planForward(x, training: training, sim) ?? x
     let y = sim.allocate(a.shape)
-    if training && finalReLU { sim.keep(self, [y]) }
+    if training && finalReLU && BackwardRecording.isOn { sim.keep(self, [y]) }
     withExtendedLifetime(b) {}  // held until here, as the real pass holds it
     return y
   }

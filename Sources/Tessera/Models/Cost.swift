@@ -10,6 +10,7 @@ public func forwardMACs(_ layer: Layer, input: [Int]) throws -> Int {
       shape = try l.outputShape(for: shape)
     }
     return total
+  case let c as Checkpointed: return try forwardMACs(c.segment, input: input)
   case let r as ResidualBlock:
     return try forwardMACs(r.main, input: input) + (r.shortcut.map { try forwardMACs($0, input: input) } ?? 0)
   default: return 0
