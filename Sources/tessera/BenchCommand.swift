@@ -179,6 +179,7 @@ struct TrainBench: ParsableCommand {
   @Option(help: "Number of classes.") var classes = 10
   @Flag(help: "Forward passes only (inference mode).") var inference = false
   @Flag(help: "Print time per layer and pass (to stderr).") var profile = false
+  @Option(help: "Gradient checkpointing: none, sqrt, all or N.") var checkpointing = "none"
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -186,9 +187,13 @@ struct TrainBench: ParsableCommand {
     try global.apply()
     let chw = try parseInput(input)
     guard batch >= 1, steps >= 1, warmup >= 0 else { throw ValidationError("--batch and --steps must be positive") }
-    guard let net = Zoo.model(model, classes: classes, inputChannels: chw[0]) else {
+    guard let zoo = Zoo.model(model, classes: classes, inputChannels: chw[0]) else {
       throw ValidationError("unknown model '\(model)'; choose one of \(Zoo.names.joined(separator: ", "))")
     }
+    guard let policy = CheckpointingPolicy(checkpointing) else {
+      throw ValidationError("--checkpointing must be none, sqrt, all or a number")
+    }
+    let net = policy.apply(to: zoo)
     net.initializeParameters(seed: 0)
     let shape = [batch] + chw
     _ = try net.checkInput(shape)
@@ -226,7 +231,7 @@ struct TrainBench: ParsableCommand {
       "seconds_per_step": seconds / Double(steps), "gflop_per_image": flopPerImage / 1e9,
       "gflops": (ips * flopPerImage / 1e8).rounded() / 10,
       "peak_bytes": MemoryLedger.shared.peakBytes, "max_rss_bytes": maxRSSBytes(),
-      "parameters": net.parameterCount, "final_loss": Double(losses.last ?? 0),
+      "parameters": net.parameterCount, "final_loss": Double(losses.last ?? 0), "checkpointing": checkpointing,
     ]
     if json { printJSON(out) } else {
       print(String(format: "%@ %@ batch %d: %.2f images/s, %.1f GFLOP/s, ledger peak %@, max RSS %@",

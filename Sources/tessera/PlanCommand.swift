@@ -35,6 +35,7 @@ struct PlanCommand: ParsableCommand {
   @Option(help: "Storage precision: fp32 (fp16/bf16 storage comes with the memory-modes work).") var precision = "fp32"
   @Option(help: "Optimizer state to count: sgd (none), momentum (1×), adamw (2×).") var optimizer = "momentum"
   @Option(help: "Memory budget, e.g. 8GiB: report the largest batches that fit and what would fit.") var budget: String?
+  @Option(help: "Gradient checkpointing: none, sqrt, all or N (top-level blocks per segment).") var checkpointing = "none"
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -46,6 +47,9 @@ struct PlanCommand: ParsableCommand {
     guard ["fp32", "fp16", "bf16"].contains(precision) else {
       throw ValidationError("--precision must be fp32, fp16 or bf16, got '\(precision)'")
     }
+    guard CheckpointingPolicy(checkpointing) != nil else {
+      throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
+    }
     guard precision == "fp32" else {
       throw ValidationError("--precision \(precision): 16-bit storage is not in the engine yet, so it cannot be planned against the ledger; plan with fp32")
     }
@@ -53,7 +57,8 @@ struct PlanCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
-    let (name, model, input) = try modelOptions.load()
+    let (name, loaded, input) = try modelOptions.load()
+    let model = CheckpointingPolicy(checkpointing)!.apply(to: loaded)
     let opt = OptimizerKind(rawValue: optimizer)!
     let plan = try Planner.plan(model, name: name, input: input, batch: batch, optimizer: opt)
     let advice = try budget.map { try Planner.advise(model, input: input, batch: batch, optimizer: opt,
@@ -69,6 +74,7 @@ struct PlanCommand: ParsableCommand {
   func planJSON(_ p: Plan, advice: BudgetAdvice?) -> [String: Any] {
     var out: [String: Any] = [
       "model": p.model, "input": p.input, "batch": p.batch, "precision": precision, "optimizer": p.optimizer.rawValue,
+      "checkpointing": checkpointing,
       "threads": p.threads, "parameters": p.parameters, "macs": p.macs,
       "bytes": [
         "input": p.inputBytes, "parameters": p.parameterBytes, "gradients": p.gradientBytes,

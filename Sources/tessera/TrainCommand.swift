@@ -31,6 +31,7 @@ struct TrainCommand: ParsableCommand {
   @Option(help: "constant, cosine or step (×0.1 every third of the run).") var schedule = "cosine"
   @Option(help: "Linear warm-up steps.") var warmup = 0
   @Option(help: "Gradient accumulation: micro-batches per update.") var accumulate = 1
+  @Option(help: "Gradient checkpointing: none, sqrt, all or N (blocks per segment).") var checkpointing = "none"
   @Option(help: "Held-out share when splitting --data.") var test = 0.3
   @Option(help: "Seed of the split, initialisation, shuffles and augmentation.") var seed: UInt64 = 0
   @Option(help: "Loader threads.") var workers = 2
@@ -48,6 +49,9 @@ struct TrainCommand: ParsableCommand {
     guard batch != "auto" || budget != nil else { throw ValidationError("--batch auto needs --budget, e.g. --budget 4GiB") }
     guard OptimizerKind(rawValue: optimizer) != nil else { throw ValidationError("--optimizer must be sgd, momentum or adamw") }
     guard ["constant", "cosine", "step"].contains(schedule) else { throw ValidationError("--schedule must be constant, cosine or step") }
+    guard CheckpointingPolicy(checkpointing) != nil else {
+      throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
+    }
     guard BadFilePolicy(rawValue: onBadFile) != nil else { throw ValidationError("--on-bad-file must be skip or fail") }
     guard epochs >= 1, accumulate >= 1, imageSize >= 1 else { throw ValidationError("--epochs, --accumulate and --image-size must be positive") }
   }
@@ -75,7 +79,8 @@ struct TrainCommand: ParsableCommand {
     }
     guard !trainIdx.isEmpty else { throw ValidationError("no training images") }
     let classes = ds.classes.count
-    let (name, net, channels) = try ModelLoader.load(model, classes: classes)
+    let (name, loaded, channels) = try ModelLoader.load(model, classes: classes)
+    let net = CheckpointingPolicy(checkpointing)!.apply(to: loaded)
     let input = [channels, imageSize, imageSize]
     let opt = OptimizerKind(rawValue: optimizer)!
 
@@ -121,7 +126,7 @@ struct TrainCommand: ParsableCommand {
     let config: [String: Any] = [
       "model": model, "data": data as Any? ?? NSNull(), "manifest": manifest as Any? ?? NSNull(), "classes": ds.classes,
       "imageSize": imageSize, "policy": policy, "batch": b, "epochs": epochs, "optimizer": optimizer, "lr": Double(lr),
-      "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "test": test, "seed": seed, "augment": augment,
+      "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": checkpointing, "test": test, "seed": seed, "augment": augment,
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
       "predictedPeakBytes": plan.peakTrainingBytes,
     ]
