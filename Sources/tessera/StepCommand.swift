@@ -22,11 +22,15 @@ struct StepCommand: ParsableCommand {
   @Option(help: "safetensors file holding `input` and `labels`.") var batch: String
   @Option(help: "Where to write loss, logits and gradients (safetensors).") var out: String
   @Option(help: "Seed for the initialisation when no --weights are given.") var seed: UInt64 = 0
+  @Option(help: "Gradient checkpointing: none, sqrt, all or N (same gradients, less memory).") var checkpointing = "none"
   @Flag(help: "Print a JSON summary.") var json = false
   @OptionGroup var global: GlobalOptions
 
   func validate() throws {
     guard classes >= 1 else { throw ValidationError("--classes must be at least 1") }
+    guard CheckpointingPolicy(checkpointing) != nil else {
+      throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
+    }
   }
 
   func run() throws {
@@ -47,9 +51,10 @@ struct StepCommand: ParsableCommand {
       throw BatchError("\(batch): tensor 'labels' must hold \(rawInput.shape[0]) I64 or I32 values; got \(rawLabels.dtype.rawValue) \(rawLabels.shape)")
     }
     let input = rawInput.dtype == .float32 ? rawInput : rawInput.converted(to: .float32, category: .data)
-    guard let net = Zoo.model(model, classes: classes, inputChannels: input.shape[1]) else {
+    guard let zoo = Zoo.model(model, classes: classes, inputChannels: input.shape[1]) else {
       throw ValidationError("unknown model '\(model)'; choose one of \(Zoo.names.joined(separator: ", "))")
     }
+    let net = CheckpointingPolicy(checkpointing)!.apply(to: zoo)
     if let w = weights { try net.load(from: URL(fileURLWithPath: w)) } else { net.initializeParameters(seed: seed) }
     do { _ = try net.checkInput(input.shape) } catch {
       throw BatchError("\(batch): input \(input.shape) does not fit \(model): \(error)")

@@ -22,7 +22,7 @@ final class CLITests: TemporaryDirectoryTestCase {
     let batch = try writeBatch("b.safetensors", input: randomTensor([2, 3, 64, 64], seed: 1),
                                labels: .labels([1, 3], dtype: .int64))
     let out = dir.appendingPathComponent("out.safetensors").path
-    let r = try CLI.run(["step", "--model", "fcn-large", "--classes", "5", "--batch", batch, "--out", out, "--json"])
+    var r = try CLI.run(["step", "--model", "fcn-large", "--classes", "5", "--batch", batch, "--out", out, "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
     let summary = try json(r.stdout)
     let file = try SafeTensors.read(URL(fileURLWithPath: out))
@@ -41,6 +41,13 @@ final class CLITests: TemporaryDirectoryTestCase {
       assertClose(g.toArray(), p.grad!.toArray(), rtol: 1e-4, atol: 1e-6, name)
     }
     XCTAssertNil(file.tensors["grad.stem.bn.running_mean"], "running statistics are not trainable")
+
+    // --checkpointing: the same gradients.
+    let outC = dir.appendingPathComponent("outc.safetensors").path
+    r = try CLI.run(["step", "--model", "fcn-large", "--classes", "5", "--batch", batch, "--out", outC, "--checkpointing", "all"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let fc = try SafeTensors.read(URL(fileURLWithPath: outC))
+    for (name, t) in file.tensors { XCTAssertLessThanOrEqual(maxRelativeError(fc.tensors[name]!.toArray(), t.toArray()), 1e-5, name) }
 
     // --weights: load what a model saved, get the same loss.
     let w = dir.appendingPathComponent("w.safetensors")
