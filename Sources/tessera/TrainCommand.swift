@@ -84,17 +84,24 @@ struct TrainCommand: ParsableCommand {
     let input = [channels, imageSize, imageSize]
     let opt = OptimizerKind(rawValue: optimizer)!
 
-    // Plan: the batch and the predicted peak against the budget.
+    // Plan: the batch and the predicted peak against the budget. The loader holds up to `prefetch`
+    // batches besides the one in use, so they count too.
+    let prefetch = 2
+    func loaderBytes(_ batch: Int) -> Int { (prefetch + 1) * batch * input.reduce(1, *) * 4 }
     let budgetBytes = try budget.map { try ByteSize.parse($0) }
     var b = Int(batch) ?? 1
     if batch == "auto" {
       let advice = try Planner.advise(net, input: input, batch: 1, optimizer: opt, budget: budgetBytes!)
-      guard let mb = advice.maxTrainingBatch else { throw refusal(net, input: input, batch: 1, opt: opt, budget: budgetBytes!) }
-      b = min(mb, trainIdx.count)
+      guard var mb = advice.maxTrainingBatch else { throw refusal(net, input: input, batch: 1, opt: opt, budget: budgetBytes!) }
+      mb = min(mb, trainIdx.count)
+      while mb > 1, try Planner.plan(net, name: name, input: input, batch: mb, optimizer: opt).peakTrainingBytes
+        + loaderBytes(mb) > budgetBytes! { mb -= 1 }
+      b = mb
     }
     let plan = try Planner.plan(net, name: name, input: input, batch: b, optimizer: opt)
-    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(plan.inputBytes / b)) per image, batch \(b), predicted peak \(ByteSize.format(plan.peakTrainingBytes))" + (budgetBytes.map { " of \(ByteSize.format($0))" } ?? ""))
-    if let bb = budgetBytes, plan.peakTrainingBytes > bb { throw refusal(net, input: input, batch: b, opt: opt, budget: bb) }
+    let predicted = plan.peakTrainingBytes + loaderBytes(b)
+    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(plan.inputBytes / b)) per image, batch \(b), predicted peak \(ByteSize.format(predicted)) (step \(ByteSize.format(plan.peakTrainingBytes)) + \(prefetch + 1) batches in the loader)" + (budgetBytes.map { " of \(ByteSize.format($0))" } ?? ""))
+    if let bb = budgetBytes, predicted > bb { throw refusal(net, input: input, batch: b, opt: opt, budget: bb) }
 
     // Model, optimizer, schedule; resume.
     net.initializeParameters(seed: seed)
@@ -128,7 +135,7 @@ struct TrainCommand: ParsableCommand {
       "imageSize": imageSize, "policy": policy, "batch": b, "epochs": epochs, "optimizer": optimizer, "lr": Double(lr),
       "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": checkpointing, "test": test, "seed": seed, "augment": augment,
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
-      "predictedPeakBytes": plan.peakTrainingBytes,
+      "predictedPeakBytes": predicted,
     ]
     let folder = try RunFolder(outURL, config: config, seed: seed, bestAccuracy: best)
     try ds.saveClassMap(to: outURL.appendingPathComponent("classes.json"))
@@ -137,6 +144,7 @@ struct TrainCommand: ParsableCommand {
     let trainLoader = BatchLoader(dataset: ds, indices: trainIdx, pipeline: pipeline, batchSize: b)
     trainLoader.seed = seed
     trainLoader.workers = workers
+    trainLoader.prefetch = prefetch
     trainLoader.badFilePolicy = BadFilePolicy(rawValue: onBadFile)!
     trainLoader.onWarning = { note("warning: " + $0) }
     if augment { trainLoader.augmentation = Augmentation(horizontalFlip: true, brightness: 0.1, contrast: 0.1) }
@@ -154,7 +162,7 @@ struct TrainCommand: ParsableCommand {
     let summary: [String: Any] = [
       "out": out, "epochs": epochs, "batch": b, "steps": trainer.step, "bestAccuracy": folder.bestAccuracy,
       "accuracy": lastLog?.validation?.accuracy ?? lastLog?.train.accuracy ?? NSNull(),
-      "loss": lastLog?.train.loss ?? NSNull(), "predictedPeakBytes": plan.peakTrainingBytes,
+      "loss": lastLog?.train.loss ?? NSNull(), "predictedPeakBytes": predicted,
       "peakBytes": logs.map(\.peakBytes).max() ?? 0, "maxRSSBytes": maxRSSBytes(),
     ]
     if json { printJSON(summary) } else {

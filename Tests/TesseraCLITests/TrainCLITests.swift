@@ -74,6 +74,7 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(r.status, 0, r.stderr)
     let s = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
     XCTAssertLessThanOrEqual(s["predictedPeakBytes"] as? Int ?? .max, 64 << 20)
+    XCTAssertLessThanOrEqual(s["peakBytes"] as? Int ?? .max, 64 << 20, "the real run stayed within the budget")
   }
 
   func checkpointLoadsInPython(_ url: URL) throws {
