@@ -28,4 +28,23 @@ public enum Conversions {
   public static func fromBFloat16(_ src: UnsafePointer<UInt16>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
     for i in 0..<count { dst[i] = float(fromBFloat16: src[i]) }
   }
+
+  /// (x − mean[channel]) of NCHW planes written straight into 16-bit storage (fp16, or bf16 bits).
+  public static func centred(
+    _ x: UnsafePointer<Float>, planes: Int, spatial: Int, channels: Int, mean: [Float],
+    into raw: UnsafeMutableRawPointer, bfloat16: Bool
+  ) {
+    let dst = SendablePointer(raw.assumingMemoryBound(to: UInt16.self))
+    Parallel.forRanges(planes) { _, r in
+      for pl in r {
+        let m = mean[pl % channels], src = x + pl * spatial, out = dst.p + pl * spatial
+        if bfloat16 {
+          for i in 0..<spatial { out[i] = bfloat16Bits(src[i] - m) }
+        } else {
+          let h = UnsafeMutableRawPointer(out).assumingMemoryBound(to: Float16.self)
+          for i in 0..<spatial { h[i] = Float16(src[i] - m) }
+        }
+      }
+    }
+  }
 }

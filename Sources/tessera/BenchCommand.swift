@@ -180,6 +180,7 @@ struct TrainBench: ParsableCommand {
   @Flag(help: "Forward passes only (inference mode).") var inference = false
   @Flag(help: "Print time per layer and pass (to stderr).") var profile = false
   @Option(help: "Gradient checkpointing: none, sqrt, all or N.") var checkpointing = "none"
+  @Option(help: "Storage of kept tensors: fp32, fp16 or bf16.") var precision = "fp32"
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -193,6 +194,8 @@ struct TrainBench: ParsableCommand {
     guard let policy = CheckpointingPolicy(checkpointing) else {
       throw ValidationError("--checkpointing must be none, sqrt, all or a number")
     }
+    guard let storage = StoragePrecision(rawValue: precision) else { throw ValidationError("--precision must be fp32, fp16 or bf16") }
+    ActivationStorage.precision = storage
     let net = policy.apply(to: zoo)
     net.initializeParameters(seed: 0)
     let shape = [batch] + chw
@@ -231,7 +234,7 @@ struct TrainBench: ParsableCommand {
       "seconds_per_step": seconds / Double(steps), "gflop_per_image": flopPerImage / 1e9,
       "gflops": (ips * flopPerImage / 1e8).rounded() / 10,
       "peak_bytes": MemoryLedger.shared.peakBytes, "max_rss_bytes": maxRSSBytes(),
-      "parameters": net.parameterCount, "final_loss": Double(losses.last ?? 0), "checkpointing": checkpointing,
+      "parameters": net.parameterCount, "final_loss": Double(losses.last ?? 0), "checkpointing": checkpointing, "precision": precision,
     ]
     if json { printJSON(out) } else {
       print(String(format: "%@ %@ batch %d: %.2f images/s, %.1f GFLOP/s, ledger peak %@, max RSS %@",

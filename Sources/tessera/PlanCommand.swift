@@ -32,7 +32,7 @@ struct PlanCommand: ParsableCommand {
 
   @OptionGroup var modelOptions: ModelOptions
   @Option(help: "Images per batch.") var batch = 1
-  @Option(help: "Storage precision: fp32 (fp16/bf16 storage comes with the memory-modes work).") var precision = "fp32"
+  @Option(help: "Storage of what a step keeps for backward: fp32, fp16 or bf16 (compute stays fp32).") var precision = "fp32"
   @Option(help: "Optimizer state to count: sgd (none), momentum (1×), adamw (2×).") var optimizer = "momentum"
   @Option(help: "Memory budget, e.g. 8GiB: report the largest batches that fit and what would fit.") var budget: String?
   @Option(help: "Gradient checkpointing: none, sqrt, all or N (top-level blocks per segment).") var checkpointing = "none"
@@ -50,13 +50,12 @@ struct PlanCommand: ParsableCommand {
     guard CheckpointingPolicy(checkpointing) != nil else {
       throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
     }
-    guard precision == "fp32" else {
-      throw ValidationError("--precision \(precision): 16-bit storage is not in the engine yet, so it cannot be planned against the ledger; plan with fp32")
-    }
+
   }
 
   func run() throws {
     try global.apply()
+    ActivationStorage.precision = StoragePrecision(rawValue: precision)!
     let (name, loaded, input) = try modelOptions.load()
     let model = CheckpointingPolicy(checkpointing)!.apply(to: loaded)
     let opt = OptimizerKind(rawValue: optimizer)!
@@ -101,7 +100,7 @@ struct PlanCommand: ParsableCommand {
   }
 
   func printTable(_ p: Plan) {
-    print("\(p.model) on \(p.batch) × \(p.input.map(String.init).joined(separator: "×")), fp32, \(p.optimizer.rawValue), \(p.threads) threads")
+    print("\(p.model) on \(p.batch) × \(p.input.map(String.init).joined(separator: "×")), kept tensors in \(precision), \(p.optimizer.rawValue), \(p.threads) threads")
     print(pad("layer", 26) + pad("kind", 18) + pad("output", 20, right: true) + pad("params", 12, right: true)
           + pad("MACs/img", 14, right: true) + pad("kept", 12, right: true) + pad("RF", 10, right: true))
     for l in p.layers {

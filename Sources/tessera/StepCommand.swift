@@ -23,11 +23,13 @@ struct StepCommand: ParsableCommand {
   @Option(help: "Where to write loss, logits and gradients (safetensors).") var out: String
   @Option(help: "Seed for the initialisation when no --weights are given.") var seed: UInt64 = 0
   @Option(help: "Gradient checkpointing: none, sqrt, all or N (same gradients, less memory).") var checkpointing = "none"
+  @Option(help: "Storage of what the step keeps for backward: fp32, fp16 or bf16.") var precision = "fp32"
   @Flag(help: "Print a JSON summary.") var json = false
   @OptionGroup var global: GlobalOptions
 
   func validate() throws {
     guard classes >= 1 else { throw ValidationError("--classes must be at least 1") }
+    guard StoragePrecision(rawValue: precision) != nil else { throw ValidationError("--precision must be fp32, fp16 or bf16") }
     guard CheckpointingPolicy(checkpointing) != nil else {
       throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
     }
@@ -35,6 +37,7 @@ struct StepCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
+    ActivationStorage.precision = StoragePrecision(rawValue: precision)!
     let file = try SafeTensors.read(URL(fileURLWithPath: batch))
     guard let rawInput = file.tensors["input"] else {
       throw SafeTensorsError.missingTensor(path: batch, tensor: "input")

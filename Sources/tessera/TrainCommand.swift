@@ -32,6 +32,7 @@ struct TrainCommand: ParsableCommand {
   @Option(help: "Linear warm-up steps.") var warmup = 0
   @Option(help: "Gradient accumulation: micro-batches per update.") var accumulate = 1
   @Option(help: "Gradient checkpointing: none, sqrt, all or N (blocks per segment).") var checkpointing = "none"
+  @Option(help: "Storage of what a step keeps for backward: fp32, fp16 or bf16 (compute stays fp32).") var precision = "fp32"
   @Option(help: "Held-out share when splitting --data.") var test = 0.3
   @Option(help: "Seed of the split, initialisation, shuffles and augmentation.") var seed: UInt64 = 0
   @Option(help: "Loader threads.") var workers = 2
@@ -52,12 +53,14 @@ struct TrainCommand: ParsableCommand {
     guard CheckpointingPolicy(checkpointing) != nil else {
       throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
     }
+    guard StoragePrecision(rawValue: precision) != nil else { throw ValidationError("--precision must be fp32, fp16 or bf16") }
     guard BadFilePolicy(rawValue: onBadFile) != nil else { throw ValidationError("--on-bad-file must be skip or fail") }
     guard epochs >= 1, accumulate >= 1, imageSize >= 1 else { throw ValidationError("--epochs, --accumulate and --image-size must be positive") }
   }
 
   func run() throws {
     try global.apply()
+    ActivationStorage.precision = StoragePrecision(rawValue: precision)!
     // Data: train and held-out indices.
     let ds: ImageDataset
     var trainIdx = [Int](), valIdx = [Int]()
@@ -133,7 +136,7 @@ struct TrainCommand: ParsableCommand {
     let config: [String: Any] = [
       "model": model, "data": data as Any? ?? NSNull(), "manifest": manifest as Any? ?? NSNull(), "classes": ds.classes,
       "imageSize": imageSize, "policy": policy, "batch": b, "epochs": epochs, "optimizer": optimizer, "lr": Double(lr),
-      "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": checkpointing, "test": test, "seed": seed, "augment": augment,
+      "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": checkpointing, "precision": precision, "test": test, "seed": seed, "augment": augment,
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
       "predictedPeakBytes": predicted,
     ]

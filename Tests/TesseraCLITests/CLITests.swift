@@ -206,8 +206,14 @@ extension CLITests {
     r = try CLI.run(["plan", "--model", "nonet"])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("resnet50"), r.stderr)
-    r = try CLI.run(["plan", "--precision", "fp16"])
+    r = try CLI.run(["plan", "--precision", "fp8"])
     XCTAssertNotEqual(r.status, 0)
+    r = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x256x256", "--batch", "2", "--precision", "fp16", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let half = try XCTUnwrap(try json(r.stdout)["bytes"] as? [String: Int])
+    r = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x256x256", "--batch", "2", "--json"])
+    let full = try XCTUnwrap(try json(r.stdout)["bytes"] as? [String: Int])
+    XCTAssertLessThan(half["peakTraining"]!, full["peakTraining"]!)
   }
 }
 

@@ -90,6 +90,47 @@ public enum BackwardRecording {
   }
 }
 
+/// How tensors kept for backward are stored: fp32, or 16-bit (fp16 / bf16) to halve what a step
+/// keeps. Compute stays fp32 (weights, gradients, accumulation); a kept tensor is converted back to
+/// fp32 for the backward pass that reads it. Gradients never pass through 16 bits, so no loss
+/// scaling is needed.
+public enum StoragePrecision: String, Sendable, CaseIterable {
+  case fp32, fp16, bf16
+
+  public var dtype: DType {
+    switch self {
+    case .fp32: .float32
+    case .fp16: .float16
+    case .bf16: .bfloat16
+    }
+  }
+  public var bytes: Int { self == .fp32 ? 4 : 2 }
+}
+
+/// The precision layers keep their tensors in (process-wide; set before a step).
+public enum ActivationStorage {
+  nonisolated(unsafe) public static var precision = StoragePrecision.fp32
+
+  /// The tensor to keep for backward.
+  static func keep(_ t: Tensor) -> Tensor {
+    precision == .fp32 ? t : t.converted(to: precision.dtype, category: .activation)
+  }
+
+  /// A kept tensor as fp32 for backward.
+  static func restore(_ t: Tensor) -> Tensor {
+    t.dtype == .float32 ? t : t.converted(to: .float32, category: .activation)
+  }
+
+  /// Dry-run twins: the kept tensor, and the fp32 copy backward makes of it (nil for fp32).
+  static func keep(_ t: SimTensor, _ sim: MemorySimulation) -> SimTensor {
+    precision == .fp32 ? t : sim.allocate(t.shape, bytesPerElement: precision.bytes)
+  }
+
+  static func restore(_ t: SimTensor, _ sim: MemorySimulation) -> SimTensor? {
+    t.bytes == t.shape.reduce(1, *) * 4 ? nil : sim.allocate(t.shape)
+  }
+}
+
 /// A network layer with its forward and backward pass side by side.
 ///
 /// `forward(_:training:)` in training mode keeps what backward needs (and nothing in inference

@@ -108,6 +108,10 @@ public struct Tensor: @unchecked Sendable {
       Conversions.toFloat16(storage.floats, out.storage.raw.assumingMemoryBound(to: Float16.self), count: n)
     case (.float32, .bfloat16):
       Conversions.toBFloat16(storage.floats, out.storage.raw.assumingMemoryBound(to: UInt16.self), count: n)
+    case (.float16, .float32):
+      Conversions.fromFloat16(storage.raw.assumingMemoryBound(to: Float16.self), out.storage.floats, count: n)
+    case (.bfloat16, .float32):
+      Conversions.fromBFloat16(storage.raw.assumingMemoryBound(to: UInt16.self), out.storage.floats, count: n)
     case (_, .float32):
       let v = toArray()
       v.withUnsafeBufferPointer { out.storage.floats.update(from: $0.baseAddress!, count: n) }

@@ -19,14 +19,15 @@ public class OutputActivation: Layer {
   public func forward(_ x: Tensor, training: Bool) -> Tensor {
     let y = Tensor(uninitialized: x.shape)
     apply(x.floats, y.floats, x.count)
-    if training && BackwardRecording.isOn { savedOutput = y }
+    if training && BackwardRecording.isOn { savedOutput = ActivationStorage.keep(y) }
     return y
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
-    guard let y = savedOutput else { preconditionFailure("\(kind).backward without a training forward") }
+    guard let kept = savedOutput else { preconditionFailure("\(kind).backward without a training forward") }
     savedOutput = nil
     guard needInputGradient else { return nil }
+    let y = ActivationStorage.restore(kept)
     let dx = Tensor(uninitialized: y.shape)
     gradient(y.floats, dy.floats, dx.floats, y.count)
     return dx
@@ -34,15 +35,16 @@ public class OutputActivation: Layer {
 
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     let y = sim.allocate(x.shape)
-    if training && BackwardRecording.isOn { sim.keep(self, [y]) }
+    if training && BackwardRecording.isOn { sim.keep(self, [ActivationStorage.keep(y, sim)]) }
     return y
   }
 
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
     let y = sim.take(self)
     guard needInputGradient else { return nil }
+    let restored = y.first.flatMap { ActivationStorage.restore($0, sim) }
     let dx = sim.allocate(dy.shape)
-    withExtendedLifetime(y) {}  // held until here, as the real pass holds it
+    withExtendedLifetime((y, restored)) {}  // held until here, as the real pass holds them
     return dx
   }
 }

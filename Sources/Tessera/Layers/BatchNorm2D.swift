@@ -69,13 +69,26 @@ public final class BatchNorm2D: Layer {
     let y = Tensor(uninitialized: x.shape)
     BatchNormKernels.affine(x: x.floats, y: y.floats, batch: n, channels: c, spatial: hw, scale: scale, shift: shift,
                             relu: fusedReLU)
-    if training && BackwardRecording.isOn { saved = (x, mean, invstd, shift) }
+    if training && BackwardRecording.isOn {
+      if ActivationStorage.precision == .fp32 {
+        saved = (x, mean, invstd, shift)
+      } else {
+        // In 16 bits the input is kept centred (x − mean): rounding then scales with the spread, not
+        // with |x|, which matters when a channel's mean is far from 0. Backward sees mean 0 and a
+        // ReLU shift of β (= shift + mean·scale).
+        let centred = Tensor(zeros: x.shape, dtype: ActivationStorage.precision.dtype, category: .activation)
+        Conversions.centred(x.floats, planes: n * c, spatial: hw, channels: c, mean: mean,
+                            into: centred.storage.raw, bfloat16: ActivationStorage.precision == .bf16)
+        saved = (centred, [Float](repeating: 0, count: c), invstd, (0..<c).map { shift[$0] + mean[$0] * scale[$0] })
+      }
+    }
     return y
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
-    guard let (x, mean, invstd, shift) = saved else { preconditionFailure("BatchNorm2D.backward without a training forward") }
+    guard let (kept, mean, invstd, shift) = saved else { preconditionFailure("BatchNorm2D.backward without a training forward") }
     saved = nil
+    let x = ActivationStorage.restore(kept)
     let dx = Tensor(uninitialized: x.shape)
     BatchNormKernels.backward(x: x.floats, dy: dy.floats, dx: dx.floats, batch: x.shape[0], channels: channels,
                               spatial: x.shape[2] * x.shape[3], mean: mean, invstd: invstd,
@@ -87,14 +100,21 @@ public final class BatchNorm2D: Layer {
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     _ = try outputShape(for: x.shape)
     let y = sim.allocate(x.shape)
-    if training && BackwardRecording.isOn { sim.keep(self, [x]) }
+    if training && BackwardRecording.isOn {
+      if ActivationStorage.precision == .fp32 {
+        sim.keep(self, [x])
+      } else {
+        sim.keep(self, [sim.allocate(x.shape, bytesPerElement: ActivationStorage.precision.bytes)])
+      }
+    }
     return y
   }
 
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
     let x = sim.take(self)
+    let restored = x.first.flatMap { ActivationStorage.restore($0, sim) }
     let dx = sim.allocate(dy.shape)
-    withExtendedLifetime(x) {}  // held until here, as the real pass holds it
+    withExtendedLifetime((x, restored)) {}  // held until here, as the real pass holds them
     return needInputGradient ? dx : nil
   }
 }

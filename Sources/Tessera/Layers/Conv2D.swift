@@ -100,7 +100,7 @@ public final class Conv2D: Layer {
     do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
     let y = Tensor(uninitialized: [g.batch, g.outChannels, g.outHeight, g.outWidth])
     Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: bias?.value.floats, y: y.floats)
-    if training && BackwardRecording.isOn { saved = (x, g) }
+    if training && BackwardRecording.isOn { saved = (ActivationStorage.keep(x), g) }
     return y
   }
 
@@ -114,8 +114,9 @@ public final class Conv2D: Layer {
   }
 
   private func weightGradients(_ dy: Tensor) -> ConvGeometry {
-    guard let (x, g) = saved else { preconditionFailure("Conv2D.backward without a training forward") }
+    guard let (kept, g) = saved else { preconditionFailure("Conv2D.backward without a training forward") }
     saved = nil
+    let x = ActivationStorage.restore(kept)
     Conv2DKernels.backwardWeights(g, x: x.floats, dy: dy.floats, dw: weight.gradient, dbias: bias?.gradient)
     return g
   }
@@ -125,7 +126,7 @@ public final class Conv2D: Layer {
     let y = sim.allocate([g.batch, g.outChannels, g.outHeight, g.outWidth])
     sim.transient(Conv2DKernels.forwardWorkspaceBytes(g, threads: sim.threads))
     if training && BackwardRecording.isOn {
-      sim.keep(self, [x])
+      sim.keep(self, [ActivationStorage.keep(x, sim)])
       sim.notes[ObjectIdentifier(self)] = g
     }
     return y
@@ -133,8 +134,12 @@ public final class Conv2D: Layer {
 
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
     guard let g = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? ConvGeometry else { return nil }
-    sim.transient(Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: sim.threads))
-    _ = sim.take(self)
+    do {
+      let kept = sim.take(self)
+      let restored = kept.first.flatMap { ActivationStorage.restore($0, sim) }
+      sim.transient(Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: sim.threads))
+      withExtendedLifetime((kept, restored)) {}
+    }
     guard needInputGradient else { return nil }
     let dx = sim.allocate([g.batch, g.inChannels, g.inHeight, g.inWidth])
     sim.transient(Conv2DKernels.backwardDataWorkspaceBytes(g, threads: sim.threads))

@@ -33,7 +33,7 @@ public final class Linear: Layer {
     }
     GEMM.sgemm(transB: true, m: n, n: outputFeatures, k: inputFeatures, a: x.floats, lda: inputFeatures,
                b: weight.value.floats, ldb: inputFeatures, beta: bias == nil ? 0 : 1, c: y.floats, ldc: outputFeatures)
-    if training && BackwardRecording.isOn { savedInput = x }
+    if training && BackwardRecording.isOn { savedInput = ActivationStorage.keep(x) }
     return y
   }
 
@@ -48,8 +48,9 @@ public final class Linear: Layer {
   }
 
   private func weightGradients(_ dy: Tensor) -> Int {
-    guard let x = savedInput else { preconditionFailure("Linear.backward without a training forward") }
+    guard let kept = savedInput else { preconditionFailure("Linear.backward without a training forward") }
     savedInput = nil
+    let x = ActivationStorage.restore(kept)
     let n = x.shape[0]
     // dW (out, in) += dyᵀ · x ; db += Σ_n dy
     GEMM.sgemm(transA: true, m: outputFeatures, n: inputFeatures, k: n, a: dy.floats, lda: outputFeatures,
@@ -65,14 +66,18 @@ public final class Linear: Layer {
     let s = try outputShape(for: x.shape)
     let y = sim.allocate(s)
     sim.transient(GEMM.workspaceBytes(m: s[0], n: outputFeatures, k: inputFeatures, threads: sim.threads))
-    if training && BackwardRecording.isOn { sim.keep(self, [x]) }
+    if training && BackwardRecording.isOn { sim.keep(self, [ActivationStorage.keep(x, sim)]) }
     return y
   }
 
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
     let n = dy.shape[0]
-    sim.transient(GEMM.workspaceBytes(m: outputFeatures, n: inputFeatures, k: n, threads: sim.threads))
-    _ = sim.take(self)
+    do {
+      let kept = sim.take(self)
+      let restored = kept.first.flatMap { ActivationStorage.restore($0, sim) }
+      sim.transient(GEMM.workspaceBytes(m: outputFeatures, n: inputFeatures, k: n, threads: sim.threads))
+      withExtendedLifetime((kept, restored)) {}
+    }
     guard needInputGradient else { return nil }
     let dx = sim.allocate([n, inputFeatures])
     sim.transient(GEMM.workspaceBytes(m: n, n: inputFeatures, k: outputFeatures, threads: sim.threads))

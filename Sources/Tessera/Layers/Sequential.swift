@@ -147,7 +147,7 @@ public final class ResidualBlock: Layer {
     ElementwiseKernels.add(a.floats, b.floats, y.floats, count: y.count)
     guard finalReLU else { return y }
     ElementwiseKernels.leakyRelu(y.floats, y.floats, count: y.count)
-    if training && BackwardRecording.isOn { savedOutput = y }
+    if training && BackwardRecording.isOn { savedOutput = ActivationStorage.keep(y) }
     return y
   }
 
@@ -167,8 +167,9 @@ public final class ResidualBlock: Layer {
   /// The gradient through the final ReLU; the kept output is let go once it is computed.
   private func outputGradient(_ dy: Tensor) -> Tensor {
     guard finalReLU else { return dy }
-    guard let y = savedOutput else { preconditionFailure("ResidualBlock.backward without a training forward") }
+    guard let kept = savedOutput else { preconditionFailure("ResidualBlock.backward without a training forward") }
     savedOutput = nil
+    let y = ActivationStorage.restore(kept)
     let d = Tensor(uninitialized: y.shape)
     ElementwiseKernels.leakyReluBackward(y: y.floats, dy: dy.floats, dx: d.floats, count: y.count)
     return d
@@ -179,14 +180,22 @@ public final class ResidualBlock: Layer {
     let a = try main.planForward(x, training: training, sim)
     let b = try shortcut?.planForward(x, training: training, sim) ?? x
     let y = sim.allocate(a.shape)
-    if training && finalReLU && BackwardRecording.isOn { sim.keep(self, [y]) }
+    if training && finalReLU && BackwardRecording.isOn { sim.keep(self, [ActivationStorage.keep(y, sim)]) }
     withExtendedLifetime(b) {}  // held until here, as the real pass holds it
     return y
   }
 
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
-    let d = finalReLU ? sim.allocate(dy.shape) : dy
-    _ = sim.take(self)
+    // The kept output (and its fp32 copy) live until the gradient through the ReLU is made.
+    let d: SimTensor
+    if finalReLU {
+      let kept = sim.take(self)
+      let restored = kept.first.flatMap { ActivationStorage.restore($0, sim) }
+      d = sim.allocate(dy.shape)
+      withExtendedLifetime((kept, restored)) {}
+    } else {
+      d = dy
+    }
     let dMain = main.planBackward(d, needInputGradient: needInputGradient, sim)
     let dShort = shortcut?.planBackward(d, needInputGradient: needInputGradient, sim)
     withExtendedLifetime((d, dShort)) {}  // held until here, as the real pass holds them
