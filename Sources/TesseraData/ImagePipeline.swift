@@ -140,3 +140,11 @@ public func writePNG(_ t: Tensor, to url: URL) throws {
 }
 
 import CTesseraImage
+
+/// Writes interleaved 8-bit pixels (1, 2, 3 or 4 channels) as a PNG file.
+public func writePNG(bytes pixels: [UInt8], width w: Int, height h: Int, to url: URL) throws {
+  var err = [CChar](repeating: 0, count: 256)
+  guard ti_png_write(url.path, pixels, Int32(w), Int32(h), Int32(pixels.count / max(w * h, 1)), &err) == 0 else {
+    throw ImageError(path: url.path, .unreadable("cannot write PNG: \(String(cString: err))"))
+  }
+}

@@ -116,11 +116,15 @@ struct PredictCommand: ParsableCommand {
   @Option(help: "Classes to show per image.") var top = 3
   @Flag(help: "Print one JSON object.") var json = false
   @Flag(help: "Print CSV: path,class,probability per row.") var csv = false
+  @Option(help: "Exact tiled inference at native resolution, this many input pixels of output per tile (fully convolutional models).")
+  var tile: Int?
+  @Option(help: "With --tile: folder for one heatmap PNG per class (probability per score-map cell).") var heatmaps: String?
   @OptionGroup var global: GlobalOptions
 
   func run() throws {
     try global.apply()
     let (net, names, pipeline) = try trained.load()
+    if let t = tile { return try runTiled(net, names: names, tile: t, channels: pipeline.channels) }
     var results = [[String: Any]]()
     var failed = 0
     if csv { print("path,rank,class,probability") }
@@ -145,5 +149,48 @@ struct PredictCommand: ParsableCommand {
     }
     if json { printJSON(["predictions": results]) }
     if failed > 0 { throw ExitCode(1) }
+  }
+
+  /// Whole images at native resolution, read region by region: the score map tile by tile (exact),
+  /// its mean as the class scores, and per-class probability heatmaps.
+  func runTiled(_ net: Sequential, names: [String], tile: Int, channels: Int) throws {
+    let tiled = try TiledInference(model: net, channels: channels)
+    let reader = ImageReader()
+    var results = [[String: Any]]()
+    for path in images {
+      let file = try reader.open(URL(fileURLWithPath: path))
+      let map = try tiled.scoreMap(file, reader: reader, tile: tile, channels: channels)
+      let (k, h, w) = (map.shape[0], map.shape[1], map.shape[2])
+      let p = map.floats
+      let logits = (0..<k).map { c in (0..<(h * w)).reduce(0.0) { $0 + Double(p[c * h * w + $1]) } / Double(h * w) }
+      let m = logits.max() ?? 0, e = logits.map { Foundation.exp($0 - m) }, s = e.reduce(0, +)
+      let probs = e.map { $0 / s }
+      let ranked = probs.indices.sorted { probs[$0] > probs[$1] }.prefix(top)
+      var maps = [String]()
+      if let dir = heatmaps {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // Per cell: softmax over the classes of that cell's scores.
+        var cellProb = [[UInt8]](repeating: [UInt8](repeating: 0, count: h * w), count: k)
+        for i in 0..<(h * w) {
+          let z = (0..<k).map { Double(p[$0 * h * w + i]) }, zm = z.max() ?? 0
+          let ez = z.map { Foundation.exp($0 - zm) }, sz = ez.reduce(0, +)
+          for c in 0..<k { cellProb[c][i] = UInt8((255 * ez[c] / sz).rounded()) }
+        }
+        let stem = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+        for c in 0..<k {
+          let u = URL(fileURLWithPath: dir).appendingPathComponent("\(stem).\(names[c]).png")
+          try writePNG(bytes: cellProb[c], width: w, height: h, to: u)
+          maps.append(u.path)
+        }
+      }
+      results.append(["path": path, "size": [file.info.width, file.info.height], "scoreMap": [k, h, w],
+                      "stride": tiled.stride, "halo": tiled.halo,
+                      "top": ranked.map { ["class": names[$0], "probability": probs[$0]] }, "heatmaps": maps])
+      if !json {
+        print("\(path) (\(file.info.width)×\(file.info.height), \(h)×\(w) score map, tiles of \(tile) px + \(tiled.halo) px halo): "
+              + ranked.map { String(format: "%@ %.3f", names[$0], probs[$0]) }.joined(separator: ", "))
+      }
+    }
+    if json { printJSON(["predictions": results]) }
   }
 }

@@ -63,6 +63,14 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(e2["loss"] as? Double ?? -1, lastEpoch["val_loss"] as? Double ?? -2, accuracy: 1e-9)
     // The checkpoint in Python's safetensors (skipped, with a message, without Python + safetensors).
     try checkpointLoadsInPython(out.appendingPathComponent("last.safetensors"))
+    // Tiled inference with heatmaps, and a tile that does not align.
+    let hm = dir.appendingPathComponent("hm")
+    r = try CLI.run(["predict", "--run", out.path, img, "--tile", "64", "--heatmaps", hm.path, "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssert(FileManager.default.fileExists(atPath: hm.appendingPathComponent("0.red.png").path))
+    r = try CLI.run(["predict", "--run", out.path, img, "--tile", "100"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("multiple of the model's output stride 64"), r.stderr)
     r = try CLI.run(["predict", "--run", out.path, dir.appendingPathComponent("missing.jpg").path])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("missing.jpg"), r.stderr)

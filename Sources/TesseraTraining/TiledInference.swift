@@ -1,0 +1,83 @@
+import Foundation
+import Tessera
+import TesseraData
+import TesseraKernels
+import TesseraPlanner
+
+/// Exact tiled inference for fully convolutional models (ending in global average pooling): the
+/// class-score map of an image of any size, computed tile by tile from regions read on demand, each
+/// with a halo from the receptive field, so the stitched map equals the whole-image map (no
+/// averaging of overlaps needed). Crops start on the network's output stride and keep the image's
+/// size modulo that stride, so every layer's `same` padding and stride grid line up with the
+/// whole-image computation.
+public struct TiledInference {
+  public let body: Sequential
+  public let classes: Int
+  /// Total output stride (input pixels per score-map cell) and halo (input pixels), both multiples
+  /// of the stride.
+  public let stride: Int, halo: Int
+
+  public struct NotFullyConvolutional: Error, CustomStringConvertible {
+    public var description = "tiled inference needs a fully convolutional model that ends in global average pooling"
+  }
+
+  public init(model: Sequential, channels: Int) throws {
+    guard let last = model.layers.last, last.1 is GlobalAvgPool2D else { throw NotFullyConvolutional() }
+    body = Sequential(Array(model.layers.dropLast()))
+    // Receptive field and stride of the score map, from the planner's walk.
+    let probe = try Planner.plan(model, name: "", input: [channels, 1024, 1024], batch: 1, optimizer: .sgd)
+    guard let rf = probe.layers.dropLast().last?.receptiveField, !rf.global else { throw NotFullyConvolutional() }
+    stride = max(rf.stride[0], rf.stride[1])
+    let reach = (max(rf.size[0], rf.size[1]) + 1) / 2 + stride
+    halo = (reach + stride - 1) / stride * stride
+    classes = try body.outputShape(for: [1, channels, 1024, 1024])[1]
+  }
+
+  /// Score map (classes, Ho, Wo) of the whole image, `tile` input pixels (a multiple of the stride)
+  /// of output at a time.
+  public func scoreMap(_ file: ImageReader.File, reader: ImageReader, tile: Int, channels: Int) throws -> Tensor {
+    guard tile > 0, tile % stride == 0 else {
+      throw CLIUsage("--tile must be a multiple of the model's output stride \(stride), e.g. \(max(1, tile / stride) * stride)")
+    }
+    let H = file.info.height, W = file.info.width
+    let out = try body.outputShape(for: [1, channels, H, W])
+    let (K, Ho, Wo) = (out[1], out[2], out[3])
+    let map = Tensor(zeros: [K, Ho, Wo], category: .activation)
+    let t = tile / stride
+    /// Crop [start, end) in input pixels for output cells [c0, c1) along an axis of size n.
+    func crop(_ c0: Int, _ c1: Int, _ n: Int) -> (Int, Int) {
+      let start = max(0, c0 * stride - halo)
+      var end = min(n, c1 * stride + halo)
+      if end < n {  // keep the crop's size ≡ n (mod stride), as the whole image's
+        end += ((n - end) % stride + stride) % stride
+        end = min(end, n)
+      }
+      return (start, end)
+    }
+    for r0 in Swift.stride(from: 0, to: Ho, by: t) {
+      let r1 = min(Ho, r0 + t)
+      let (y0, y1) = crop(r0, r1, H)
+      for c0 in Swift.stride(from: 0, to: Wo, by: t) {
+        let c1 = min(Wo, c0 + t)
+        let (x0, x1) = crop(c0, c1, W)
+        let img = try reader.read(file, region: PixelRect(x: x0, y: y0, width: x1 - x0, height: y1 - y0),
+                                  channels: channels).pixels
+        let local = body.forward(img.reshaped([1] + img.shape), training: false)
+        let lh = local.shape[2], lw = local.shape[3], oy = y0 / stride, ox = x0 / stride
+        for k in 0..<K {
+          for r in r0..<r1 {
+            let src = local.floats + (k * lh + (r - oy)) * lw + (c0 - ox)
+            (map.floats + (k * Ho + r) * Wo + c0).update(from: src, count: c1 - c0)
+          }
+        }
+      }
+    }
+    return map
+  }
+}
+
+/// An argument that does not fit, reported as is.
+public struct CLIUsage: Error, CustomStringConvertible {
+  public let description: String
+  public init(_ d: String) { description = d }
+}
