@@ -62,12 +62,24 @@ struct PlanCommand: ParsableCommand {
     let plan = try Planner.plan(model, name: name, input: input, batch: batch, optimizer: opt)
     let advice = try budget.map { try Planner.advise(model, input: input, batch: batch, optimizer: opt,
                                                     budget: try ByteSize.parse($0)) }
+    let modes = try budget.map { Planner.chooseMode(loaded, input: input, batch: batch, optimizer: opt, budget: try ByteSize.parse($0)) }
     if json {
-      printJSON(planJSON(plan, advice: advice))
+      var o = planJSON(plan, advice: advice)
+      if let m = modes {
+        o["modes"] = m.all.map { ["precision": $0.mode.precision.rawValue, "checkpointing": "\($0.mode.checkpointing)",
+                                  "maxBatch": $0.batch, "peakTraining": $0.peakTrainingBytes, "relativeTime": $0.relativeTime] as [String: Any] }
+        if let b = m.best { o["chosenMode"] = ["precision": b.mode.precision.rawValue, "checkpointing": "\(b.mode.checkpointing)", "maxBatch": b.batch] }
+      }
+      printJSON(o)
       return
     }
     printTable(plan)
     if let a = advice { printAdvice(a, plan: plan) }
+    if let m = modes, !m.all.isEmpty {
+      print("memory modes within the budget (largest batch, estimated relative time):")
+      for c in m.all { print("  \(pad(c.mode.description, 32)) batch \(pad(String(c.batch), 6)) peak \(ByteSize.format(c.peakTrainingBytes))  ×\(String(format: "%.2f", c.relativeTime))") }
+      if let b = m.best { print("  → fastest that fits batch \(batch): \(b.mode)") }
+    }
   }
 
   func planJSON(_ p: Plan, advice: BudgetAdvice?) -> [String: Any] {

@@ -31,8 +31,10 @@ struct TrainCommand: ParsableCommand {
   @Option(help: "constant, cosine or step (×0.1 every third of the run).") var schedule = "cosine"
   @Option(help: "Linear warm-up steps.") var warmup = 0
   @Option(help: "Gradient accumulation: micro-batches per update.") var accumulate = 1
-  @Option(help: "Gradient checkpointing: none, sqrt, all or N (blocks per segment).") var checkpointing = "none"
-  @Option(help: "Storage of what a step keeps for backward: fp32, fp16 or bf16 (compute stays fp32).") var precision = "fp32"
+  @Option(help: "Gradient checkpointing: none, sqrt, all or N (default none; with --batch auto the planner chooses).")
+  var checkpointing: String?
+  @Option(help: "Storage of what a step keeps: fp32, fp16 or bf16 (default fp32; with --batch auto the planner chooses).")
+  var precision: String?
   @Option(help: "Held-out share when splitting --data.") var test = 0.3
   @Option(help: "Seed of the split, initialisation, shuffles and augmentation.") var seed: UInt64 = 0
   @Option(help: "Loader threads.") var workers = 2
@@ -50,17 +52,17 @@ struct TrainCommand: ParsableCommand {
     guard batch != "auto" || budget != nil else { throw ValidationError("--batch auto needs --budget, e.g. --budget 4GiB") }
     guard OptimizerKind(rawValue: optimizer) != nil else { throw ValidationError("--optimizer must be sgd, momentum or adamw") }
     guard ["constant", "cosine", "step"].contains(schedule) else { throw ValidationError("--schedule must be constant, cosine or step") }
-    guard CheckpointingPolicy(checkpointing) != nil else {
+    guard CheckpointingPolicy(checkpointing ?? "none") != nil else {
       throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
     }
-    guard StoragePrecision(rawValue: precision) != nil else { throw ValidationError("--precision must be fp32, fp16 or bf16") }
+    guard StoragePrecision(rawValue: precision ?? "fp32") != nil else { throw ValidationError("--precision must be fp32, fp16 or bf16") }
     guard BadFilePolicy(rawValue: onBadFile) != nil else { throw ValidationError("--on-bad-file must be skip or fail") }
     guard epochs >= 1, accumulate >= 1, imageSize >= 1 else { throw ValidationError("--epochs, --accumulate and --image-size must be positive") }
   }
 
   func run() throws {
     try global.apply()
-    ActivationStorage.precision = StoragePrecision(rawValue: precision)!
+    ActivationStorage.precision = StoragePrecision(rawValue: precision ?? "fp32")!
     // Data: train and held-out indices.
     let ds: ImageDataset
     var trainIdx = [Int](), valIdx = [Int]()
@@ -83,9 +85,22 @@ struct TrainCommand: ParsableCommand {
     guard !trainIdx.isEmpty else { throw ValidationError("no training images") }
     let classes = ds.classes.count
     let (name, loaded, channels) = try ModelLoader.load(model, classes: classes)
-    let net = CheckpointingPolicy(checkpointing)!.apply(to: loaded)
     let input = [channels, imageSize, imageSize]
     let opt = OptimizerKind(rawValue: optimizer)!
+    var ckptPolicy = CheckpointingPolicy(checkpointing ?? "none")!
+    var chosenBatch: Int? = nil
+    if batch == "auto" && precision == nil && checkpointing == nil {
+      // The planner picks the fastest memory mode that fits, then the largest batch in it.
+      let (best, all) = Planner.chooseMode(loaded, input: input, batch: 1, maxBatch: trainIdx.count, optimizer: opt,
+                                           budget: budgetBytesForChoice(), extraBytes: { 3 * $0 * input.reduce(1, *) * 4 })
+      guard let choice = best else { throw refusal(loaded, input: input, batch: 1, opt: opt, budget: budgetBytesForChoice()) }
+      ActivationStorage.precision = choice.mode.precision
+      ckptPolicy = choice.mode.checkpointing
+      chosenBatch = choice.batch
+      let others = all.filter { $0.mode != choice.mode }.map { "\($0.mode): batch \($0.batch)" }.joined(separator: "; ")
+      note("mode: \(choice.mode) — the fastest that fits (estimated ×\(String(format: "%.2f", choice.relativeTime)) time), batch \(choice.batch)" + (others.isEmpty ? "" : "; also fitting: \(others)"))
+    }
+    let net = ckptPolicy.apply(to: loaded)
 
     // Plan: the batch and the predicted peak against the budget. The loader holds up to `prefetch`
     // batches besides the one in use, so they count too.
@@ -95,7 +110,7 @@ struct TrainCommand: ParsableCommand {
     var b = Int(batch) ?? 1
     if batch == "auto" {
       let advice = try Planner.advise(net, input: input, batch: 1, optimizer: opt, budget: budgetBytes!)
-      guard var mb = advice.maxTrainingBatch else { throw refusal(net, input: input, batch: 1, opt: opt, budget: budgetBytes!) }
+      guard var mb = chosenBatch ?? advice.maxTrainingBatch else { throw refusal(net, input: input, batch: 1, opt: opt, budget: budgetBytes!) }
       mb = min(mb, trainIdx.count)
       while mb > 1, try Planner.plan(net, name: name, input: input, batch: mb, optimizer: opt).peakTrainingBytes
         + loaderBytes(mb) > budgetBytes! { mb -= 1 }
@@ -136,7 +151,7 @@ struct TrainCommand: ParsableCommand {
     let config: [String: Any] = [
       "model": model, "data": data as Any? ?? NSNull(), "manifest": manifest as Any? ?? NSNull(), "classes": ds.classes,
       "imageSize": imageSize, "policy": policy, "batch": b, "epochs": epochs, "optimizer": optimizer, "lr": Double(lr),
-      "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": checkpointing, "precision": precision, "test": test, "seed": seed, "augment": augment,
+      "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": "\(ckptPolicy)", "precision": ActivationStorage.precision.rawValue, "test": test, "seed": seed, "augment": augment,
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
       "predictedPeakBytes": predicted,
     ]
@@ -172,6 +187,8 @@ struct TrainCommand: ParsableCommand {
       print("trained \(name): best held-out accuracy \(String(format: "%.3f", folder.bestAccuracy)); run folder \(out)")
     }
   }
+
+  func budgetBytesForChoice() -> Int { (try? budget.map { try ByteSize.parse($0) } ?? nil) ?? Int.max }
 
   func refusal(_ net: Layer, input: [Int], batch: Int, opt: OptimizerKind, budget: Int) -> Error {
     let advice = try? Planner.advise(net, input: input, batch: batch, optimizer: opt, budget: budget)

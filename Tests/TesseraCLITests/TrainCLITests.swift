@@ -83,6 +83,7 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
     let s = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
     XCTAssertLessThanOrEqual(s["predictedPeakBytes"] as? Int ?? .max, 64 << 20)
     XCTAssertLessThanOrEqual(s["peakBytes"] as? Int ?? .max, 64 << 20, "the real run stayed within the budget")
+    XCTAssert(r.stderr.contains("mode: ") && r.stderr.contains("the fastest that fits"), r.stderr)
   }
 
   func checkpointLoadsInPython(_ url: URL) throws {

@@ -1,0 +1,68 @@
+import Tessera
+import TesseraKernels
+
+/// A memory mode: how kept tensors are stored and where checkpoints go.
+public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
+  public var precision: StoragePrecision
+  public var checkpointing: CheckpointingPolicy
+  /// Rough cost against fp32 without checkpoints, as measured (docs/BENCHMARKS.md): 16-bit storage
+  /// ≈ +10 %, checkpointing every block ≈ +50 %, √n segments ≈ +25 %.
+  public var relativeTime: Double {
+    let p = precision == .fp32 ? 1.0 : 1.1
+    switch checkpointing {
+    case .none: return p
+    case .sqrt: return p * 1.25
+    default: return p * 1.5
+    }
+  }
+  public var description: String {
+    let c: String
+    switch checkpointing {
+    case .none: c = "no checkpoints"
+    case .all: c = "checkpointing all"
+    case .sqrt: c = "checkpointing sqrt"
+    case .every(let n): c = "checkpointing every \(n)"
+    }
+    return "\(precision.rawValue), \(c)"
+  }
+
+  public static let all: [MemoryMode] = [StoragePrecision.fp32, .fp16].flatMap { p in
+    [CheckpointingPolicy.none, .sqrt, .all].map { MemoryMode(precision: p, checkpointing: $0) }
+  }
+}
+
+/// A mode with the batch it allows and its predicted peak.
+public struct ModeChoice: Sendable {
+  public var mode: MemoryMode
+  public var batch: Int
+  public var peakTrainingBytes: Int
+  /// Estimated time per image relative to fp32 without checkpoints at batch 1.
+  public var relativeTime: Double
+}
+
+extension Planner {
+  /// For each memory mode, the largest training batch (up to `maxBatch`) that fits `budget`, and
+  /// the fastest mode that fits the requested `batch` (or, when none does, the fastest with any
+  /// batch), ranked by the mode's relative time. `extraBytes(batch)` adds what lives beside the
+  /// step (the loader's batches in flight).
+  public static func chooseMode(
+    _ model: Sequential, input: [Int], batch: Int, maxBatch: Int = 1 << 12, optimizer: OptimizerKind = .momentum,
+    budget: Int, threads: Int = Parallel.threadCount, extraBytes: (Int) -> Int = { _ in 0 }
+  ) -> (best: ModeChoice?, all: [ModeChoice]) {
+    let saved = ActivationStorage.precision
+    defer { ActivationStorage.precision = saved }
+    var choices = [ModeChoice]()
+    for mode in MemoryMode.all {
+      ActivationStorage.precision = mode.precision
+      let m = mode.checkpointing.apply(to: model)
+      func peak(_ b: Int) -> Int? {
+        (try? plan(m, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
+      }
+      guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget }), let p = peak(b) else { continue }
+      choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: mode.relativeTime))
+    }
+    let fitting = choices.filter { $0.batch >= batch }
+    let best = (fitting.isEmpty ? choices : fitting).min { ($0.relativeTime, -$0.batch) < ($1.relativeTime, -$1.batch) }
+    return (best, choices)
+  }
+}
