@@ -90,6 +90,12 @@ public final class BatchLoader: @unchecked Sendable {
   /// Called (from worker threads) with one line per skipped file.
   public var onWarning: @Sendable (String) -> Void = { _ in }
 
+  /// Bytes of batch tensors the loader can hold at once: `prefetch` decoded ahead plus the one in
+  /// use, each `batch` images of `imageShape` (C, H, W) floats. Decode buffers are not included.
+  public static func bytesInFlight(batch: Int, imageShape: [Int], prefetch: Int) -> Int {
+    (prefetch + 1) * batch * imageShape.reduce(1, *) * 4
+  }
+
   public init(dataset: ImageDataset, indices: [Int]? = nil, pipeline: ImagePipeline, batchSize: Int) {
     precondition(batchSize >= 1, "batch size must be positive")
     precondition(pipeline.policy != .none || batchSize == 1, "native-size images (policy none) batch one at a time")

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Tessera
 import TesseraKernels
+import TesseraPlanner
 
 struct BenchCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -200,7 +201,7 @@ struct TrainBench: ParsableCommand {
     net.initializeParameters(seed: 0)
     let shape = [batch] + chw
     _ = try net.checkInput(shape)
-    let macs = try forwardMACs(net, input: [1] + chw)
+    let macs = try Planner.plan(net, name: model, input: chw, batch: 1, optimizer: .sgd).macs
     MemoryLedger.shared.resetPeak()
     var g = SeededGenerator(seed: 1)
     let x = Tensor(uninitialized: shape, category: .data)

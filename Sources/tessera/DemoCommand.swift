@@ -40,8 +40,9 @@ struct DemoCommand: ParsableCommand {
     for (key, size, batch) in [("fullResolution", data.side, 4), ("downsampled", quick ? 32 : 112, 16)] {
       let net = Zoo.fcnLarge(classes: 2, bnMomentum: 0.9)
       let plan = try Planner.plan(net, name: "fcn-large", input: [3, size, size], batch: batch)
-      // The step's peak plus the loader's batches in flight (2 prefetched + 1 in use).
-      let predicted = plan.peakTrainingBytes + 3 * batch * 3 * size * size * 4
+      // The step's peak plus the loader's batches in flight.
+      let predicted = plan.peakTrainingBytes
+        + BatchLoader.bytesInFlight(batch: batch, imageShape: [3, size, size], prefetch: 2)
       note("\(key): fcn-large on \(size)×\(size), batch \(batch), predicted peak \(ByteSize.format(predicted)) of \(ByteSize.format(budgetBytes))")
       guard predicted <= budgetBytes else {
         throw CLIError("the \(key) run needs \(ByteSize.format(predicted)), over the \(ByteSize.format(budgetBytes)) budget")
@@ -50,6 +51,7 @@ struct DemoCommand: ParsableCommand {
       let pipeline = ImagePipeline(size: size, policy: .fit, filter: .area)
       let train = BatchLoader(dataset: ds, indices: trainIdx, pipeline: pipeline, batchSize: batch)
       train.seed = seed
+      train.prefetch = 2
       let test = BatchLoader(dataset: ds, indices: testIdx, pipeline: pipeline, batchSize: batch)
       test.shuffle = false
       let steps = max(1, epochs * ((trainIdx.count + batch - 1) / batch))

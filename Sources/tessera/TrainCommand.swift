@@ -87,12 +87,15 @@ struct TrainCommand: ParsableCommand {
     let (name, loaded, channels) = try ModelLoader.load(model, classes: classes)
     let input = [channels, imageSize, imageSize]
     let opt = OptimizerKind(rawValue: optimizer)!
+    // The loader's batches in flight count beside the step's own peak.
+    let prefetch = 2
+    func loaderBytes(_ batch: Int) -> Int { BatchLoader.bytesInFlight(batch: batch, imageShape: input, prefetch: prefetch) }
     var ckptPolicy = CheckpointingPolicy(checkpointing ?? "none")!
     var chosenBatch: Int? = nil
     if batch == "auto" && precision == nil && checkpointing == nil {
       // The planner picks the fastest memory mode that fits, then the largest batch in it.
       let (best, all) = Planner.chooseMode(loaded, input: input, batch: 1, maxBatch: trainIdx.count, optimizer: opt,
-                                           budget: budgetBytesForChoice(), extraBytes: { 3 * $0 * input.reduce(1, *) * 4 })
+                                           budget: budgetBytesForChoice(), extraBytes: loaderBytes)
       guard let choice = best else { throw refusal(loaded, input: input, batch: 1, opt: opt, budget: budgetBytesForChoice()) }
       ActivationStorage.precision = choice.mode.precision
       ckptPolicy = choice.mode.checkpointing
@@ -102,10 +105,7 @@ struct TrainCommand: ParsableCommand {
     }
     let net = ckptPolicy.apply(to: loaded)
 
-    // Plan: the batch and the predicted peak against the budget. The loader holds up to `prefetch`
-    // batches besides the one in use, so they count too.
-    let prefetch = 2
-    func loaderBytes(_ batch: Int) -> Int { (prefetch + 1) * batch * input.reduce(1, *) * 4 }
+    // Plan: the batch and the predicted peak (step + loader) against the budget.
     let budgetBytes = try budget.map { try ByteSize.parse($0) }
     var b = Int(batch) ?? 1
     if batch == "auto" {

@@ -86,7 +86,10 @@ final class DatasetLoaderTests: TemporaryDirectoryTestCase {
     }
     XCTAssertEqual(seen.count, 17)
     XCTAssertEqual(seen, loader.order(epoch: 0).map { ds.samples[$0].label })
-    XCTAssertLessThanOrEqual(peak - before, (loader.prefetch + 1) * batchBytes + decodeBytes)
+    XCTAssertEqual(BatchLoader.bytesInFlight(batch: 4, imageShape: [3, 32, 32], prefetch: loader.prefetch),
+                   (loader.prefetch + 1) * batchBytes)
+    XCTAssertLessThanOrEqual(peak - before,
+                             BatchLoader.bytesInFlight(batch: 4, imageShape: [3, 32, 32], prefetch: loader.prefetch) + decodeBytes)
     // drop-last
     loader.dropLast = true
     var n = 0

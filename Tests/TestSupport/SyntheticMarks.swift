@@ -1,7 +1,8 @@
+import Tessera
 import TesseraKernels
 
-/// A seeded synthetic image set: noise textures with one small bright square whose quadrant is
-/// the class (4 classes). Used by the smoke demo and tests; the same seed gives the same images.
+/// Test data: a seeded synthetic image set: noise textures with one small bright square whose quadrant is
+/// the class (4 classes). The same seed gives the same images.
 public struct SyntheticMarks {
   public var size: Int, markSize: Int, channels: Int
 
