@@ -132,3 +132,121 @@ public enum BatchNormKernels {
     }
   }
 }
+
+/// A rectangle of a feature map: rows × columns.
+public struct MapRegion: Sendable, Equatable {
+  public var rows: Range<Int>, cols: Range<Int>
+  public init(rows: Range<Int>, cols: Range<Int>) {
+    self.rows = rows
+    self.cols = cols
+  }
+  public var count: Int { rows.count * cols.count }
+}
+
+/// BatchNorm over a map processed tile by tile (streamed training): statistics and gradient sums
+/// gathered tile by tile in Double, and a backward that takes them as given.
+extension BatchNormKernels {
+  /// Adds Σ(x − shift) and Σ(x − shift)² of each channel over `region` of a (N, C, H, W) tile.
+  /// The shift (any value near the mean, e.g. the first tile's mean) keeps E[x²] − E[x]² accurate.
+  public static func accumulateStatistics(
+    x: UnsafePointer<Float>, batch: Int, channels: Int, height: Int, width: Int, region: MapRegion,
+    shift: [Float], sum: UnsafeMutablePointer<Double>, sumSquares: UnsafeMutablePointer<Double>
+  ) {
+    let s1 = SendablePointer(sum), s2 = SendablePointer(sumSquares)
+    Parallel.forRanges(channels) { _, r in
+      for c in r {
+        let k = shift[c], vk = SIMD8<Float>(repeating: k)
+        var a = 0.0, b = 0.0
+        for n in 0..<batch {
+          for y in region.rows {
+            let p = x + ((n * channels + c) * height + y) * width + region.cols.lowerBound
+            let w = region.cols.count
+            var va = SIMD8<Float>(), vb = SIMD8<Float>(), i = 0
+            while i + 8 <= w { let d = load8(p + i) - vk; va += d; vb = vb.addingProduct(d, d); i += 8 }
+            var sa = va.sum(), sb = vb.sum()
+            while i < w { let d = p[i] - k; sa += d; sb += d * d; i += 1 }
+            a += Double(sa)
+            b += Double(sb)
+          }
+        }
+        s1.p[c] += a
+        s2.p[c] += b
+      }
+    }
+  }
+
+  /// Backward of one tile of a batch-normalised map whose statistics and gradient sums are the
+  /// whole map's. With x̂ = (x − mean)·invstd and dy′ = dy (gated by the fused ReLU when
+  /// `reluShift` is given): dx = γ·invstd·(dy′ − [p ∈ region]·(meanDy + x̂·meanDyXhat)) — the
+  /// batch-statistic terms belong to the tile whose `region` holds p, so summed over tiles each
+  /// position gets them once. Σdy′ and Σdy′·x̂ over the whole tile are added to `sumDy` and
+  /// `sumDyXhat` (summed over tiles they are the whole map's dβ and dγ, by linearity). `dx` nil:
+  /// only the sums. `meanDy`/`meanDyXhat` nil: no batch-statistic terms (frozen statistics).
+  public static func streamedBackward(
+    x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
+    batch: Int, channels: Int, height: Int, width: Int,
+    mean: UnsafePointer<Float>, invstd: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+    reluShift: UnsafePointer<Float>?, meanDy: UnsafePointer<Float>?, meanDyXhat: UnsafePointer<Float>?,
+    region: MapRegion, sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>
+  ) {
+    let dxx = dx.map(SendablePointer.init), s1 = SendablePointer(sumDy), s2 = SendablePointer(sumDyXhat)
+    let spatial = height * width
+    Parallel.forRanges(channels) { _, r in
+      for c in r {
+        let mu = mean[c], istd = invstd[c]
+        let masked = reluShift != nil
+        let rs = gamma[c] * istd, rb = reluShift?[c] ?? 0
+        let vrs = SIMD8<Float>(repeating: rs), vrb = SIMD8<Float>(repeating: rb), zero = SIMD8<Float>()
+        let vm = SIMD8<Float>(repeating: mu), vi = SIMD8<Float>(repeating: istd), vk = SIMD8<Float>(repeating: rs)
+        let t1 = meanDy?[c] ?? 0, t2 = meanDyXhat?[c] ?? 0
+        let v1 = SIMD8<Float>(repeating: t1), v2 = SIMD8<Float>(repeating: t2)
+        let hasTerms = meanDy != nil
+        var sdy = 0.0, sdyx = 0.0
+        /// One run of `count` elements from offset `o` of a plane; `terms`: inside the region.
+        @inline(__always) func run(_ xp: UnsafePointer<Float>, _ dyp: UnsafePointer<Float>,
+                                   _ dxp: UnsafeMutablePointer<Float>?, _ count: Int, _ terms: Bool) {
+          var a = SIMD8<Float>(), b = SIMD8<Float>(), i = 0
+          while i + 8 <= count {
+            let xv = load8(xp + i)
+            var d = load8(dyp + i)
+            if masked { d = d.replacing(with: zero, where: vrb.addingProduct(xv, vrs) .<= zero) }
+            let xh = (xv - vm) * vi
+            a += d
+            b = b.addingProduct(d, xh)
+            if let o = dxp { store8((terms ? d - v1 - xh * v2 : d) * vk, o + i) }
+            i += 8
+          }
+          var sa = a.sum(), sb = b.sum()
+          while i < count {
+            var d = dyp[i]
+            if masked && xp[i] * rs + rb <= 0 { d = 0 }
+            let xh = (xp[i] - mu) * istd
+            sa += d
+            sb += d * xh
+            if let o = dxp { o[i] = (terms ? d - t1 - xh * t2 : d) * rs }
+            i += 1
+          }
+          sdy += Double(sa)
+          sdyx += Double(sb)
+        }
+        for n in 0..<batch {
+          let base = (n * channels + c) * spatial
+          let xp = x + base, dyp = dy + base, dxp = dxx.map { $0.p + base }
+          for y in 0..<height {
+            let o = y * width
+            if hasTerms && region.rows.contains(y) {
+              let c0 = region.cols.lowerBound, c1 = region.cols.upperBound
+              run(xp + o, dyp + o, dxp.map { $0 + o }, c0, false)
+              run(xp + o + c0, dyp + o + c0, dxp.map { $0 + o + c0 }, c1 - c0, true)
+              run(xp + o + c1, dyp + o + c1, dxp.map { $0 + o + c1 }, width - c1, false)
+            } else {
+              run(xp + o, dyp + o, dxp.map { $0 + o }, width, false)
+            }
+          }
+        }
+        s1.p[c] += sdy
+        s2.p[c] += sdyx
+      }
+    }
+  }
+}

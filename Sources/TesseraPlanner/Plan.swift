@@ -155,6 +155,8 @@ public enum Planner {
       return r
     case let c as Checkpointed:
       return try walk(c.segment, path: path, input: input, rf: rf, visit)
+    case let s as Streamed:
+      return try walk(s.segment, path: path, input: input, rf: rf, visit)
     case let b as ResidualBlock:
       let main = try walk(b.main, path: path, input: input, rf: rf, visit)
       guard let s = b.shortcut else { return main }

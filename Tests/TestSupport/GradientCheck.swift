@@ -25,7 +25,7 @@ public func checkGradients(
   let y0 = layer.forward(input, training: true)
   let r = randomTensor(y0.shape, seed: seed &+ 77)
   layer.zeroGradients()
-  let dx = layer.backward(r, needInputGradient: true)
+  let dx = layer.backward(r, needInputGradient: checkInput)
   let rv = r.toArray()
 
   func loss() -> Double {

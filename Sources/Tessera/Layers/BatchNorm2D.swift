@@ -15,6 +15,12 @@ public final class BatchNorm2D: Layer {
   public let weight: Parameter, bias: Parameter, runningMean: Parameter, runningVariance: Parameter
   /// When true, running statistics are not updated (e.g. while a checkpointed segment is recomputed).
   public var freezeRunningStatistics = false
+  /// Streamed training (set by `Streamed`): the statistics a training forward uses instead of the
+  /// batch's — the whole image's, or the running ones for frozen BatchNorm. Running statistics are
+  /// then not updated here.
+  public var fixedStatistics: (mean: [Float], variance: [Float])?
+  /// Streamed training (set by `Streamed`): backward of one tile with the whole image's gradient sums.
+  public var streamedBackward: StreamedBatchNormBackward?
   private var saved: (x: Tensor, mean: [Float], invstd: [Float], shift: [Float])?
 
   public init(channels: Int, epsilon: Float = 1e-3, momentum: Float = 0.99, fusedReLU: Bool = false) {
@@ -47,7 +53,10 @@ public final class BatchNorm2D: Layer {
     let (n, c, hw) = (x.shape[0], channels, x.shape[2] * x.shape[3])
     var mean = [Float](repeating: 0, count: c), variance = mean
     let gamma = weight.value.floats, beta = bias.value.floats
-    if training {
+    if training, let f = fixedStatistics {
+      mean = f.mean
+      variance = f.variance
+    } else if training {
       BatchNormKernels.statistics(x: x.floats, batch: n, channels: c, spatial: hw, mean: &mean, variance: &variance)
       if !freezeRunningStatistics {
         let rm = runningMean.value.floats, rv = runningVariance.value.floats
@@ -89,6 +98,12 @@ public final class BatchNorm2D: Layer {
     guard let (kept, mean, invstd, shift) = saved else { preconditionFailure("BatchNorm2D.backward without a training forward") }
     saved = nil
     let x = ActivationStorage.restore(kept)
+    if let s = streamedBackward {
+      let dx = s.inputGradient && needInputGradient ? Tensor(uninitialized: x.shape) : nil
+      s.run(x: x, dy: dy, dx: dx, mean: mean, invstd: invstd, gamma: weight.value.floats,
+            reluShift: fusedReLU ? shift : nil)
+      return dx
+    }
     let dx = Tensor(uninitialized: x.shape)
     BatchNormKernels.backward(x: x.floats, dy: dy.floats, dx: dx.floats, batch: x.shape[0], channels: channels,
                               spatial: x.shape[2] * x.shape[3], mean: mean, invstd: invstd,
@@ -113,8 +128,43 @@ public final class BatchNorm2D: Layer {
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
     let x = sim.take(self)
     let restored = x.first.flatMap { ActivationStorage.restore($0, sim) }
+    if let s = streamedBackward {
+      let dx = s.inputGradient && needInputGradient ? sim.allocate(dy.shape) : nil
+      withExtendedLifetime((x, restored)) {}
+      return dx
+    }
     let dx = sim.allocate(dy.shape)
     withExtendedLifetime((x, restored)) {}  // held until here, as the real pass holds them
     return needInputGradient ? dx : nil
+  }
+}
+
+/// How a BatchNorm layer inside a `Streamed` segment runs backward on a tile: with the whole
+/// image's gradient sums given (`meanDy`, `meanDyXhat`, applied inside `region` only), without
+/// them (frozen statistics: both nil), and adding this tile's Σdy and Σdy·x̂ to the running sums.
+public final class StreamedBatchNormBackward {
+  public var meanDy: [Float]?, meanDyXhat: [Float]?
+  /// Where this tile's batch-statistic terms go (tile-local coordinates of the map).
+  public var region = MapRegion(rows: 0..<0, cols: 0..<0)
+  /// false: only the sums (the pass that gathers them stops here).
+  public var inputGradient = true
+  public var sumDy: [Double], sumDyXhat: [Double]
+
+  public init(channels: Int) {
+    sumDy = [Double](repeating: 0, count: channels)
+    sumDyXhat = sumDy
+  }
+
+  func run(x: Tensor, dy: Tensor, dx: Tensor?, mean: [Float], invstd: [Float], gamma: UnsafePointer<Float>,
+           reluShift: [Float]?) {
+    let s = x.shape
+    sumDy.withUnsafeMutableBufferPointer { s1 in
+      sumDyXhat.withUnsafeMutableBufferPointer { s2 in
+        BatchNormKernels.streamedBackward(
+          x: x.floats, dy: dy.floats, dx: dx?.floats, batch: s[0], channels: s[1], height: s[2], width: s[3],
+          mean: mean, invstd: invstd, gamma: gamma, reluShift: reluShift, meanDy: meanDy, meanDyXhat: meanDyXhat,
+          region: region, sumDy: s1.baseAddress!, sumDyXhat: s2.baseAddress!)
+      }
+    }
   }
 }

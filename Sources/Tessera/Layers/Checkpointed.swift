@@ -85,7 +85,12 @@ public enum CheckpointingPolicy: Equatable, Sendable {
 
   /// The model with its top-level layers grouped into checkpointed segments (same parameters, same
   /// names); the last layer (the head, whose output is the loss's input) is never checkpointed.
+  /// A leading `Streamed` segment stays as it is (it recomputes its tiles anyway).
   public func apply(to model: Sequential) -> Sequential {
+    if let first = model.layers.first, first.1 is Streamed {
+      let rest = apply(to: Sequential(Array(model.layers.dropFirst())))
+      return Sequential([first] + (rest.layers.count == model.layers.count - 1 ? rest.layers : []))
+    }
     let layers = model.layers
     guard layers.count > 1 else { return model }
     let body = Array(layers.dropLast())

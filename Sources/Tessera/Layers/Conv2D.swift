@@ -39,7 +39,10 @@ public final class Conv2D: Layer {
   public let groups: Int
   public let weight: Parameter
   public let bias: Parameter?
-  private var saved: (x: Tensor, g: ConvGeometry)?
+  private var saved: (x: Tensor?, g: ConvGeometry)?
+  /// false: a training forward keeps no input and backward computes only the input gradient (set
+  /// by `Streamed` on the passes where this layer's weight gradient is not gathered).
+  public var accumulatesWeightGradient = true
 
   public convenience init(
     inputChannels: Int, outputChannels: Int, kernelSize: Int, stride: Int = 1, padding: Padding = .valid,
@@ -100,7 +103,7 @@ public final class Conv2D: Layer {
     do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
     let y = Tensor(uninitialized: [g.batch, g.outChannels, g.outHeight, g.outWidth])
     Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: bias?.value.floats, y: y.floats)
-    if training && BackwardRecording.isOn { saved = (ActivationStorage.keep(x), g) }
+    if training && BackwardRecording.isOn { saved = (accumulatesWeightGradient ? ActivationStorage.keep(x) : nil, g) }
     return y
   }
 
@@ -116,6 +119,7 @@ public final class Conv2D: Layer {
   private func weightGradients(_ dy: Tensor) -> ConvGeometry {
     guard let (kept, g) = saved else { preconditionFailure("Conv2D.backward without a training forward") }
     saved = nil
+    guard let kept else { return g }
     let x = ActivationStorage.restore(kept)
     Conv2DKernels.backwardWeights(g, x: x.floats, dy: dy.floats, dw: weight.gradient, dbias: bias?.gradient)
     return g
@@ -126,7 +130,7 @@ public final class Conv2D: Layer {
     let y = sim.allocate([g.batch, g.outChannels, g.outHeight, g.outWidth])
     sim.transient(Conv2DKernels.forwardWorkspaceBytes(g, threads: sim.threads))
     if training && BackwardRecording.isOn {
-      sim.keep(self, [ActivationStorage.keep(x, sim)])
+      sim.keep(self, accumulatesWeightGradient ? [ActivationStorage.keep(x, sim)] : [])
       sim.notes[ObjectIdentifier(self)] = g
     }
     return y
@@ -137,7 +141,7 @@ public final class Conv2D: Layer {
     do {
       let kept = sim.take(self)
       let restored = kept.first.flatMap { ActivationStorage.restore($0, sim) }
-      sim.transient(Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: sim.threads))
+      if !kept.isEmpty { sim.transient(Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: sim.threads)) }
       withExtendedLifetime((kept, restored)) {}
     }
     guard needInputGradient else { return nil }

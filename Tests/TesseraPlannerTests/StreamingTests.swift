@@ -1,0 +1,137 @@
+import Tessera
+import TesseraKernels
+import TesseraPlanner
+import TestSupport
+import XCTest
+
+/// Exact streamed training: the same logits, gradients and running statistics as the plain run,
+/// tile by tile, for several splits and tile sizes; frozen BatchNorm; planner equal to the ledger.
+final class StreamingTests: XCTestCase {
+  struct Result { var logits: [Float]; var values: [String: [Float]] }
+
+  func step(_ model: Sequential, _ x: Tensor, _ labels: [Int]) throws -> Result {
+    let r = try model.trainingStep(input: x, labels: labels)
+    var out = [String: [Float]]()
+    for (n, p) in model.namedParameters() { out[n] = p.trainable ? p.grad!.toArray() : p.value.toArray() }
+    return Result(logits: r.logits.toArray(), values: out)
+  }
+
+  func fcn(bnMomentum: Float = 0.9, initialized: Bool = true) -> Sequential {
+    let m = Zoo.fcnLarge(classes: 4, bnMomentum: bnMomentum)
+    if initialized { m.initializeParameters(seed: 2) }
+    return m
+  }
+
+  func assertSame(_ got: Result, _ ref: Result, _ what: String, tolerance: Float = 1e-5,
+                  file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertLessThanOrEqual(maxRelativeError(got.logits, ref.logits), tolerance, "\(what) logits", file: file, line: line)
+    XCTAssertEqual(Set(got.values.keys), Set(ref.values.keys), file: file, line: line)
+    for (name, r) in ref.values {
+      // Every gradient, and the BatchNorm running statistics (updated once, with the whole image's).
+      XCTAssertLessThanOrEqual(maxRelativeError(got.values[name]!, r), tolerance, "\(what) \(name)", file: file, line: line)
+    }
+  }
+
+  func testExactStreamingEqualsPlain() throws {
+    // 200×168: not a multiple of any stride, so the last tiles are partial and padding is uneven.
+    let x = randomTensor([2, 3, 200, 168], seed: 1), labels = [1, 3]
+    let ref = try step(fcn(), x, labels)
+    // (blocks streamed, tile): stem+stage1 (stride 8) with crops well inside the image; up to
+    // stage3 (stride 32, 7 BatchNorm layers); everything before the head.
+    for (blocks, tile) in [(2, 32), (2, 48), (2, 96), (4, 64), (4, 32), (5, 64)] {
+      let m = try Streamed.apply(to: fcn(), blocks: blocks, tile: tile)
+      XCTAssertEqual(m.namedParameters().map(\.0), fcn().namedParameters().map(\.0), "names unchanged")
+      let s = m.layers[0].1 as! Streamed
+      let geo = try s.geometry(for: x.shape)
+      XCTAssertGreaterThan(geo.tiles.count, 1)
+      assertSame(try step(m, x, labels), ref, "\(blocks) blocks, tile \(tile) (\(geo.tiles.count) tiles, halo \(geo.halo))")
+    }
+  }
+
+  func testStreamingWithCheckpointingAndInference() throws {
+    let x = randomTensor([2, 3, 160, 128], seed: 3), labels = [0, 2]
+    let ref = try step(fcn(), x, labels)
+    let m = CheckpointingPolicy.all.apply(to: try Streamed.apply(to: fcn(), blocks: 2, tile: 32))
+    XCTAssertTrue(m.layers[0].1 is Streamed)
+    XCTAssertTrue(m.layers[1].1 is Checkpointed)
+    assertSame(try step(m, x, labels), ref, "streaming + checkpointing")
+    // Inference (running statistics), tiled, equals the plain model's.
+    let plain = fcn(), streamed = try Streamed.apply(to: fcn(), blocks: 3, tile: 32)
+    _ = try step(plain, x, labels)
+    _ = try step(streamed, x, labels)
+    XCTAssertLessThanOrEqual(maxRelativeError(try streamed.predict(x).toArray(), try plain.predict(x).toArray()), 1e-5)
+  }
+
+  func testFrozenBatchNorm() throws {
+    // Frozen statistics make BatchNorm an affine map: tiles must equal one whole-image tile, and
+    // the running statistics must not move.
+    let x = randomTensor([1, 3, 176, 144], seed: 5), labels = [2]
+    func frozen(_ tile: Int) throws -> Sequential {
+      let m = fcn()
+      for (n, p) in m.namedParameters() where n.hasSuffix("running_mean") || n.hasSuffix("running_var") {
+        for i in 0..<p.count { p.value.floats[i] = n.hasSuffix("mean") ? Float(i % 3) * 0.1 : 1 + Float(i % 5) * 0.2 }
+      }
+      return try Streamed.apply(to: m, blocks: 3, tile: tile, frozenBatchNorm: true)
+    }
+    let whole = try step(try frozen(1024), x, labels)
+    let tiled = try step(try frozen(32), x, labels)
+    assertSame(tiled, whole, "frozen BatchNorm, tile 32 vs one tile")
+    XCTAssertEqual(tiled.values["stem.bn.running_mean"]?[1], 0.1)
+    // and it is not the batch-statistics computation
+    let exact = try step(try Streamed.apply(to: fcn(), blocks: 3, tile: 32), x, labels)
+    XCTAssertGreaterThan(maxRelativeError(tiled.values["stem.conv.weight"]!, exact.values["stem.conv.weight"]!), 1e-3)
+  }
+
+  func testGradientsMatchFiniteDifferences() throws {
+    for frozen in [true, false] {
+    let seg = Sequential([
+      ("conv", Conv2D(inputChannels: 2, outputChannels: 3, kernelSize: 3, stride: 2, padding: .same, bias: false)),
+      ("bn", BatchNorm2D(channels: 3, fusedReLU: true)),
+      ("pool", Pool2D(.max, kernelSize: 3, stride: 2, padding: .same)),
+      ("conv2", Conv2D(inputChannels: 3, outputChannels: 2, kernelSize: 3, padding: .same)),
+    ])
+    let s = try Streamed(seg, tile: 8, frozenBatchNorm: frozen)
+    seg.initializeParameters(seed: 4)
+    (seg.layers[1].1 as! BatchNorm2D).runningMean.value.floats[0] = 0.3
+    let x = randomTensor([1, 2, 30, 26], seed: 6)
+    XCTAssertGreaterThan(try s.geometry(for: x.shape).tiles.count, 4)
+    // h = 1e-3: with 1e-2 a max-pool/ReLU kink is crossed (the untiled model differs the same way)
+    checkGradients(s, input: x, h: 1e-3, checkInput: false)
+    }
+  }
+
+  func testTileMustBeAMultipleOfTheStride() throws {
+    XCTAssertThrowsError(try Streamed.apply(to: fcn(), blocks: 4, tile: 100).layers[0].1.outputShape(for: [1, 3, 256, 256]))
+    let s = try Streamed(Sequential(Array(fcn().layers.prefix(4))), tile: 100)
+    XCTAssertThrowsError(try s.geometry(for: [1, 3, 256, 256])) { e in
+      XCTAssertEqual("\(e)", "tile 100 is not a multiple of the streamed part's output stride 32; use 96 or 128")
+    }
+    let r = try ResidualBlockProbe.block()
+    XCTAssertThrowsError(try Streamed(Sequential([("res", r)]), tile: 32)) { e in
+      XCTAssertTrue("\(e)".contains("res (ResidualBlock) cannot be streamed"), "\(e)")
+    }
+    XCTAssertEqual(Streamed.streamableBlocks(of: fcn()), 6)
+    XCTAssertEqual(Streamed.streamableBlocks(of: Zoo.model("resnet18", classes: 2)!), 4)
+  }
+
+  func testPlannerEqualsLedgerAndStreamingSavesMemory() throws {
+    let input = [3, 384, 320], batch = 1
+    let plainPeak = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(fcn(initialized: false), input: input, batch: batch).training
+    for (blocks, tile, frozen, precision) in [(2, 64, false, StoragePrecision.fp32), (4, 128, false, .fp32),
+                                              (4, 64, true, .fp32), (3, 64, false, .fp16)] {
+      ActivationStorage.precision = precision
+      defer { ActivationStorage.precision = .fp32 }
+      let m = try Streamed.apply(to: fcn(initialized: false), blocks: blocks, tile: tile, frozenBatchNorm: frozen)
+      let plan = try Planner.plan(m, name: "s", input: input, batch: batch)
+      let measured = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(m, input: input, batch: batch)
+      XCTAssertEqual(plan.peakTrainingBytes, measured.training, "\(blocks) blocks tile \(tile) frozen \(frozen) \(precision): training")
+      XCTAssertEqual(plan.peakInferenceBytes, measured.inference, "\(blocks) blocks tile \(tile): inference")
+      if precision == .fp32 { XCTAssertLessThan(measured.training, plainPeak, "\(blocks) blocks tile \(tile)") }
+      print("streaming \(blocks) blocks tile \(tile) frozen \(frozen) \(precision): \(measured.training) B vs plain \(plainPeak) B")
+    }
+  }
+}
+
+enum ResidualBlockProbe {
+  static func block() throws -> ResidualBlock { ResidualBlock.basic(inputChannels: 4, channels: 4, stride: 1) }
+}
