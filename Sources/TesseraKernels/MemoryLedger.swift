@@ -121,10 +121,21 @@ public final class Buffer: @unchecked Sendable {
 
   static let hugePage = 2 << 20
 
+  /// glibc raises its mmap threshold (up to 32 MiB) each time a mapped block is freed, after which
+  /// blocks that size come from the heap and their pages are not given back: resident memory then
+  /// grows far past the ledger when tile sizes vary. A fixed 1 MiB threshold keeps every large
+  /// block mapped and returned to the system on free (the block cache keeps the hot ones).
+  static let fixedMapThreshold: Void = {
+    #if os(Linux)
+    _ = glibcMallopt(-3 /* M_MMAP_THRESHOLD */, 1 << 20)
+    #endif
+  }()
+
   /// 64-byte aligned; blocks of 4 MiB and more are 2 MiB-aligned and advised to use transparent huge
   /// pages (as numpy does): physically contiguous 2 MiB runs give the caches a fixed layout and
   /// spare the TLB on the strided reads of packing and convolution.
   static func systemAllocate(_ bytes: Int) -> UnsafeMutableRawPointer {
+    _ = fixedMapThreshold
     guard bytes >= 2 * hugePage else { return UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 1), alignment: 64) }
     let p = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: hugePage)
     #if canImport(Glibc)
@@ -178,3 +189,8 @@ public final class BlockCache: @unchecked Sendable {
     }
   }
 }
+
+#if os(Linux)
+/// glibc's `mallopt` (malloc.h is not part of the Glibc module).
+@_silgen_name("mallopt") private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
+#endif

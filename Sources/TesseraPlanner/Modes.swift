@@ -5,6 +5,8 @@ import TesseraKernels
 public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
   public var precision: StoragePrecision
   public var checkpointing: CheckpointingPolicy
+  /// Streamed training of the first `streaming.blocks` blocks (nil: none).
+  public var streaming: StreamingSettings? = nil
   /// Rough cost against fp32 without checkpoints, as measured (docs/BENCHMARKS.md): 16-bit storage
   /// ≈ +10 %, checkpointing every block ≈ +50 %, √n segments ≈ +25 %.
   public var relativeTime: Double {
@@ -23,7 +25,21 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
     case .sqrt: c = "checkpointing sqrt"
     case .every(let n): c = "checkpointing every \(n)"
     }
+    if let s = streaming {
+      let b = s.blocks ?? 0
+      return "\(precision.rawValue), streaming \(b) block\(b == 1 ? "" : "s") in \(s.tile)-px tiles" + (s.frozenBatchNorm ? " (frozen BN)" : "")
+    }
     return "\(precision.rawValue), \(c)"
+  }
+
+  /// `model` in this mode: streaming applied to its first blocks, checkpoints to the rest.
+  public func apply(to model: Sequential) throws -> Sequential {
+    var m = model
+    if let s = streaming {
+      m = try Streamed.apply(to: m, blocks: s.blocks ?? Streamed.streamableBlocks(of: m), tile: s.tile,
+                             frozenBatchNorm: s.frozenBatchNorm)
+    }
+    return checkpointing.apply(to: m)
   }
 
   public static let all: [MemoryMode] = [StoragePrecision.fp32, .fp16].flatMap { p in
@@ -60,6 +76,23 @@ extension Planner {
       }
       guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget }), let p = peak(b) else { continue }
       choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: mode.relativeTime))
+    }
+    // When no mode fits the batch: streamed training, the fewest blocks that fit, for a few tiles.
+    if !choices.contains(where: { $0.batch >= batch }) && Streamed.streamableBlocks(of: model) > 0 {
+      ActivationStorage.precision = .fp32
+      let edge = max(input[1], input[2])
+      // The three largest power-of-two tiles below the image's edge (larger tiles: less halo work).
+      for tile in [4096, 2048, 1024, 512, 256, 128, 64].filter({ $0 < edge }).prefix(3) {
+        let settings = StreamingSettings(tile: tile)
+        guard let c = try? applyStreaming(model, settings, input: input, batch: batch, budget: budget - extraBytes(batch),
+                                          optimizer: optimizer, threads: threads) else { continue }
+        func peak(_ b: Int) -> Int? {
+          (try? plan(c.model, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
+        }
+        guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget }), let p = peak(b) else { continue }
+        let mode = MemoryMode(precision: .fp32, checkpointing: .none, streaming: StreamingSettings(tile: tile, blocks: c.blocks))
+        choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: c.relativeTime))
+      }
     }
     let fitting = choices.filter { $0.batch >= batch }
     let best = (fitting.isEmpty ? choices : fitting).min { ($0.relativeTime, -$0.batch) < ($1.relativeTime, -$1.batch) }

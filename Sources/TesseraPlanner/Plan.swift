@@ -77,7 +77,7 @@ public enum Planner {
   /// Plans `model` on `batch` images of `input` (C, H, W).
   public static func plan(
     _ model: Layer, name: String, input: [Int], batch: Int, optimizer: OptimizerKind = .momentum,
-    threads: Int = Parallel.threadCount
+    threads: Int = Parallel.threadCount, inputResident: Bool = true
   ) throws -> Plan {
     precondition(input.count == 3 && batch >= 1, "input is (C, H, W) and batch ≥ 1")
     let shape = [batch] + input
@@ -115,7 +115,8 @@ public enum Planner {
     // (withExtendedLifetime: a simulated tensor must live exactly as long as the real one, which
     // the caller of a training step holds to the end, even where the dry run no longer reads it.)
     do {
-      let x = train.allocate(shape)
+      // An input read region by region (a TileSource for a Streamed model) is never held whole.
+      let x = train.allocate(shape, bytesPerElement: inputResident ? 4 : 0)
       let logits = try model.planForward(x, training: true, train)
       for (i, (_, leaf)) in leaves.enumerated() { rows[i].keptBytes = train.keptBytes(of: leaf) }
       let dLogits = train.allocate(logits.shape)
@@ -124,11 +125,11 @@ public enum Planner {
     }
     let infer = MemorySimulation(threads: threads)
     do {
-      let x = infer.allocate(shape)
+      let x = infer.allocate(shape, bytesPerElement: inputResident ? 4 : 0)
       let y = try model.planForward(x, training: false, infer)
       withExtendedLifetime((x, y)) {}
     }
-    let inputBytes = shape.reduce(1, *) * 4
+    let inputBytes = inputResident ? shape.reduce(1, *) * 4 : 0
     let resident = parameterBytes + gradientBytes + optimizerBytes
     return Plan(
       model: name, input: input, batch: batch, optimizer: optimizer, threads: threads, layers: rows,

@@ -169,7 +169,11 @@ struct TrainBench: ParsableCommand {
       SGD with momentum 0.9 and learning rate 0.01, as peers/keras_bench.py. GFLOP/s counts a training
       step as 3× the forward convolution/linear FLOPs (2·MACs), as the peer does. peak_bytes is the
       memory ledger's peak over the whole run (parameters, gradients, optimizer state, the batch,
-      activations and workspaces); max_rss_bytes is the process's peak resident set.
+      activations and workspaces) and planned_peak_bytes the planner's prediction of it;
+      max_rss_bytes is the process's peak resident set.
+      Streamed training: --tile N (with --stream-blocks, --frozen-bn); --streamed-input generates the
+      input region by region (deterministic noise) so an image larger than memory is never held.
+      --budget refuses a run whose planned peak exceeds it, before allocating.
       """)
 
   @Option(help: "Model name (\(Zoo.names.joined(separator: ", "))).") var model = "fcn-large"
@@ -182,12 +186,18 @@ struct TrainBench: ParsableCommand {
   @Flag(help: "Print time per layer and pass (to stderr).") var profile = false
   @Option(help: "Gradient checkpointing: none, sqrt, all or N.") var checkpointing = "none"
   @Option(help: "Storage of kept tensors: fp32, fp16 or bf16.") var precision = "fp32"
+  @OptionGroup var streaming: StreamingOptions
+  @Flag(help: "With --tile: read the input region by region from a generator instead of holding it.") var streamedInput = false
+  @Option(help: "Refuse to run when the planned peak exceeds this (e.g. 2GiB).") var budget: String?
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
   func run() throws {
     try global.apply()
     let chw = try parseInput(input)
+    if streamedInput && streaming.tile == nil { throw ValidationError("--streamed-input needs --tile") }
+    if streamedInput && inference { throw ValidationError("--streamed-input is for training steps") }
+    let budgetBytes = try budget.map { try ByteSize.parse($0) }
     guard batch >= 1, steps >= 1, warmup >= 0 else { throw ValidationError("--batch and --steps must be positive") }
     guard let zoo = Zoo.model(model, classes: classes, inputChannels: chw[0]) else {
       throw ValidationError("unknown model '\(model)'; choose one of \(Zoo.names.joined(separator: ", "))")
@@ -197,21 +207,39 @@ struct TrainBench: ParsableCommand {
     }
     guard let storage = StoragePrecision(rawValue: precision) else { throw ValidationError("--precision must be fp32, fp16 or bf16") }
     ActivationStorage.precision = storage
-    let net = policy.apply(to: zoo)
-    net.initializeParameters(seed: 0)
+    var base = zoo, streamChoice: StreamingChoice?
+    if let settings = streaming.settings(inputResident: !streamedInput) {
+      let c = try Planner.applyStreaming(zoo, settings, input: chw, batch: batch, budget: budgetBytes)
+      streamChoice = c
+      base = c.model
+      if !json { note(describe(c, settings)) }
+    }
+    let net = policy.apply(to: base)
     let shape = [batch] + chw
     _ = try net.checkInput(shape)
+    let plan = try Planner.plan(net, name: model, input: chw, batch: batch, optimizer: .momentum, inputResident: !streamedInput)
+    let planned = inference ? plan.peakInferenceBytes : plan.peakTrainingBytes
+    if let b = budgetBytes, planned > b {
+      throw ValidationError("planned peak \(ByteSize.format(planned)) exceeds --budget \(ByteSize.format(b)); try --tile, --checkpointing, --precision fp16 or a smaller batch (tessera plan --budget lists what fits)")
+    }
+    if let b = budgetBytes { limitBlockCache(budget: b, planned: planned) }
+    net.initializeParameters(seed: 0)
     let macs = try Planner.plan(net, name: model, input: chw, batch: 1, optimizer: .sgd).macs
     MemoryLedger.shared.resetPeak()
     var g = SeededGenerator(seed: 1)
-    let x = Tensor(uninitialized: shape, category: .data)
-    for i in 0..<x.count { x.floats[i] = g.nextNormal() }
+    let x: Tensor? = streamedInput ? nil : Tensor(uninitialized: shape, category: .data)
+    if let x { for i in 0..<x.count { x.floats[i] = g.nextNormal() } }
+    let source = SyntheticTileSource(shape: shape, seed: 1)
     let labels = (0..<batch).map { _ in Int(g.next() % UInt64(classes)) }
     let opt = SGD(momentum: 0.9)
     var losses = [Float]()
     func step() throws {
-      if inference { _ = try net.predict(x) } else {
-        losses.append(try net.trainingStep(input: x, labels: labels, optimizer: opt, lr: 0.01).loss)
+      if let x {
+        if inference { _ = try net.predict(x) } else {
+          losses.append(try net.trainingStep(input: x, labels: labels, optimizer: opt, lr: 0.01).loss)
+        }
+      } else {
+        losses.append(try net.trainingStep(source: source, labels: labels, optimizer: opt, lr: 0.01).loss)
       }
     }
     for _ in 0..<warmup { try step() }
@@ -229,17 +257,29 @@ struct TrainBench: ParsableCommand {
       }
     }
     let flopPerImage = (inference ? 1.0 : 3.0) * 2 * Double(macs)
-    let out: [String: Any] = [
+    var out: [String: Any] = [
       "bench": inference ? "inference" : "train", "model": model, "input": chw, "batch": batch, "steps": steps,
       "threads": Parallel.threadCount, "seconds": seconds, "images_per_second": (ips * 100).rounded() / 100,
       "seconds_per_step": seconds / Double(steps), "gflop_per_image": flopPerImage / 1e9,
       "gflops": (ips * flopPerImage / 1e8).rounded() / 10,
       "peak_bytes": MemoryLedger.shared.peakBytes, "max_rss_bytes": maxRSSBytes(),
       "parameters": net.parameterCount, "final_loss": Double(losses.last ?? 0), "checkpointing": checkpointing, "precision": precision,
+      "planned_peak_bytes": planned,
     ]
+    if let b = budgetBytes { out["budget_bytes"] = b }
+    if let c = streamChoice {
+      out["tile"] = streaming.tile!
+      out["stream_blocks"] = c.blocks
+      out["tiles"] = c.tiles
+      out["halo"] = c.halo
+      out["frozen_bn"] = streaming.frozenBn
+      out["streamed_input"] = streamedInput
+      out["estimated_relative_time"] = (c.relativeTime * 100).rounded() / 100
+    }
     if json { printJSON(out) } else {
-      print(String(format: "%@ %@ batch %d: %.2f images/s, %.1f GFLOP/s, ledger peak %@, max RSS %@",
-                   model, input, batch, ips, ips * flopPerImage / 1e9, mib(MemoryLedger.shared.peakBytes), mib(maxRSSBytes())))
+      print(String(format: "%@ %@ batch %d: %.2f images/s, %.1f GFLOP/s, ledger peak %@ (planned %@), max RSS %@",
+                   model, input, batch, ips, ips * flopPerImage / 1e9, mib(MemoryLedger.shared.peakBytes), mib(planned),
+                   mib(maxRSSBytes())))
     }
   }
 }

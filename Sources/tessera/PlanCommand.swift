@@ -36,6 +36,9 @@ struct PlanCommand: ParsableCommand {
   @Option(help: "Optimizer state to count: sgd (none), momentum (1×), adamw (2×).") var optimizer = "momentum"
   @Option(help: "Memory budget, e.g. 8GiB: report the largest batches that fit and what would fit.") var budget: String?
   @Option(help: "Gradient checkpointing: none, sqrt, all or N (top-level blocks per segment).") var checkpointing = "none"
+  @OptionGroup var streaming: StreamingOptions
+  @Flag(help: "With --tile: the input is read region by region, never held whole (images larger than memory).")
+  var streamedInput = false
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -57,27 +60,46 @@ struct PlanCommand: ParsableCommand {
     try global.apply()
     ActivationStorage.precision = StoragePrecision(rawValue: precision)!
     let (name, loaded, input) = try modelOptions.load()
-    let model = CheckpointingPolicy(checkpointing)!.apply(to: loaded)
     let opt = OptimizerKind(rawValue: optimizer)!
-    let plan = try Planner.plan(model, name: name, input: input, batch: batch, optimizer: opt)
+    if streamedInput && streaming.tile == nil { throw ValidationError("--streamed-input needs --tile") }
+    var base = loaded, streamChoice: StreamingChoice?
+    if let s = streaming.settings(inputResident: !streamedInput) {
+      let c = try Planner.applyStreaming(loaded, s, input: input, batch: batch, budget: try budget.map { try ByteSize.parse($0) },
+                                         optimizer: opt)
+      base = c.model
+      streamChoice = c
+    }
+    let model = CheckpointingPolicy(checkpointing)!.apply(to: base)
+    let plan = try Planner.plan(model, name: name, input: input, batch: batch, optimizer: opt, inputResident: !streamedInput)
     let advice = try budget.map { try Planner.advise(model, input: input, batch: batch, optimizer: opt,
                                                     budget: try ByteSize.parse($0)) }
     let modes = try budget.map { Planner.chooseMode(loaded, input: input, batch: batch, optimizer: opt, budget: try ByteSize.parse($0)) }
     if json {
       var o = planJSON(plan, advice: advice)
+      func modeJSON(_ m: MemoryMode) -> [String: Any] {
+        var d: [String: Any] = ["precision": m.precision.rawValue, "checkpointing": "\(m.checkpointing)", "description": m.description]
+        if let s = m.streaming { d["streaming"] = ["tile": s.tile, "blocks": s.blocks ?? 0] }
+        return d
+      }
       if let m = modes {
-        o["modes"] = m.all.map { ["precision": $0.mode.precision.rawValue, "checkpointing": "\($0.mode.checkpointing)",
-                                  "maxBatch": $0.batch, "peakTraining": $0.peakTrainingBytes, "relativeTime": $0.relativeTime] as [String: Any] }
-        if let b = m.best { o["chosenMode"] = ["precision": b.mode.precision.rawValue, "checkpointing": "\(b.mode.checkpointing)", "maxBatch": b.batch] }
+        o["modes"] = m.all.map { modeJSON($0.mode).merging(["maxBatch": $0.batch, "peakTraining": $0.peakTrainingBytes,
+                                                           "relativeTime": $0.relativeTime]) { a, _ in a } }
+        if let b = m.best { o["chosenMode"] = modeJSON(b.mode).merging(["maxBatch": b.batch]) { a, _ in a } }
+      }
+      if let c = streamChoice {
+        o["streaming"] = ["tile": streaming.tile!, "blocks": c.blocks, "tiles": c.tiles, "halo": c.halo, "frozenBatchNorm": streaming.frozenBn,
+                          "inputResident": !streamedInput, "estimatedRelativeTime": c.relativeTime,
+                          "batchNormPasses": (c.model.layers[0].1 as! Streamed).passes().count] as [String: Any]
       }
       printJSON(o)
       return
     }
     printTable(plan)
+    if let c = streamChoice { print(describe(c, streaming.settings(inputResident: !streamedInput)!)) }
     if let a = advice { printAdvice(a, plan: plan) }
     if let m = modes, !m.all.isEmpty {
       print("memory modes within the budget (largest batch, estimated relative time):")
-      for c in m.all { print("  \(pad(c.mode.description, 32)) batch \(pad(String(c.batch), 6)) peak \(ByteSize.format(c.peakTrainingBytes))  ×\(String(format: "%.2f", c.relativeTime))") }
+      for c in m.all { print("  \(pad(c.mode.description, 40)) batch \(pad(String(c.batch), 6)) peak \(ByteSize.format(c.peakTrainingBytes))  ×\(String(format: "%.2f", c.relativeTime))") }
       if let b = m.best { print("  → fastest that fits batch \(batch): \(b.mode)") }
     }
   }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Tessera
 import TesseraKernels
+import TesseraPlanner
 
 struct StepCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -24,6 +25,7 @@ struct StepCommand: ParsableCommand {
   @Option(help: "Seed for the initialisation when no --weights are given.") var seed: UInt64 = 0
   @Option(help: "Gradient checkpointing: none, sqrt, all or N (same gradients, less memory).") var checkpointing = "none"
   @Option(help: "Storage of what the step keeps for backward: fp32, fp16 or bf16.") var precision = "fp32"
+  @OptionGroup var streaming: StreamingOptions
   @Flag(help: "Print a JSON summary.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -57,7 +59,13 @@ struct StepCommand: ParsableCommand {
     guard let zoo = Zoo.model(model, classes: classes, inputChannels: input.shape[1]) else {
       throw ValidationError("unknown model '\(model)'; choose one of \(Zoo.names.joined(separator: ", "))")
     }
-    let net = CheckpointingPolicy(checkpointing)!.apply(to: zoo)
+    var base = zoo
+    if let s = streaming.settings() {
+      let c = try Planner.applyStreaming(zoo, s, input: Array(input.shape.dropFirst()), batch: input.shape[0])
+      if !json { note(describe(c, s)) }
+      base = c.model
+    }
+    let net = CheckpointingPolicy(checkpointing)!.apply(to: base)
     if let w = weights { try net.load(from: URL(fileURLWithPath: w)) } else { net.initializeParameters(seed: seed) }
     do { _ = try net.checkInput(input.shape) } catch {
       throw BatchError("\(batch): input \(input.shape) does not fit \(model): \(error)")

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Tessera
 import TesseraKernels
+import TesseraPlanner
 
 @main
 struct TesseraCLI: ParsableCommand {
@@ -67,3 +68,44 @@ func parseInput(_ s: String, defaultChannels: Int = 3) throws -> [Int] {
 }
 
 func mib(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+
+/// Streamed training flags, shared by plan, step, train and bench train.
+struct StreamingOptions: ParsableArguments {
+  @Option(help: ArgumentHelp(
+    "Streamed training: run the network's first blocks tile by tile, N input pixels of output per tile.",
+    discussion: "N must be a multiple of the streamed part's output stride (the error names it). Exact: outputs and every gradient equal the untiled step, BatchNorm included (extra passes), at the cost of recomputation."))
+  var tile: Int?
+  @Option(help: "Leading top-level blocks to stream (default: the fewest that fit --budget, or all that can be).")
+  var streamBlocks: Int?
+  @Flag(help: "Streamed BatchNorm layers use their running statistics (one pass each way, as StreamingCNN) instead of the whole image's batch statistics.")
+  var frozenBn = false
+
+  func validate() throws {
+    if let t = tile, t < 1 { throw ValidationError("--tile must be positive, got \(t)") }
+    if tile == nil && (streamBlocks != nil || frozenBn) {
+      throw ValidationError("--stream-blocks and --frozen-bn need --tile")
+    }
+  }
+
+  func settings(inputResident: Bool = true) -> StreamingSettings? {
+    tile.map { StreamingSettings(tile: $0, blocks: streamBlocks, frozenBatchNorm: frozenBn, inputResident: inputResident) }
+  }
+}
+
+/// One line describing a streaming choice.
+func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
+  let names = c.model.layers[0].1.children.map(\.0).joined(separator: ", ")
+  let bn = (c.model.layers[0].1 as! Streamed).batchNorms.count
+  return "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") (\(names)) in \(c.tiles) tiles of \(s.tile) px + \(c.halo) px halo; "
+    + (s.frozenBatchNorm || bn == 0 ? "frozen BatchNorm, 1 pass each way" : "exact BatchNorm: \(bn + 1) passes each way")
+    + String(format: "; estimated %.1f× a plain step's time", c.relativeTime)
+}
+
+/// Resident memory the runtime needs beside the ledger (code, Swift and Foundation, thread stacks,
+/// small allocations): measured 30–90 MiB; kept out of the block cache's share of a budget.
+let runtimeReserveBytes = 128 << 20
+
+/// Within a budget, freed blocks kept for reuse may take only what the plan leaves free.
+func limitBlockCache(budget: Int, planned: Int) {
+  BlockCache.shared.limitBytes = min(BlockCache.shared.limitBytes, max(0, budget - planned - runtimeReserveBytes))
+}

@@ -35,6 +35,7 @@ struct TrainCommand: ParsableCommand {
   var checkpointing: String?
   @Option(help: "Storage of what a step keeps: fp32, fp16 or bf16 (default fp32; with --batch auto the planner chooses).")
   var precision: String?
+  @OptionGroup var streaming: StreamingOptions
   @Option(help: "Held-out share when splitting --data.") var test = 0.3
   @Option(help: "Seed of the split, initialisation, shuffles and augmentation.") var seed: UInt64 = 0
   @Option(help: "Loader threads.") var workers = 2
@@ -92,18 +93,28 @@ struct TrainCommand: ParsableCommand {
     func loaderBytes(_ batch: Int) -> Int { BatchLoader.bytesInFlight(batch: batch, imageShape: input, prefetch: prefetch) }
     var ckptPolicy = CheckpointingPolicy(checkpointing ?? "none")!
     var chosenBatch: Int? = nil
-    if batch == "auto" && precision == nil && checkpointing == nil {
+    var base = loaded
+    if let s = streaming.settings() {
+      let c = try Planner.applyStreaming(loaded, s, input: input, batch: Int(batch) ?? 1,
+                                         budget: try budget.map { try ByteSize.parse($0) }, optimizer: opt)
+      base = c.model
+      note(describe(c, s))
+    }
+    if batch == "auto" && precision == nil && checkpointing == nil && streaming.tile == nil {
       // The planner picks the fastest memory mode that fits, then the largest batch in it.
       let (best, all) = Planner.chooseMode(loaded, input: input, batch: 1, maxBatch: trainIdx.count, optimizer: opt,
                                            budget: budgetBytesForChoice(), extraBytes: loaderBytes)
       guard let choice = best else { throw refusal(loaded, input: input, batch: 1, opt: opt, budget: budgetBytesForChoice()) }
       ActivationStorage.precision = choice.mode.precision
       ckptPolicy = choice.mode.checkpointing
+      if let s = choice.mode.streaming {
+        base = try Streamed.apply(to: loaded, blocks: s.blocks ?? Streamed.streamableBlocks(of: loaded), tile: s.tile)
+      }
       chosenBatch = choice.batch
       let others = all.filter { $0.mode != choice.mode }.map { "\($0.mode): batch \($0.batch)" }.joined(separator: "; ")
       note("mode: \(choice.mode) — the fastest that fits (estimated ×\(String(format: "%.2f", choice.relativeTime)) time), batch \(choice.batch)" + (others.isEmpty ? "" : "; also fitting: \(others)"))
     }
-    let net = ckptPolicy.apply(to: loaded)
+    let net = ckptPolicy.apply(to: base)
 
     // Plan: the batch and the predicted peak (step + loader) against the budget.
     let budgetBytes = try budget.map { try ByteSize.parse($0) }
@@ -120,6 +131,7 @@ struct TrainCommand: ParsableCommand {
     let predicted = plan.peakTrainingBytes + loaderBytes(b)
     note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(plan.inputBytes / b)) per image, batch \(b), predicted peak \(ByteSize.format(predicted)) (step \(ByteSize.format(plan.peakTrainingBytes)) + \(prefetch + 1) batches in the loader)" + (budgetBytes.map { " of \(ByteSize.format($0))" } ?? ""))
     if let bb = budgetBytes, predicted > bb { throw refusal(net, input: input, batch: b, opt: opt, budget: bb) }
+    if let bb = budgetBytes { limitBlockCache(budget: bb, planned: predicted) }
 
     // Model, optimizer, schedule; resume.
     net.initializeParameters(seed: seed)
@@ -196,6 +208,7 @@ struct TrainCommand: ParsableCommand {
     for s in advice?.suggestions ?? [] {
       lines.append("  try: batch \(s.batch), input \(s.input.map(String.init).joined(separator: "×")) (peak \(ByteSize.format(s.peakTrainingBytes)))")
     }
+    lines.append("  or a memory mode: --precision fp16, --checkpointing sqrt|all, streamed training --tile N (tessera plan --budget lists what fits)")
     return CLIError(lines.joined(separator: "\n"))
   }
 }

@@ -49,6 +49,23 @@ final class CLITests: TemporaryDirectoryTestCase {
     let fc = try SafeTensors.read(URL(fileURLWithPath: outC))
     for (name, t) in file.tensors { XCTAssertLessThanOrEqual(maxRelativeError(fc.tensors[name]!.toArray(), t.toArray()), 1e-5, name) }
 
+    // --tile: streamed (stem and stage1 in 9 tiles of 64 px), the same gradients. (160²: at 64² the
+    // last BatchNorm normalises 2 numbers per channel, which turns summation-order rounding into 3e-5.)
+    let big = try writeBatch("big.safetensors", input: randomTensor([2, 3, 160, 160], seed: 2),
+                             labels: .labels([0, 4], dtype: .int64))
+    let outP = dir.appendingPathComponent("outp.safetensors").path, outS = dir.appendingPathComponent("outs.safetensors").path
+    r = try CLI.run(["step", "--model", "fcn-large", "--classes", "5", "--batch", big, "--out", outP])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    r = try CLI.run(["step", "--model", "fcn-large", "--classes", "5", "--batch", big, "--out", outS, "--tile", "64",
+                     "--stream-blocks", "2"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssert(r.stderr.contains("streaming 2 blocks (stem, stage1) in 9 tiles of 64 px"), r.stderr)
+    let fp = try SafeTensors.read(URL(fileURLWithPath: outP)), fs = try SafeTensors.read(URL(fileURLWithPath: outS))
+    for (name, t) in fp.tensors { XCTAssertLessThanOrEqual(maxRelativeError(fs.tensors[name]!.toArray(), t.toArray()), 1e-5, name) }
+    r = try CLI.run(["step", "--model", "fcn-large", "--batch", batch, "--out", outS, "--tile", "30", "--stream-blocks", "2"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("tile 30 is not a multiple of the streamed part's output stride 8; use 24 or 32"), r.stderr)
+
     // --weights: load what a model saved, get the same loss.
     let w = dir.appendingPathComponent("w.safetensors")
     try model.save(to: w)
@@ -116,6 +133,17 @@ final class CLITests: TemporaryDirectoryTestCase {
     r = try CLI.run(["bench", "conv", "--input", "4x16x16", "--out-channels", "8", "--runs", "1", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
     XCTAssertNotNil(try json(r.stdout)["forward_gflops"])
+    // Streamed: the ledger's peak is the planned one; a budget below the plan is refused up front.
+    r = try CLI.run(["bench", "train", "--input", "3x128x128", "--batch", "1", "--steps", "1", "--tile", "32",
+                     "--stream-blocks", "2", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let s = try json(r.stdout)
+    XCTAssertEqual(s["peak_bytes"] as? Int, s["planned_peak_bytes"] as? Int)
+    XCTAssertEqual(s["tiles"] as? Int, 16)
+    r = try CLI.run(["bench", "train", "--input", "3x128x128", "--batch", "1", "--steps", "1", "--tile", "32",
+                     "--streamed-input", "--budget", "1MiB"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("exceeds --budget"), r.stderr)
     r = try CLI.run(["bench", "train", "--input", "banana"])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("3x1024x1024"), r.stderr)
@@ -160,6 +188,20 @@ extension CLITests {
 }
 
 extension CLITests {
+  func testPlanChoosesStreamingWhenNothingElseFits() throws {
+    var r = try CLI.run(["plan", "--model", "fcn-large", "--classes", "10", "--input", "3x2048x2048", "--budget", "150MiB", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let p = try json(r.stdout)
+    let chosen = try XCTUnwrap(p["chosenMode"] as? [String: Any])
+    XCTAssertEqual((chosen["streaming"] as? [String: Int])?["blocks"], 1, "\(chosen)")
+    XCTAssertLessThanOrEqual((p["modes"] as? [[String: Any]])?.first?["peakTraining"] as? Int ?? .max, 150 << 20)
+    r = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x1024x1024", "--tile", "256", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let s = try XCTUnwrap(try json(r.stdout)["streaming"] as? [String: Any])
+    XCTAssertEqual(s["blocks"] as? Int, 6)
+    XCTAssertEqual(s["batchNormPasses"] as? Int, 10)
+  }
+
   func testPlanAndRF() throws {
     var r = try CLI.run(["plan", "--model", "resnet50", "--input", "3x2400x2400", "--batch", "4", "--budget", "16GiB", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)

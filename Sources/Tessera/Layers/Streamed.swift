@@ -119,8 +119,9 @@ public final class Streamed: Layer {
   /// Output tile edge in input pixels (a multiple of the segment's output stride).
   public let tile: Int
   public let frozenBatchNorm: Bool
-  let leaves: [Layer]
-  let paths: [String]
+  /// The segment's layers as one chain, and their dotted paths.
+  public let leaves: [Layer]
+  public let paths: [String]
   private var saved: (source: TileSource, geometry: StreamGeometry)?
 
   public init(_ segment: Sequential, tile: Int, frozenBatchNorm: Bool = false) throws {
@@ -232,7 +233,7 @@ public final class Streamed: Layer {
                           counts: sizes.map { input[0] * $0.0 * $0.1 })
   }
 
-  var batchNorms: [Int] { leaves.indices.filter { leaves[$0] is BatchNorm2D } }
+  public var batchNorms: [Int] { leaves.indices.filter { leaves[$0] is BatchNorm2D } }
 
   // MARK: forward
 
@@ -331,7 +332,7 @@ public final class Streamed: Layer {
 
   /// The backward passes: (BatchNorm index whose sums it gathers or nil for the last pass, first
   /// layer recorded, layers whose weight gradient it gathers).
-  func passes() -> [(gather: Int?, from: Int, weights: Range<Int>)] {
+  public func passes() -> [(gather: Int?, from: Int, weights: Range<Int>)] {
     let bns = batchNorms, L = leaves.count
     if frozenBatchNorm || bns.isEmpty { return [(nil, 0, 0..<L)] }
     var out = [(gather: Int?, from: Int, weights: Range<Int>)]()

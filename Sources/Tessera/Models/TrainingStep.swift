@@ -57,3 +57,28 @@ extension Layer {
     return (0..<n).map { i in (0..<k).max { z[i * k + $0] < z[i * k + $1] } ?? 0 }
   }
 }
+
+extension Sequential {
+  /// One step on an input read region by region (`TileSource`), for images too large to hold: the
+  /// model's first layer must be `Streamed`. Otherwise as `trainingStep(input:…)`.
+  @discardableResult
+  public func trainingStep(
+    source: TileSource, labels: [Int], optimizer: Optimizer? = nil, lr: Float = 0, labelSmoothing: Float = 0,
+    accumulate: Bool = false, gradientScale: Float = 1
+  ) throws -> StepResult {
+    guard let streamed = layers.first?.1 as? Streamed else {
+      throw BatchError("an input read region by region needs a model whose first layer is Streamed (use --tile)")
+    }
+    _ = try checkInput(source.shape)
+    if !accumulate { zeroGradients() }
+    var h = try streamed.forward(source: source, training: true)
+    for (_, l) in layers.dropFirst() { h = l.forward(h, training: true) }
+    let logits = h
+    let res = try SoftmaxCrossEntropy.compute(logits: logits, labels: labels, labelSmoothing: labelSmoothing)
+    if gradientScale != 1 { ElementwiseKernels.scale(res.gradient.floats, by: gradientScale, count: res.gradient.count) }
+    _ = backward(res.gradient, needInputGradient: false)
+    if let opt = optimizer { opt.step(namedParameters(), lr: lr) }
+    return StepResult(loss: res.loss, logits: logits, probabilities: res.probabilities,
+                      predictions: Self.argmax(logits))
+  }
+}
