@@ -32,7 +32,7 @@ public final class RunFolder: TrainingCallback {
     var line: [String: Any] = [
       "epoch": log.epoch, "loss": log.train.loss, "accuracy": log.train.accuracy, "seconds": log.seconds,
       "images_per_second": log.imagesPerSecond, "lr": Double(log.learningRate), "step": trainer.step,
-      "skipped_files": log.skippedFiles, "peak_bytes": log.peakBytes,
+      "skipped_files": log.skippedFiles, "peak_bytes": log.peakBytes, "skipped_steps": log.skippedSteps,
     ]
     if let v = log.validation {
       line["val_loss"] = v.loss
@@ -81,6 +81,7 @@ public final class ProgressPrinter: TrainingCallback {
     if let v = log.validation { s += String(format: "  val_loss %.4f  val_acc %.3f", v.loss, v.accuracy) }
     s += String(format: "  %.1f s  %.1f img/s  peak %@", log.seconds, log.imagesPerSecond, mib(log.peakBytes))
     if log.skippedFiles > 0 { s += "  (\(log.skippedFiles) files skipped)" }
+    if log.skippedSteps > 0 { s += "  (\(log.skippedSteps) updates skipped: non-finite gradients)" }
     write((interactive ? "\r\u{1B}[2K" : "") + s + "\n")
   }
 

@@ -13,6 +13,8 @@ public struct EpochLog: Sendable {
   public var learningRate: Float
   public var skippedFiles: Int
   public var peakBytes: Int
+  /// Updates skipped in this epoch because a gradient was not finite.
+  public var skippedSteps = 0
 }
 
 /// Keras-style hooks; every method has an empty default.
@@ -57,6 +59,10 @@ public final class Trainer {
   /// Optimizer updates done (carried across a resume).
   public var step = 0
   public var stopRequested = false
+  /// Updates skipped because a gradient held inf or NaN (an overflow, e.g. of a 16-bit kept tensor,
+  /// or a diverging run): the weights and optimizer state are left as they were, and it is logged.
+  /// (Gradients are fp32 in every precision, so no loss scale is needed to keep them from underflowing.)
+  public private(set) var skippedSteps = 0
 
   public init(model: Sequential, optimizer: Optimizer, schedule: LRSchedule, classes: Int, accumulate: Int = 1,
               labelSmoothing: Float = 0) {
@@ -86,9 +92,10 @@ public final class Trainer {
       while let batch = try it.next() {
         lr = schedule.learningRate(at: step)
         let last = micro == accumulate - 1
-        let r = try model.trainingStep(input: batch.images, labels: batch.labels, optimizer: last ? optimizer : nil,
+        let r = try model.trainingStep(input: batch.images, labels: batch.labels, optimizer: nil,
                                        lr: lr, labelSmoothing: labelSmoothing, accumulate: micro > 0,
                                        gradientScale: 1 / Float(accumulate))
+        if last { update(lr: lr) }
         metrics.add(logits: r.logits, labels: batch.labels, loss: r.loss)
         micro = last ? 0 : micro + 1
         if last { step += 1 }
@@ -100,19 +107,47 @@ public final class Trainer {
         for (_, p) in model.namedParameters() where p.trainable {
           if let g = p.grad { ElementwiseKernels.scale(g.floats, by: Float(accumulate) / Float(micro), count: g.count) }
         }
-        optimizer.step(model.namedParameters(), lr: lr)
+        update(lr: lr)
         step += 1
       }
+      let skippedBefore = skippedThisEpoch
+      skippedThisEpoch = 0
       let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
       let val = try validation.map { try evaluate($0) }
       let log = EpochLog(epoch: epoch + 1, train: metrics, validation: val, seconds: seconds,
                          imagesPerSecond: Double(metrics.samples) / max(seconds, 1e-9), learningRate: lr,
-                         skippedFiles: it.skipped.count, peakBytes: MemoryLedger.shared.peakBytes)
+                         skippedFiles: it.skipped.count, peakBytes: MemoryLedger.shared.peakBytes,
+                         skippedSteps: skippedBefore)
       logs.append(log)
       for c in callbacks { try c.onEpochEnd(log, trainer: self) }
     }
     callbacks.forEach { $0.onTrainEnd(logs) }
     return logs
+  }
+
+  private var skippedThisEpoch = 0
+
+  /// The optimizer's step, unless a gradient is not finite.
+  private func update(lr: Float) {
+    if Self.gradientsAreFinite(model) {
+      optimizer.step(model.namedParameters(), lr: lr)
+    } else {
+      skippedSteps += 1
+      skippedThisEpoch += 1
+      model.zeroGradients()
+    }
+  }
+
+  /// Whether every trainable parameter's gradient is finite.
+  public static func gradientsAreFinite(_ model: Layer) -> Bool {
+    model.namedParameters().allSatisfy { !$0.1.trainable || $0.1.grad.map(isFinite) ?? true }
+  }
+
+  static func isFinite(_ t: Tensor) -> Bool {
+    let p = t.floats
+    var acc: Float = 0
+    for i in 0..<t.count { acc += p[i] * 0 }  // inf·0 and NaN·0 are NaN
+    return !acc.isNaN
   }
 
   /// Loss, accuracy and confusion matrix on a loader, in inference mode (running BN statistics).

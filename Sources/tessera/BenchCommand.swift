@@ -209,7 +209,7 @@ struct TrainBench: ParsableCommand {
     ActivationStorage.precision = storage
     var base = zoo, streamChoice: StreamingChoice?
     if let settings = streaming.settings(inputResident: !streamedInput) {
-      let c = try Planner.applyStreaming(zoo, settings, input: chw, batch: batch, budget: budgetBytes)
+      let c = try Planner.applyStreaming(zoo, settings, input: chw, batch: batch, budget: budgetBytes.map { $0 - runtimeReserveBytes })
       streamChoice = c
       base = c.model
       if !json { note(describe(c, settings)) }

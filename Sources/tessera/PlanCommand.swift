@@ -64,7 +64,7 @@ struct PlanCommand: ParsableCommand {
     if streamedInput && streaming.tile == nil { throw ValidationError("--streamed-input needs --tile") }
     var base = loaded, streamChoice: StreamingChoice?
     if let s = streaming.settings(inputResident: !streamedInput) {
-      let c = try Planner.applyStreaming(loaded, s, input: input, batch: batch, budget: try budget.map { try ByteSize.parse($0) },
+      let c = try Planner.applyStreaming(loaded, s, input: input, batch: batch, budget: try budget.map { try ByteSize.parse($0) - runtimeReserveBytes },
                                          optimizer: opt)
       base = c.model
       streamChoice = c

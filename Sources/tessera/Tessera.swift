@@ -75,7 +75,7 @@ struct StreamingOptions: ParsableArguments {
     "Streamed training: run the network's first blocks tile by tile, N input pixels of output per tile.",
     discussion: "N must be a multiple of the streamed part's output stride (the error names it). Exact: outputs and every gradient equal the untiled step, BatchNorm included (extra passes), at the cost of recomputation."))
   var tile: Int?
-  @Option(help: "Leading top-level blocks to stream (default: the fewest that fit --budget, or all that can be).")
+  @Option(help: "Leading top-level blocks to stream (default: the fewest that fit --budget less 128 MiB for the runtime, or all that can be).")
   var streamBlocks: Int?
   @Flag(help: "Streamed BatchNorm layers use their running statistics (one pass each way, as StreamingCNN) instead of the whole image's batch statistics.")
   var frozenBn = false

@@ -96,7 +96,8 @@ struct TrainCommand: ParsableCommand {
     var base = loaded
     if let s = streaming.settings() {
       let c = try Planner.applyStreaming(loaded, s, input: input, batch: Int(batch) ?? 1,
-                                         budget: try budget.map { try ByteSize.parse($0) }, optimizer: opt)
+                                         budget: try budget.map { try ByteSize.parse($0) - runtimeReserveBytes - loaderBytes(Int(batch) ?? 1) },
+                                         optimizer: opt)
       base = c.model
       note(describe(c, s))
     }

@@ -30,6 +30,28 @@ final class TrainerTests: XCTestCase {
     }
   }
 
+  /// The guard that skips an update: an overflow anywhere in the gradients is caught.
+  func testNonFiniteGradientsAreDetected() throws {
+    let n = Sequential([("conv", Conv2D(inputChannels: 1, outputChannels: 2, kernelSize: 3, padding: .same)),
+                        ("pool", GlobalAvgPool2D())])
+    n.initializeParameters(seed: 1)
+    try n.trainingStep(input: randomTensor([2, 1, 6, 6], seed: 2), labels: [0, 1])
+    XCTAssertTrue(Trainer.gradientsAreFinite(n))
+    for bad in [Float.infinity, -.infinity, .nan] {
+      let g = n.namedParameters()[0].1.grad!
+      let old = g.floats[7]
+      g.floats[7] = bad
+      XCTAssertFalse(Trainer.gradientsAreFinite(n), "\(bad)")
+      g.floats[7] = old
+    }
+    // An input that overflows gives non-finite gradients: that step would be skipped.
+    let x = randomTensor([2, 1, 6, 6], seed: 3)
+    x.floats[0] = .greatestFiniteMagnitude
+    x.floats[1] = .greatestFiniteMagnitude
+    try n.trainingStep(input: x, labels: [0, 1])
+    XCTAssertFalse(Trainer.gradientsAreFinite(n))
+  }
+
   func testMetrics() {
     var m = ClassificationMetrics(classes: 3, topK: 2)
     let logits = Tensor(shape: [4, 3], values: [3, 2, 1, 0, 1, 2, 1, 3, 2, 5, 4, 0])
