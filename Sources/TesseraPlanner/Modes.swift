@@ -63,7 +63,7 @@ extension Planner {
   /// step (the loader's batches in flight).
   public static func chooseMode(
     _ model: Sequential, input: [Int], batch: Int, maxBatch: Int = 1 << 12, optimizer: OptimizerKind = .momentum,
-    budget: Int, threads: Int = Parallel.threadCount, extraBytes: (Int) -> Int = { _ in 0 }
+    budget: Int, threads: Int = Parallel.threadCount, extraBytes: (Int) -> Int = { _ in 0 }, runtimeReserve: Int = 0
   ) -> (best: ModeChoice?, all: [ModeChoice]) {
     let saved = ActivationStorage.precision
     defer { ActivationStorage.precision = saved }
@@ -84,12 +84,13 @@ extension Planner {
       // The three largest power-of-two tiles below the image's edge (larger tiles: less halo work).
       for tile in [4096, 2048, 1024, 512, 256, 128, 64].filter({ $0 < edge }).prefix(3) {
         let settings = StreamingSettings(tile: tile)
-        guard let c = try? applyStreaming(model, settings, input: input, batch: batch, budget: budget - extraBytes(batch),
+        guard let c = try? applyStreaming(model, settings, input: input, batch: batch,
+                                          budget: budget - extraBytes(batch) - runtimeReserve,
                                           optimizer: optimizer, threads: threads) else { continue }
         func peak(_ b: Int) -> Int? {
           (try? plan(c.model, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
         }
-        guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget }), let p = peak(b) else { continue }
+        guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let p = peak(b) else { continue }
         let mode = MemoryMode(precision: .fp32, checkpointing: .none, streaming: StreamingSettings(tile: tile, blocks: c.blocks))
         choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: c.relativeTime))
       }

@@ -73,7 +73,7 @@ struct PlanCommand: ParsableCommand {
     let plan = try Planner.plan(model, name: name, input: input, batch: batch, optimizer: opt, inputResident: !streamedInput)
     let advice = try budget.map { try Planner.advise(model, input: input, batch: batch, optimizer: opt,
                                                     budget: try ByteSize.parse($0)) }
-    let modes = try budget.map { Planner.chooseMode(loaded, input: input, batch: batch, optimizer: opt, budget: try ByteSize.parse($0)) }
+    let modes = try budget.map { Planner.chooseMode(loaded, input: input, batch: batch, optimizer: opt, budget: try ByteSize.parse($0), runtimeReserve: runtimeReserveBytes) }
     if json {
       var o = planJSON(plan, advice: advice)
       func modeJSON(_ m: MemoryMode) -> [String: Any] {

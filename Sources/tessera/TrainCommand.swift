@@ -104,7 +104,7 @@ struct TrainCommand: ParsableCommand {
     if batch == "auto" && precision == nil && checkpointing == nil && streaming.tile == nil {
       // The planner picks the fastest memory mode that fits, then the largest batch in it.
       let (best, all) = Planner.chooseMode(loaded, input: input, batch: 1, maxBatch: trainIdx.count, optimizer: opt,
-                                           budget: budgetBytesForChoice(), extraBytes: loaderBytes)
+                                           budget: budgetBytesForChoice(), extraBytes: loaderBytes, runtimeReserve: runtimeReserveBytes)
       guard let choice = best else { throw refusal(loaded, input: input, batch: 1, opt: opt, budget: budgetBytesForChoice()) }
       ActivationStorage.precision = choice.mode.precision
       ckptPolicy = choice.mode.checkpointing

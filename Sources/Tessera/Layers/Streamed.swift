@@ -174,7 +174,7 @@ public final class Streamed: Layer {
   public func geometry(for input: [Int]) throws -> StreamGeometry {
     // Per layer: output size, cumulative stride S, and the input span of an output cell j:
     // [j·S − P, j·S − P + R − 1] (P: padding reach before, R: receptive field size).
-    var shape = input, S = 1, P = 0, R = 1, halo = 0
+    var shape = input, S = 1, P = (0, 0), R = (1, 1), halo = 0  // P and R per axis (rows, columns)
     var sizes = [(Int, Int)](), strides = [Int]()
     for (l, path) in zip(leaves, paths) {
       var k = (1, 1), s = (1, 1), d = (1, 1), pad = (0, 0)
@@ -187,10 +187,10 @@ public final class Streamed: Layer {
         (k, s, pad) = (p.kernelSize, p.stride, (t, lp))
       }
       guard s.0 == s.1 else { throw StreamingError.unequalStrides(path: path) }
-      P += max(pad.0, pad.1) * S
-      R += (max(k.0, k.1) - 1) * max(d.0, d.1) * S
+      P = (P.0 + pad.0 * S, P.1 + pad.1 * S)
+      R = (R.0 + (k.0 - 1) * d.0 * S, R.1 + (k.1 - 1) * d.1 * S)
       S *= s.0
-      halo = max(halo, P, R - P - S)
+      halo = max(halo, P.0, P.1, R.0 - P.0 - S, R.1 - P.1 - S)
       shape = try l.outputShape(for: shape)
       sizes.append((shape[2], shape[3]))
       strides.append(S)
