@@ -81,18 +81,17 @@ extension Planner {
     if !choices.contains(where: { $0.batch >= batch }) && Streamed.streamableBlocks(of: model) > 0 {
       ActivationStorage.precision = .fp32
       let edge = max(input[1], input[2])
-      // The three largest power-of-two tiles below the image's edge (larger tiles: less halo work).
-      for tile in [4096, 2048, 1024, 512, 256, 128, 64].filter({ $0 < edge }).prefix(3) {
-        let settings = StreamingSettings(tile: tile)
-        guard let c = try? applyStreaming(model, settings, input: input, batch: batch,
-                                          budget: budget - extraBytes(batch) - runtimeReserve,
-                                          optimizer: optimizer, threads: threads) else { continue }
+      // The planner's tile (lowest estimated time that fits), the fewest blocks that fit.
+      let budgetLeft = budget - extraBytes(batch) - runtimeReserve
+      if let c = try? applyStreaming(model, StreamingSettings(tile: 0), input: input, batch: batch, budget: budgetLeft,
+                                     optimizer: optimizer, threads: threads), c.plan.peakTrainingBytes <= budgetLeft {
         func peak(_ b: Int) -> Int? {
           (try? plan(c.model, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
         }
-        guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let p = peak(b) else { continue }
-        let mode = MemoryMode(precision: .fp32, checkpointing: .none, streaming: StreamingSettings(tile: tile, blocks: c.blocks))
-        choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: c.relativeTime))
+        if let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let p = peak(b) {
+          let mode = MemoryMode(precision: .fp32, checkpointing: .none, streaming: StreamingSettings(tile: c.tile, blocks: c.blocks))
+          choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: c.relativeTime))
+        }
       }
     }
     let fitting = choices.filter { $0.batch >= batch }

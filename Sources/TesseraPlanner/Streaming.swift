@@ -3,7 +3,7 @@ import TesseraKernels
 
 /// Streamed training as a user asks for it (`--tile`, `--stream-blocks`, `--frozen-bn`).
 public struct StreamingSettings: Sendable, Equatable {
-  /// Output tile edge in input pixels.
+  /// Output tile edge in input pixels; 0: chosen by the planner (`Planner.applyStreaming`).
   public var tile: Int
   /// Leading top-level blocks to stream; nil: chosen (see `Planner.applyStreaming`).
   public var blocks: Int?
@@ -23,6 +23,8 @@ public struct StreamingSettings: Sendable, Equatable {
 public struct StreamingChoice {
   public var model: Sequential
   public var blocks: Int
+  /// Output tile edge in input pixels.
+  public var tile: Int
   public var plan: Plan
   /// Estimated time of a step relative to the plain step (from MACs, see `Planner.streamingCost`).
   public var relativeTime: Double
@@ -37,10 +39,38 @@ public struct StreamingPlanError: Error, CustomStringConvertible {
 extension Planner {
   /// Streams the first `settings.blocks` blocks of `model`, or when that is nil: with a `budget`,
   /// the fewest blocks with which the step fits it (fewest BatchNorm passes: fastest), else every
-  /// streamable block. Throws when nothing can be streamed or the tile does not fit the stride.
+  /// streamable block. Tile 0: each power of two from 4096 down to 64 below the image's edge (the
+  /// four largest) is tried and the one with the lowest estimated time that fits is taken. Throws
+  /// when nothing can be streamed or the tile does not fit the stride.
   public static func applyStreaming(
     _ model: Sequential, _ settings: StreamingSettings, input: [Int], batch: Int, budget: Int? = nil,
     optimizer: OptimizerKind = .momentum, threads: Int = Parallel.threadCount
+  ) throws -> StreamingChoice {
+    guard settings.tile == 0 else {
+      return try applyStreaming(model, settings, tile: settings.tile, input: input, batch: batch, budget: budget,
+                                optimizer: optimizer, threads: threads)
+    }
+    let edge = max(input[1], input[2])
+    var best: StreamingChoice?, firstError: Error?
+    for t in [4096, 2048, 1024, 512, 256, 128, 64].filter({ $0 < edge }).prefix(4) {
+      do {
+        let c = try applyStreaming(model, settings, tile: t, input: input, batch: batch, budget: budget,
+                                   optimizer: optimizer, threads: threads)
+        let fits = budget.map { c.plan.peakTrainingBytes <= $0 } ?? true
+        let bestFits = best.map { b in budget.map { b.plan.peakTrainingBytes <= $0 } ?? true } ?? false
+        if best == nil || (fits && !bestFits) || (fits == bestFits && c.relativeTime < best!.relativeTime) { best = c }
+      } catch {
+        if firstError == nil { firstError = error }
+      }
+    }
+    if let best { return best }
+    if let firstError { throw firstError }
+    throw StreamingPlanError(description: "the image (\(edge) px) is too small to stream in tiles of 64 px or more")
+  }
+
+  static func applyStreaming(
+    _ model: Sequential, _ settings: StreamingSettings, tile: Int, input: [Int], batch: Int, budget: Int?,
+    optimizer: OptimizerKind, threads: Int
   ) throws -> StreamingChoice {
     let most = Streamed.streamableBlocks(of: model)
     guard most >= 1, let first = model.layers.first else {
@@ -48,12 +78,12 @@ extension Planner {
     }
     _ = first
     func choice(_ b: Int) throws -> StreamingChoice {
-      let m = try Streamed.apply(to: model, blocks: b, tile: settings.tile, frozenBatchNorm: settings.frozenBatchNorm)
+      let m = try Streamed.apply(to: model, blocks: b, tile: tile, frozenBatchNorm: settings.frozenBatchNorm)
       let p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
                        inputResident: settings.inputResident)
       let s = m.layers[0].1 as! Streamed
       let geo = try s.geometry(for: [batch] + input)
-      return StreamingChoice(model: m, blocks: b, plan: p, relativeTime: try streamingCost(m, input: input, batch: batch),
+      return StreamingChoice(model: m, blocks: b, tile: tile, plan: p, relativeTime: try streamingCost(m, input: input, batch: batch),
                              tiles: geo.tiles.count, halo: geo.halo)
     }
     if let b = settings.blocks {

@@ -268,7 +268,7 @@ struct TrainBench: ParsableCommand {
     ]
     if let b = budgetBytes { out["budget_bytes"] = b }
     if let c = streamChoice {
-      out["tile"] = streaming.tile!
+      out["tile"] = c.tile
       out["stream_blocks"] = c.blocks
       out["tiles"] = c.tiles
       out["halo"] = c.halo

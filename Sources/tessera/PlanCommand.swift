@@ -87,7 +87,7 @@ struct PlanCommand: ParsableCommand {
         if let b = m.best { o["chosenMode"] = modeJSON(b.mode).merging(["maxBatch": b.batch]) { a, _ in a } }
       }
       if let c = streamChoice {
-        o["streaming"] = ["tile": streaming.tile!, "blocks": c.blocks, "tiles": c.tiles, "halo": c.halo, "frozenBatchNorm": streaming.frozenBn,
+        o["streaming"] = ["tile": c.tile, "blocks": c.blocks, "tiles": c.tiles, "halo": c.halo, "frozenBatchNorm": streaming.frozenBn,
                           "inputResident": !streamedInput, "estimatedRelativeTime": c.relativeTime,
                           "batchNormPasses": (c.model.layers[0].1 as! Streamed).passes().count] as [String: Any]
       }

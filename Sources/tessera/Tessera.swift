@@ -72,23 +72,23 @@ func mib(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes) / 1_
 /// Streamed training flags, shared by plan, step, train and bench train.
 struct StreamingOptions: ParsableArguments {
   @Option(help: ArgumentHelp(
-    "Streamed training: run the network's first blocks tile by tile, N input pixels of output per tile.",
-    discussion: "N must be a multiple of the streamed part's output stride (the error names it). Exact: outputs and every gradient equal the untiled step, BatchNorm included (extra passes), at the cost of recomputation."))
-  var tile: Int?
+    "Streamed training: run the network's first blocks tile by tile, N input pixels of output per tile, or auto.",
+    discussion: "N must be a multiple of the streamed part's output stride (the error names it); auto: the planner tries powers of two and takes the fastest that fits. Exact: outputs and every gradient equal the untiled step, BatchNorm included (extra passes), at the cost of recomputation."))
+  var tile: String?
   @Option(help: "Leading top-level blocks to stream (default: the fewest that fit --budget less 128 MiB for the runtime, or all that can be).")
   var streamBlocks: Int?
   @Flag(help: "Streamed BatchNorm layers use their running statistics (one pass each way, as StreamingCNN) instead of the whole image's batch statistics.")
   var frozenBn = false
 
   func validate() throws {
-    if let t = tile, t < 1 { throw ValidationError("--tile must be positive, got \(t)") }
+    if let t = tile, t != "auto", (Int(t) ?? 0) < 1 { throw ValidationError("--tile must be a positive number of pixels or auto, got '\(t)'") }
     if tile == nil && (streamBlocks != nil || frozenBn) {
       throw ValidationError("--stream-blocks and --frozen-bn need --tile")
     }
   }
 
   func settings(inputResident: Bool = true) -> StreamingSettings? {
-    tile.map { StreamingSettings(tile: $0, blocks: streamBlocks, frozenBatchNorm: frozenBn, inputResident: inputResident) }
+    tile.map { StreamingSettings(tile: Int($0) ?? 0, blocks: streamBlocks, frozenBatchNorm: frozenBn, inputResident: inputResident) }
   }
 }
 
@@ -96,7 +96,7 @@ struct StreamingOptions: ParsableArguments {
 func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
   let names = c.model.layers[0].1.children.map(\.0).joined(separator: ", ")
   let bn = (c.model.layers[0].1 as! Streamed).batchNorms.count
-  return "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") (\(names)) in \(c.tiles) tiles of \(s.tile) px + \(c.halo) px halo; "
+  return "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") (\(names)) in \(c.tiles) tiles of \(c.tile) px + \(c.halo) px halo; "
     + (s.frozenBatchNorm || bn == 0 ? "frozen BatchNorm, 1 pass each way" : "exact BatchNorm: \(bn + 1) passes each way")
     + String(format: "; estimated %.1f× a plain step's time", c.relativeTime)
 }

@@ -202,6 +202,16 @@ extension CLITests {
     let s = try XCTUnwrap(try json(r.stdout)["streaming"] as? [String: Any])
     XCTAssertEqual(s["blocks"] as? Int, 6)
     XCTAssertEqual(s["batchNormPasses"] as? Int, 10)
+    // --tile auto with a budget: the planner's tile and blocks, within the budget less the runtime's share.
+    r = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x1024x1024", "--tile", "auto", "--budget", "200MiB", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let a = try json(r.stdout)
+    let sa = try XCTUnwrap(a["streaming"] as? [String: Any])
+    XCTAssertTrue([512, 256, 128, 64].contains(sa["tile"] as? Int ?? 0), "\(sa)")
+    XCTAssertLessThanOrEqual((a["bytes"] as? [String: Int])?["peakTraining"] ?? .max, (200 - 128) << 20)
+    r = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x1024x1024", "--tile", "banana"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("--tile must be a positive number of pixels or auto"), r.stderr)
   }
 
   func testPlanAndRF() throws {
