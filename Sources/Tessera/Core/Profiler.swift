@@ -14,10 +14,10 @@ public final class Profiler: @unchecked Sendable {
   }
 
   @inline(__always)
-  func time<T>(_ key: @autoclosure () -> String, _ body: () -> T) -> T {
-    guard enabled else { return body() }
+  func time<T>(_ key: @autoclosure () -> String, _ body: () throws -> T) rethrows -> T {
+    guard enabled else { return try body() }
     let t0 = DispatchTime.now().uptimeNanoseconds
-    let r = body()
+    let r = try body()
     let k = key()
     if seconds[k] == nil { order.append(k) }
     seconds[k, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9

@@ -271,12 +271,12 @@ public final class Streamed: Layer {
   /// Runs the first `end` layers on a tile's crop, recording from layer `recordFrom` on.
   private func run(_ source: TileSource, _ t: StreamGeometry.Tile, through end: Int, recordFrom: Int?,
                    _ training: Bool) throws -> Tensor {
-    var h = try source.read(t.crop)
+    var h = try Profiler.shared.time("streamed read tile") { try source.read(t.crop) }
     for l in 0..<end {
-      if let r = recordFrom, l >= r {
-        h = leaves[l].forward(h, training: training)
-      } else {
-        h = BackwardRecording.without { leaves[l].forward(h, training: training) }
+      let record = recordFrom.map { l >= $0 } ?? false
+      h = Profiler.shared.time("streamed \(paths[l]) \(leaves[l].kind) forward\(record ? "" : " (not kept)")") {
+        record ? leaves[l].forward(h, training: training)
+          : BackwardRecording.without { leaves[l].forward(h, training: training) }
       }
     }
     return h
@@ -370,7 +370,7 @@ public final class Streamed: Layer {
         Self.copy(dy, region: t.out, into: g!, at: t.owned[L - 1])
         for l in (pass.from..<L).reversed() {
           guard let d = g else { break }
-          g = leaves[l].backward(d, needInputGradient: l > 0)
+          g = Profiler.shared.time("streamed \(paths[l]) \(leaves[l].kind) backward") { leaves[l].backward(d, needInputGradient: l > 0) }
         }
       }
       if let k = pass.gather {
