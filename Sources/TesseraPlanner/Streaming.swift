@@ -73,10 +73,12 @@ extension Planner {
     optimizer: OptimizerKind, threads: Int
   ) throws -> StreamingChoice {
     let most = Streamed.streamableBlocks(of: model)
-    guard most >= 1, let first = model.layers.first else {
+    guard most >= 1 else {
+      if let first = model.layers.first, model.layers.count > 1 {
+        _ = try Streamed(Sequential([first]), tile: max(1, settings.tile))  // throws, naming the layer
+      }
       throw StreamingPlanError(description: "this model's first block cannot be streamed: a streamed segment is a chain of Conv2D, BatchNorm2D, pooling and activation layers")
     }
-    _ = first
     func choice(_ b: Int) throws -> StreamingChoice {
       let m = try Streamed.apply(to: model, blocks: b, tile: tile, frozenBatchNorm: settings.frozenBatchNorm)
       let p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,

@@ -97,7 +97,7 @@ func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
   let names = c.model.layers[0].1.children.map(\.0).joined(separator: ", ")
   let bn = (c.model.layers[0].1 as! Streamed).batchNorms.count
   return "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") (\(names)) in \(c.tiles) tiles of \(c.tile) px + \(c.halo) px halo; "
-    + (s.frozenBatchNorm || bn == 0 ? "frozen BatchNorm, 1 pass each way" : "exact BatchNorm: \(bn + 1) passes each way")
+    + (bn == 0 ? "no BatchNorm: 1 pass each way" : s.frozenBatchNorm ? "frozen BatchNorm, 1 pass each way" : "exact BatchNorm: \(bn + 1) passes each way")
     + String(format: "; estimated %.1f× a plain step's time", c.relativeTime)
 }
 
