@@ -89,6 +89,44 @@ final class StreamingTests: XCTestCase {
     }
   }
 
+  /// Two segments in a row: the stem in 64-px tiles, then stages 1–2 in tiles of their own input
+  /// (the stem's output, 4× smaller): the second passes its input gradient to the first.
+  func chained(_ m: Sequential, _ t1: Int, _ t2: Int) throws -> Sequential {
+    let L = m.layers
+    return Sequential([("s1", try Streamed(Sequential([L[0]]), tile: t1)),
+                       ("s2", try Streamed(Sequential([L[1], L[2]]), tile: t2))] + Array(L.dropFirst(3)))
+  }
+
+  func testChainedSegmentsAndInputGradient() throws {
+    let x = randomTensor([2, 3, 200, 168], seed: 1), labels = [1, 3]
+    let ref = try step(fcn(), x, labels)
+    let m = try chained(fcn(), 64, 16)
+    XCTAssertEqual(m.namedParameters().map(\.0), fcn().namedParameters().map(\.0))
+    assertSame(try step(m, x, labels), ref, "stem in 64-px tiles, then stages 1–2 in 16-px tiles")
+    // A segment's input gradient (and its parameters') against the unstreamed segment's.
+    func seg() -> Sequential {
+      let s = Sequential([
+        ("conv", Conv2D(inputChannels: 2, outputChannels: 3, kernelSize: 3, stride: 2, padding: .same, bias: false)),
+        ("bn", BatchNorm2D(channels: 3, fusedReLU: true)),
+        ("conv2", Conv2D(inputChannels: 3, outputChannels: 2, kernelSize: 3, padding: .same)),
+      ])
+      s.initializeParameters(seed: 5)
+      return s
+    }
+    let xs = randomTensor([1, 2, 26, 30], seed: 8), dy = randomTensor([1, 2, 13, 15], seed: 9)
+    let plain = seg()
+    _ = plain.forward(xs, training: true)
+    let plainDx = plain.backward(dy, needInputGradient: true)!.toArray()
+    for tile in [4, 8] {
+      let inner = seg(), s = try Streamed(inner, tile: tile)
+      _ = s.forward(xs, training: true)
+      XCTAssertLessThanOrEqual(maxRelativeError(s.backward(dy, needInputGradient: true)!.toArray(), plainDx), 1e-5, "tile \(tile)")
+      for ((n, p), (_, q)) in zip(plain.namedParameters(), inner.namedParameters()) where p.trainable {
+        XCTAssertLessThanOrEqual(maxRelativeError(q.grad!.toArray(), p.grad!.toArray()), 1e-5, "tile \(tile) \(n)")
+      }
+    }
+  }
+
   func testStreamingWithCheckpointingAndInference() throws {
     let x = randomTensor([2, 3, 160, 128], seed: 3), labels = [0, 2]
     let ref = try step(fcn(), x, labels)
@@ -159,10 +197,11 @@ final class StreamingTests: XCTestCase {
     let input = [3, 384, 320], batch = 1
     let plainPeak = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(fcn(initialized: false), input: input, batch: batch).training
     for (blocks, tile, frozen, precision) in [(2, 64, false, StoragePrecision.fp32), (4, 128, false, .fp32),
-                                              (4, 64, true, .fp32), (3, 64, false, .fp16)] {
+                                              (4, 64, true, .fp32), (3, 64, false, .fp16), (0, 0, false, .fp32)] {
       ActivationStorage.precision = precision
       defer { ActivationStorage.precision = .fp32 }
-      let m = try Streamed.apply(to: fcn(initialized: false), blocks: blocks, tile: tile, frozenBatchNorm: frozen)
+      let m = blocks == 0 ? try chained(fcn(initialized: false), 128, 32)
+        : try Streamed.apply(to: fcn(initialized: false), blocks: blocks, tile: tile, frozenBatchNorm: frozen)
       let plan = try Planner.plan(m, name: "s", input: input, batch: batch)
       let measured = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(m, input: input, batch: batch)
       XCTAssertEqual(plan.peakTrainingBytes, measured.training, "\(blocks) blocks tile \(tile) frozen \(frozen) \(precision): training")

@@ -56,7 +56,6 @@ public enum StreamingError: Error, CustomStringConvertible, Equatable {
   case unsupportedLayer(path: String, kind: String)
   case tileNotMultiple(tile: Int, stride: Int)
   case unequalStrides(path: String)
-  case notFirstLayer
 
   public var description: String {
     switch self {
@@ -68,8 +67,6 @@ public enum StreamingError: Error, CustomStringConvertible, Equatable {
       return "tile \(tile) is not a multiple of the streamed part's output stride \(stride); use \(lo) or \(lo + stride)"
     case let .unequalStrides(path):
       return "\(path) strides rows and columns differently; streaming needs square strides"
-    case .notFirstLayer:
-      return "a streamed segment computes no input gradient, so it must be the model's first layer"
     }
   }
 }
@@ -112,8 +109,10 @@ public struct StreamGeometry {
 /// `frozenBatchNorm` the segment's BatchNorm layers use their running statistics (γ and β still
 /// learn): one pass each way, as StreamingCNN.
 ///
-/// The segment must be the model's first layer (no input gradient is made); it may hold Conv2D,
-/// BatchNorm2D, Pool2D and activation layers (nested Sequentials flattened).
+/// The segment may hold Conv2D, BatchNorm2D, Pool2D and activation layers (nested Sequentials
+/// flattened). Asked for, the input gradient is the sum of every tile's crop gradient (the last
+/// pass), which is exact for the same reason; so segments can follow one another (a high-resolution
+/// segment in large tiles, then a deeper one in tiles of its own input) or follow other layers.
 public final class Streamed: Layer {
   public let segment: Sequential
   /// Output tile edge in input pixels (a multiple of the segment's output stride).
@@ -346,7 +345,6 @@ public final class Streamed: Layer {
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
-    precondition(!needInputGradient, "\(StreamingError.notFirstLayer)")
     guard let (source, geo) = saved else { preconditionFailure("Streamed.backward without a training forward") }
     saved = nil
     defer { reset() }
@@ -354,7 +352,11 @@ public final class Streamed: Layer {
       (leaves[k] as! BatchNorm2D).streamedBackward = StreamedBatchNormBackward(channels: (leaves[k] as! BatchNorm2D).channels)
     }
     let L = leaves.count
+    // The input gradient: each tile's crop gradient comes from the sources it owns only, so the
+    // crops' gradients add up to the whole image's (made in the last pass).
+    let dx: Tensor? = needInputGradient ? Tensor(zeros: geo.input) : nil
     for pass in passes() {
+      let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { (leaves[k] as! BatchNorm2D).streamedBackward!.inputGradient = false }
       for t in geo.tiles {
@@ -370,8 +372,10 @@ public final class Streamed: Layer {
         Self.copy(dy, region: t.out, into: g!, at: t.owned[L - 1])
         for l in (pass.from..<L).reversed() {
           guard let d = g else { break }
-          g = Profiler.shared.time("streamed \(paths[l]) \(leaves[l].kind) backward") { leaves[l].backward(d, needInputGradient: l > 0) }
+          let need = l > 0 || (last && dx != nil)
+          g = Profiler.shared.time("streamed \(paths[l]) \(leaves[l].kind) backward") { leaves[l].backward(d, needInputGradient: need) }
         }
+        if last, let dx, let g { Self.add(g, into: dx, at: t.crop) }
       }
       if let k = pass.gather {
         let bn = leaves[k] as! BatchNorm2D, s = bn.streamedBackward!, M = Double(geo.counts[k])
@@ -382,7 +386,7 @@ public final class Streamed: Layer {
       }
     }
     if frozenBatchNorm { for k in batchNorms { addBatchNormGradients(leaves[k] as! BatchNorm2D) } }
-    return nil
+    return dx
   }
 
   private func addBatchNormGradients(_ bn: BatchNorm2D) {
@@ -435,7 +439,9 @@ public final class Streamed: Layer {
       (leaves[k] as! BatchNorm2D).streamedBackward = StreamedBatchNormBackward(channels: 0)
     }
     let L = leaves.count
+    let dx: SimTensor? = needInputGradient ? sim.allocate(geo.input) : nil
     for pass in passes() {
+      let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { (leaves[k] as! BatchNorm2D).streamedBackward!.inputGradient = false }
       for t in geo.tiles {
@@ -444,13 +450,13 @@ public final class Streamed: Layer {
         var g: SimTensor? = sim.allocate([o[0], o[1], lo.0, lo.1])
         for l in (pass.from..<L).reversed() {
           guard let d = g else { break }
-          g = leaves[l].planBackward(d, needInputGradient: l > 0, sim)
+          g = leaves[l].planBackward(d, needInputGradient: l > 0 || (last && dx != nil), sim)
         }
       }
       if let k = pass.gather { (leaves[k] as! BatchNorm2D).streamedBackward!.inputGradient = true }
     }
     withExtendedLifetime(source) {}
-    return nil
+    return dx
   }
 
   // MARK: copies
@@ -471,6 +477,18 @@ public final class Streamed: Layer {
       for (i, r) in region.rows.enumerated() {
         (y.floats + (p * yh + at.rows.lowerBound + i) * yw + at.cols.lowerBound)
           .update(from: x.floats + (p * xh + r) * xw + region.cols.lowerBound, count: w)
+      }
+    }
+  }
+
+  /// Adds every plane of `x` (the size of `at`) into `at` of every plane of `y`.
+  static func add(_ x: Tensor, into y: Tensor, at: MapRegion) {
+    let planes = x.shape[0] * x.shape[1], (yh, yw) = (y.shape[2], y.shape[3]), w = at.cols.count
+    precondition(x.shape[2] == at.rows.count && x.shape[3] == w, "crop gradient and crop differ")
+    for p in 0..<planes {
+      for (i, r) in at.rows.enumerated() {
+        let dst = y.floats + (p * yh + r) * yw + at.cols.lowerBound, src = x.floats + (p * at.rows.count + i) * w
+        for j in 0..<w { dst[j] += src[j] }
       }
     }
   }
