@@ -27,7 +27,8 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
     }
     if let s = streaming {
       let b = s.blocks ?? 0
-      return "\(precision.rawValue), streaming \(b) block\(b == 1 ? "" : "s") in \(s.tile)-px tiles" + (s.frozenBatchNorm ? " (frozen BN)" : "")
+      let parts = s.split.map { " as \($0) + \(b - $0)" } ?? ""
+      return "\(precision.rawValue), streaming \(b) block\(b == 1 ? "" : "s")\(parts) in \(s.tile)-px tiles" + (s.frozenBatchNorm ? " (frozen BN)" : "")
     }
     return "\(precision.rawValue), \(c)"
   }
@@ -37,7 +38,7 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
     var m = model
     if let s = streaming {
       m = try Streamed.apply(to: m, blocks: s.blocks ?? Streamed.streamableBlocks(of: m), tile: s.tile,
-                             frozenBatchNorm: s.frozenBatchNorm)
+                             frozenBatchNorm: s.frozenBatchNorm, split: s.split)
     }
     return checkpointing.apply(to: m)
   }
@@ -89,7 +90,7 @@ extension Planner {
           (try? plan(c.model, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
         }
         if let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let p = peak(b) {
-          let mode = MemoryMode(precision: .fp32, checkpointing: .none, streaming: StreamingSettings(tile: c.tile, blocks: c.blocks))
+          let mode = MemoryMode(precision: .fp32, checkpointing: .none, streaming: StreamingSettings(tile: c.tile, blocks: c.blocks, split: c.split))
           choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: c.relativeTime))
         }
       }

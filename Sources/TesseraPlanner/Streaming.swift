@@ -10,9 +10,12 @@ public struct StreamingSettings: Sendable, Equatable {
   public var frozenBatchNorm: Bool
   /// false: the input is read region by region (a `TileSource`) and never held whole.
   public var inputResident: Bool
+  /// Blocks in a first segment when streamed as two (see `Streamed.apply`); nil: one segment.
+  public var split: Int?
 
-  public init(tile: Int, blocks: Int? = nil, frozenBatchNorm: Bool = false, inputResident: Bool = true) {
+  public init(tile: Int, blocks: Int? = nil, frozenBatchNorm: Bool = false, inputResident: Bool = true, split: Int? = nil) {
     self.tile = tile
+    self.split = split
     self.blocks = blocks
     self.frozenBatchNorm = frozenBatchNorm
     self.inputResident = inputResident
@@ -23,6 +26,8 @@ public struct StreamingSettings: Sendable, Equatable {
 public struct StreamingChoice {
   public var model: Sequential
   public var blocks: Int
+  /// Blocks in the first of two segments (nil: one segment).
+  public var split: Int?
   /// Output tile edge in input pixels.
   public var tile: Int
   public var plan: Plan
@@ -37,9 +42,10 @@ public struct StreamingPlanError: Error, CustomStringConvertible {
 }
 
 extension Planner {
-  /// Streams the first `settings.blocks` blocks of `model`, or when that is nil: with a `budget`,
-  /// the fewest blocks with which the step fits it (fewest BatchNorm passes: fastest), else every
-  /// streamable block. Tile 0: each power of two from 4096 down to 64 below the image's edge (the
+  /// Streams the first `settings.blocks` blocks of `model` (nil: chosen). With a `budget`, the
+  /// fastest estimate that fits among one segment of the first b blocks and two segments split
+  /// inside them (the second recomputes only its own layers in its BatchNorm passes, but the first's
+  /// output and gradient are held whole); without one, every streamable block as one segment. Tile 0: each power of two from 4096 down to 64 below the image's edge (the
   /// four largest) is tried and the one with the lowest estimated time that fits is taken. Throws
   /// when nothing can be streamed or the tile does not fit the stride.
   public static func applyStreaming(
@@ -75,38 +81,40 @@ extension Planner {
     let most = Streamed.streamableBlocks(of: model)
     guard most >= 1 else {
       if let first = model.layers.first, model.layers.count > 1 {
-        _ = try Streamed(Sequential([first]), tile: max(1, settings.tile))  // throws, naming the layer
+        _ = try Streamed(Sequential([first]), tile: max(1, tile))  // throws, naming the layer
       }
       throw StreamingPlanError(description: "this model's first block cannot be streamed: a streamed segment is a chain of Conv2D, BatchNorm2D, pooling and activation layers")
     }
-    func choice(_ b: Int) throws -> StreamingChoice {
-      let m = try Streamed.apply(to: model, blocks: b, tile: tile, frozenBatchNorm: settings.frozenBatchNorm)
+    func choice(_ b: Int, _ split: Int?) throws -> StreamingChoice {
+      let m = try Streamed.apply(to: model, blocks: b, tile: tile, frozenBatchNorm: settings.frozenBatchNorm, split: split)
       let p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
                        inputResident: settings.inputResident)
-      let s = m.layers[0].1 as! Streamed
-      let geo = try s.geometry(for: [batch] + input)
-      return StreamingChoice(model: m, blocks: b, tile: tile, plan: p, relativeTime: try streamingCost(m, input: input, batch: batch),
-                             tiles: geo.tiles.count, halo: geo.halo)
+      let geo = try (m.layers[0].1 as! Streamed).geometry(for: [batch] + input)
+      return StreamingChoice(model: m, blocks: b, split: split, tile: tile, plan: p,
+                             relativeTime: try streamingCost(m, input: input, batch: batch), tiles: geo.tiles.count, halo: geo.halo)
     }
     if let b = settings.blocks {
       guard b >= 1, b <= most else {
         throw StreamingPlanError(description: "--stream-blocks must be between 1 and \(most) for this model (its first \(most) top-level blocks can be streamed)")
       }
-      return try choice(b)
+      if settings.split != nil || budget == nil { return try choice(b, settings.split) }
     }
-    guard let budget else { return try choice(most) }
-    var best: StreamingChoice?
-    var firstError: Error?
-    for b in 1...most {
-      do {
-        let c = try choice(b)
-        if c.plan.peakTrainingBytes <= budget { return c }
-        if best == nil || c.plan.peakTrainingBytes < best!.plan.peakTrainingBytes { best = c }
-      } catch {
-        if firstError == nil { firstError = error }
+    guard let budget else { return try choice(most, nil) }
+    // Within the budget: the fastest estimate among one segment of the first b blocks and two
+    // segments split anywhere inside them; when nothing fits, the smallest peak.
+    var fastest: StreamingChoice?, smallest: StreamingChoice?, firstError: Error?
+    for b in settings.blocks.map({ [$0] }) ?? Array(1...most) {
+      for split in [nil] + (1..<b).map(Optional.some) {
+        do {
+          let c = try choice(b, split)
+          if c.plan.peakTrainingBytes <= budget, fastest == nil || c.relativeTime < fastest!.relativeTime { fastest = c }
+          if smallest == nil || c.plan.peakTrainingBytes < smallest!.plan.peakTrainingBytes { smallest = c }
+        } catch {
+          if firstError == nil { firstError = error }
+        }
       }
     }
-    if let best { return best }
+    if let c = fastest ?? smallest { return c }
     throw firstError!
   }
 
@@ -115,8 +123,25 @@ extension Planner {
   /// included), forward 1×, backward data 1× and weights 1× where gathered, the rest of the network
   /// 3×, against 3× for the plain step. An estimate for choosing, not a measurement.
   public static func streamingCost(_ model: Sequential, input: [Int], batch: Int) throws -> Double {
-    guard let s = model.layers.first?.1 as? Streamed else { return 1 }
-    let geo = try s.geometry(for: [batch] + input)
+    var shape = [batch] + input, cost = 0.0, streamedWhole = 0.0, i = 0
+    while i < model.layers.count, let s = model.layers[i].1 as? Streamed {
+      let (c, w) = try segmentCost(s, input: shape, inputGradient: i > 0)
+      cost += c
+      streamedWhole += w
+      shape = try s.outputShape(for: shape)
+      i += 1
+    }
+    guard i > 0 else { return 1 }
+    let layers = model.layers.flatMap { ($0.1 as? Streamed)?.segment.layers ?? [$0] }
+    let plain = Double(try plan(Sequential(layers), name: "", input: input, batch: batch, optimizer: .sgd).macs * batch)
+    let rest = plain - streamedWhole
+    return (cost + 3 * rest) / (3 * plain)
+  }
+
+  /// A streamed segment's cost (MACs over every pass and crop, backward counted as in
+  /// `streamingCost`) and its MACs on the whole input.
+  static func segmentCost(_ s: Streamed, input: [Int], inputGradient: Bool) throws -> (Double, Double) {
+    let geo = try s.geometry(for: input)
     let L = s.leaves.count
     var crop = [Double](repeating: 0, count: L), whole = [Double](repeating: 0, count: L)
     func macs(_ shape: [Int], into m: inout [Double]) throws {
@@ -126,19 +151,16 @@ extension Planner {
         sh = try l.outputShape(for: sh)
       }
     }
-    for t in geo.tiles { try macs([batch, input[0], t.crop.rows.count, t.crop.cols.count], into: &crop) }
-    try macs([batch] + input, into: &whole)
+    for t in geo.tiles { try macs([input[0], input[1], t.crop.rows.count, t.crop.cols.count], into: &crop) }
+    try macs(input, into: &whole)
     let all = crop.reduce(0, +)
     var cost = all  // the output pass
-    let exact = !s.frozenBatchNorm
-    if exact { for k in s.batchNorms { cost += crop[..<k].reduce(0, +) } }  // statistics passes
+    if !s.frozenBatchNorm { for k in s.batchNorms { cost += crop[..<k].reduce(0, +) } }  // statistics passes
     for p in s.passes() {
       cost += all  // recompute
-      for l in p.from..<L { cost += crop[l] * ((l > 0 ? 1 : 0) + (p.weights.contains(l) ? 1 : 0)) }
+      let last = p.gather == nil
+      for l in p.from..<L { cost += crop[l] * ((l > 0 || (last && inputGradient) ? 1 : 0) + (p.weights.contains(l) ? 1 : 0)) }
     }
-    let plain = try plan(Sequential(s.segment.layers + Array(model.layers.dropFirst())), name: "", input: input,
-                         batch: batch, optimizer: .sgd).macs * batch
-    let rest = Double(plain) - whole.reduce(0, +)
-    return (cost + 3 * rest) / (3 * Double(plain))
+    return (cost, whole.reduce(0, +))
   }
 }

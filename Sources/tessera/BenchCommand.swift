@@ -270,6 +270,7 @@ struct TrainBench: ParsableCommand {
     if let c = streamChoice {
       out["tile"] = c.tile
       out["stream_blocks"] = c.blocks
+      if let j = c.split { out["stream_split"] = j }
       out["tiles"] = c.tiles
       out["halo"] = c.halo
       out["frozen_bn"] = streaming.frozenBn

@@ -94,11 +94,18 @@ struct StreamingOptions: ParsableArguments {
 
 /// One line describing a streaming choice.
 func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
-  let names = c.model.layers[0].1.children.map(\.0).joined(separator: ", ")
-  let bn = (c.model.layers[0].1 as! Streamed).batchNorms.count
-  return "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") (\(names)) in \(c.tiles) tiles of \(c.tile) px + \(c.halo) px halo; "
-    + (bn == 0 ? "no BatchNorm: 1 pass each way" : s.frozenBatchNorm ? "frozen BatchNorm, 1 pass each way" : "exact BatchNorm: \(bn + 1) passes each way")
-    + String(format: "; estimated %.1f× a plain step's time", c.relativeTime)
+  let segments = c.model.layers.compactMap { $0.1 as? Streamed }
+  func passes(_ st: Streamed) -> String {
+    let bn = st.batchNorms.count
+    return bn == 0 ? "no BatchNorm: 1 pass each way" : s.frozenBatchNorm ? "frozen BatchNorm, 1 pass each way" : "exact BatchNorm: \(bn + 1) passes each way"
+  }
+  var text = "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") ("
+    + segments.map { $0.children.map(\.0).joined(separator: ", ") }.joined(separator: " | ")
+    + ") in \(c.tiles) tile\(c.tiles == 1 ? "" : "s") of \(c.tile) px + \(c.halo) px halo; " + passes(segments[0])
+  if segments.count > 1 {
+    text += "; then \(segments[1].tile)-px tiles of the first part's output, " + passes(segments[1])
+  }
+  return text + String(format: "; estimated %.1f× a plain step's time", c.relativeTime)
 }
 
 /// Resident memory the runtime needs beside the ledger (code, Swift and Foundation, thread stacks,

@@ -109,7 +109,7 @@ struct TrainCommand: ParsableCommand {
       ActivationStorage.precision = choice.mode.precision
       ckptPolicy = choice.mode.checkpointing
       if let s = choice.mode.streaming {
-        base = try Streamed.apply(to: loaded, blocks: s.blocks ?? Streamed.streamableBlocks(of: loaded), tile: s.tile)
+        base = try choice.mode.apply(to: loaded)  // streaming (checkpoints are applied below)
       }
       chosenBatch = choice.batch
       let others = all.filter { $0.mode != choice.mode }.map { "\($0.mode): batch \($0.batch)" }.joined(separator: "; ")

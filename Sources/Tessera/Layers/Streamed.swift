@@ -161,12 +161,35 @@ public final class Streamed: Layer {
     model.layers.dropLast().prefix { canStream($0.1) }.count
   }
 
-  /// `model` with its first `blocks` top-level blocks streamed (same parameters, same names).
-  public static func apply(to model: Sequential, blocks: Int, tile: Int, frozenBatchNorm: Bool = false) throws -> Sequential {
+  /// `model` with its first `blocks` top-level blocks streamed (same parameters, same names). With
+  /// `split` (0 < split < blocks) as two segments: blocks [0, split) in tiles of `tile` input pixels,
+  /// then the rest in tiles of the same size measured in the first segment's output (tile / its
+  /// stride) — each recomputes only its own layers in its BatchNorm passes, at the price of holding
+  /// the first segment's output and its gradient whole.
+  public static func apply(to model: Sequential, blocks: Int, tile: Int, frozenBatchNorm: Bool = false,
+                           split: Int? = nil) throws -> Sequential {
     precondition(blocks >= 1 && blocks < model.layers.count, "stream between 1 and \(model.layers.count - 1) blocks")
-    let seg = Sequential(Array(model.layers.prefix(blocks)))
-    let s = try Streamed(seg, tile: tile, frozenBatchNorm: frozenBatchNorm)
-    return Sequential([("streamed", s)] + Array(model.layers.dropFirst(blocks)))
+    let L = model.layers
+    guard let j = split, j > 0, j < blocks else {
+      let s = try Streamed(Sequential(Array(L.prefix(blocks))), tile: tile, frozenBatchNorm: frozenBatchNorm)
+      return Sequential([("streamed", s)] + Array(L.dropFirst(blocks)))
+    }
+    let first = try Streamed(Sequential(Array(L.prefix(j))), tile: tile, frozenBatchNorm: frozenBatchNorm)
+    let stride = try first.outputStride()
+    guard tile % stride == 0 else { throw StreamingError.tileNotMultiple(tile: tile, stride: stride) }
+    let second = try Streamed(Sequential(Array(L[j..<blocks])), tile: tile / stride, frozenBatchNorm: frozenBatchNorm)
+    return Sequential([("streamed", first), ("streamed2", second)] + Array(L.dropFirst(blocks)))
+  }
+
+  /// The segment's output stride (input pixels per output cell).
+  public func outputStride() throws -> Int {
+    var S = 1
+    for (l, path) in zip(leaves, paths) {
+      let s = (l as? Conv2D).map { ($0.stride.height, $0.stride.width) } ?? (l as? Pool2D).map { $0.stride } ?? (1, 1)
+      guard s.0 == s.1 else { throw StreamingError.unequalStrides(path: path) }
+      S *= s.0
+    }
+    return S
   }
 
   /// Tiles, halos and owned regions for an (N, C, H, W) input.
