@@ -27,8 +27,9 @@ for n in $sizes; do
     run "$n" "fp16 storage" --precision fp16
   fi
   t=$(( n >= 4096 ? 2048 : 1024 ))
-  run "$n" "streaming, budget 2GiB (auto), tile $t" --tile $t --budget 2GiB
-  run "$n" "streaming 3 blocks, tile $t" --tile $t --stream-blocks 3 --budget 2GiB
-  run "$n" "streaming 3 blocks frozen BN, tile $t" --tile $t --stream-blocks 3 --frozen-bn --budget 2GiB
+  run "$n" "streaming auto in 2 GiB, tile $t" --tile $t --budget 2GiB
+  run "$n" "streaming 3 blocks (one segment), tile $t" --tile $t --stream-blocks 3 --stream-split 0
+  run "$n" "streaming 3 blocks as stem | stage1-2, tile $t" --tile $t --stream-blocks 3 --stream-split 1
+  run "$n" "streaming 3 blocks frozen BN, tile $t" --tile $t --stream-blocks 3 --stream-split 0 --frozen-bn
   if [ "$n" -le 4096 ]; then run "$n" "streaming 6 blocks, tile $t" --tile $t --stream-blocks 6; fi
 done

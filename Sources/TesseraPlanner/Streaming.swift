@@ -10,7 +10,8 @@ public struct StreamingSettings: Sendable, Equatable {
   public var frozenBatchNorm: Bool
   /// false: the input is read region by region (a `TileSource`) and never held whole.
   public var inputResident: Bool
-  /// Blocks in a first segment when streamed as two (see `Streamed.apply`); nil: one segment.
+  /// Blocks in a first segment when streamed as two (see `Streamed.apply`); 0: one segment; nil:
+  /// chosen with the blocks (one segment without a budget).
   public var split: Int?
 
   public init(tile: Int, blocks: Int? = nil, frozenBatchNorm: Bool = false, inputResident: Bool = true, split: Int? = nil) {
@@ -97,7 +98,8 @@ extension Planner {
       guard b >= 1, b <= most else {
         throw StreamingPlanError(description: "--stream-blocks must be between 1 and \(most) for this model (its first \(most) top-level blocks can be streamed)")
       }
-      if settings.split != nil || budget == nil { return try choice(b, settings.split) }
+      if let j = settings.split { return try choice(b, j == 0 ? nil : j) }
+      if budget == nil { return try choice(b, nil) }
     }
     guard let budget else { return try choice(most, nil) }
     // Within the budget: the fastest estimate among one segment of the first b blocks and two

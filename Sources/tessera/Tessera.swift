@@ -77,18 +77,29 @@ struct StreamingOptions: ParsableArguments {
   var tile: String?
   @Option(help: "Leading top-level blocks to stream (default: the fewest that fit --budget less 128 MiB for the runtime, or all that can be).")
   var streamBlocks: Int?
+  @Option(help: "With --stream-blocks K: stream as two segments, the first J blocks in --tile tiles, the other K − J in tiles of their output (0: one segment; default: the planner's choice within --budget, one segment without).")
+  var streamSplit: Int?
   @Flag(help: "Streamed BatchNorm layers use their running statistics (one pass each way, as StreamingCNN) instead of the whole image's batch statistics.")
   var frozenBn = false
 
   func validate() throws {
     if let t = tile, t != "auto", (Int(t) ?? 0) < 1 { throw ValidationError("--tile must be a positive number of pixels or auto, got '\(t)'") }
-    if tile == nil && (streamBlocks != nil || frozenBn) {
-      throw ValidationError("--stream-blocks and --frozen-bn need --tile")
+    if tile == nil && (streamBlocks != nil || frozenBn || streamSplit != nil) {
+      throw ValidationError("--stream-blocks, --stream-split and --frozen-bn need --tile")
+    }
+    if let j = streamSplit {
+      guard let k = streamBlocks, j >= 0, j < k else {
+        throw ValidationError("--stream-split J needs --stream-blocks K with 0 ≤ J < K")
+      }
     }
   }
 
   func settings(inputResident: Bool = true) -> StreamingSettings? {
-    tile.map { StreamingSettings(tile: Int($0) ?? 0, blocks: streamBlocks, frozenBatchNorm: frozenBn, inputResident: inputResident) }
+    tile.map {
+      var s = StreamingSettings(tile: Int($0) ?? 0, blocks: streamBlocks, frozenBatchNorm: frozenBn, inputResident: inputResident)
+      s.split = streamSplit
+      return s
+    }
   }
 }
 
