@@ -62,6 +62,13 @@ final class CLITests: TemporaryDirectoryTestCase {
     XCTAssert(r.stderr.contains("streaming 2 blocks (stem, stage1) in 9 tiles of 64 px"), r.stderr)
     let fp = try SafeTensors.read(URL(fileURLWithPath: outP)), fs = try SafeTensors.read(URL(fileURLWithPath: outS))
     for (name, t) in fp.tensors { XCTAssertLessThanOrEqual(maxRelativeError(fs.tensors[name]!.toArray(), t.toArray()), 1e-5, name) }
+    // Two segments: the stem in 64-px tiles, stages 1–2 in 16-px tiles of its output.
+    r = try CLI.run(["step", "--model", "fcn-large", "--classes", "5", "--batch", big, "--out", outS, "--tile", "64",
+                     "--stream-blocks", "3", "--stream-split", "1"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssert(r.stderr.contains("streaming 3 blocks (stem | stage1, stage2) in 9 tiles of 64 px"), r.stderr)
+    let f2 = try SafeTensors.read(URL(fileURLWithPath: outS))
+    for (name, t) in fp.tensors { XCTAssertLessThanOrEqual(maxRelativeError(f2.tensors[name]!.toArray(), t.toArray()), 1e-5, name) }
     r = try CLI.run(["step", "--model", "fcn-large", "--batch", batch, "--out", outS, "--tile", "30", "--stream-blocks", "2"])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("tile 30 is not a multiple of the streamed part's output stride 8; use 24 or 32"), r.stderr)
