@@ -284,7 +284,7 @@ public final class Streamed: Layer {
     let y = Tensor(zeros: geo.output)
     for t in geo.tiles {
       let h = try BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
-      Self.paste(h, t.owned[leaves.count - 1], into: y, at: t.out)
+      Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
     }
     if record { saved = (source, geo) } else { reset() }
     return y
@@ -514,9 +514,5 @@ public final class Streamed: Layer {
         for j in 0..<w { dst[j] += src[j] }
       }
     }
-  }
-
-  static func paste(_ h: Tensor, _ owned: MapRegion, into y: Tensor, at out: MapRegion) {
-    copy(h, region: owned, into: y, at: out)
   }
 }
