@@ -36,7 +36,13 @@ extension Layer {
   ) throws -> StepResult {
     _ = try checkInput(input.shape)
     if !accumulate { zeroGradients() }
-    let logits = forward(input, training: true)
+    return try finishStep(logits: forward(input, training: true), labels: labels, optimizer: optimizer, lr: lr,
+                          labelSmoothing: labelSmoothing, gradientScale: gradientScale)
+  }
+
+  /// Loss, backward and the optimizer's update, from the logits of a training forward.
+  func finishStep(logits: Tensor, labels: [Int], optimizer: Optimizer?, lr: Float, labelSmoothing: Float,
+                  gradientScale: Float) throws -> StepResult {
     let res = try SoftmaxCrossEntropy.compute(logits: logits, labels: labels, labelSmoothing: labelSmoothing)
     // Gradient accumulation over K micro-batches scales each by 1/K: the mean over K·b images.
     if gradientScale != 1 { ElementwiseKernels.scale(res.gradient.floats, by: gradientScale, count: res.gradient.count) }
@@ -73,12 +79,7 @@ extension Sequential {
     if !accumulate { zeroGradients() }
     var h = try streamed.forward(source: source, training: true)
     for (_, l) in layers.dropFirst() { h = l.forward(h, training: true) }
-    let logits = h
-    let res = try SoftmaxCrossEntropy.compute(logits: logits, labels: labels, labelSmoothing: labelSmoothing)
-    if gradientScale != 1 { ElementwiseKernels.scale(res.gradient.floats, by: gradientScale, count: res.gradient.count) }
-    _ = backward(res.gradient, needInputGradient: false)
-    if let opt = optimizer { opt.step(namedParameters(), lr: lr) }
-    return StepResult(loss: res.loss, logits: logits, probabilities: res.probabilities,
-                      predictions: Self.argmax(logits))
+    return try finishStep(logits: h, labels: labels, optimizer: optimizer, lr: lr, labelSmoothing: labelSmoothing,
+                          gradientScale: gradientScale)
   }
 }

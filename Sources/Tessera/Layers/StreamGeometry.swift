@@ -1,0 +1,194 @@
+import TesseraKernels
+
+/// Where a streamed segment reads its input: region by region, so the whole input need never be
+/// in memory at once.
+public protocol TileSource {
+  /// (N, C, H, W)
+  var shape: [Int] { get }
+  /// `region` of every image as an fp32 (N, C, rows, cols) tensor.
+  func read(_ region: MapRegion) throws -> Tensor
+}
+
+/// A tensor in memory as a tile source (copies each region out).
+public struct TensorTileSource: TileSource {
+  public let tensor: Tensor
+  public init(_ tensor: Tensor) { self.tensor = tensor }
+  public var shape: [Int] { tensor.shape }
+  public func read(_ r: MapRegion) -> Tensor { Streamed.copy(tensor, r) }
+}
+
+/// Deterministic pseudo-random pixels in [−1, 1) computed from their position: an input of any
+/// size that costs no memory (benchmarks of images larger than memory). Same seed, same pixels.
+public struct SyntheticTileSource: TileSource {
+  public let shape: [Int]
+  public let seed: UInt64
+  public init(shape: [Int], seed: UInt64 = 0) {
+    precondition(shape.count == 4 && shape.allSatisfy { $0 > 0 }, "shape is (N, C, H, W)")
+    self.shape = shape
+    self.seed = seed
+  }
+
+  public func read(_ r: MapRegion) -> Tensor {
+    let (n, c) = (shape[0], shape[1])
+    let t = Tensor(uninitialized: [n, c, r.rows.count, r.cols.count])
+    let p = SendablePointer(t.floats), w = r.cols.count, seed = seed, H = shape[2], W = shape[3]
+    Parallel.forRanges(n * c * r.rows.count) { _, range in
+      for row in range {
+        let plane = row / r.rows.count, y = r.rows.lowerBound + row % r.rows.count
+        let base = UInt64(truncatingIfNeeded: (plane * H + y) * W) &+ seed &* 0x9E37_79B9_7F4A_7C15
+        let out = p.p + row * w
+        for i in 0..<w {
+          // splitmix64 of the pixel's index
+          var z = base &+ UInt64(r.cols.lowerBound + i) &* 0x9E37_79B9_7F4A_7C15
+          z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+          z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+          z ^= z >> 31
+          out[i] = Float(z >> 40) * (2.0 / 16_777_216.0) - 1
+        }
+      }
+    }
+    return t
+  }
+}
+
+/// Why a segment cannot be streamed, or a tile does not fit it.
+public enum StreamingError: Error, CustomStringConvertible, Equatable {
+  case unsupportedLayer(path: String, kind: String)
+  case tileNotMultiple(tile: Int, stride: Int)
+  case unequalStrides(path: String)
+
+  public var description: String {
+    switch self {
+    case let .unsupportedLayer(path, kind):
+      return "\(path) (\(kind)) cannot be streamed: a streamed segment is a chain of Conv2D, BatchNorm2D, "
+        + "pooling and activation layers; stream fewer blocks"
+    case let .tileNotMultiple(tile, stride):
+      let lo = max(stride, tile / stride * stride)
+      return "tile \(tile) is not a multiple of the streamed part's output stride \(stride); use \(lo) or \(lo + stride)"
+    case let .unequalStrides(path):
+      return "\(path) strides rows and columns differently; streaming needs square strides"
+    }
+  }
+}
+
+/// The tiles of one input size: crops with halos, and for every layer of the segment the part of
+/// its map each tile owns.
+public struct StreamGeometry {
+  /// (N, C, H, W) in, (N, K, H', W') out.
+  public let input: [Int], output: [Int]
+  /// Input pixels per output cell, and the halo (input pixels, a multiple of the stride) around a tile.
+  public let stride: Int, halo: Int
+  public let tiles: [Tile]
+  /// Elements per channel of each layer's whole output map (N·H·W), for BatchNorm's means.
+  let counts: [Int]
+
+  public struct Tile {
+    /// Input pixels read (tile plus halo).
+    public let crop: MapRegion
+    /// Output cells this tile owns (whole-map coordinates).
+    public let out: MapRegion
+    /// For each layer, the cells of its output this tile owns, in the crop's own coordinates.
+    public let owned: [MapRegion]
+    /// For each layer, the crop's output map size (h, w).
+    public let local: [(Int, Int)]
+  }
+}
+
+extension Streamed {
+  /// Tiles, halos and owned regions for an (N, C, H, W) input.
+  public func geometry(for input: [Int]) throws -> StreamGeometry {
+    // Per layer: output size, cumulative stride S, and the input span of an output cell j:
+    // [j·S − P, j·S − P + R − 1] (P: padding reach before, R: receptive field size).
+    var shape = input, S = 1, P = (0, 0), R = (1, 1), halo = 0  // P and R per axis (rows, columns)
+    var sizes = [(Int, Int)](), strides = [Int]()
+    for (l, path) in zip(leaves, paths) {
+      var k = (1, 1), s = (1, 1), d = (1, 1), pad = (0, 0)
+      if let c = l as? Conv2D {
+        let g = try c.geometry(for: shape)
+        (k, s, d, pad) = ((g.kernelH, g.kernelW), (g.strideH, g.strideW), (g.dilationH, g.dilationW), (g.padTop, g.padLeft))
+      } else if let p = l as? Pool2D {
+        let (t, lp, _, _) = p.padding.amounts(inHeight: shape[2], inWidth: shape[3], kernel: p.kernelSize,
+                                              stride: p.stride, dilation: (1, 1))
+        (k, s, pad) = (p.kernelSize, p.stride, (t, lp))
+      }
+      guard s.0 == s.1 else { throw StreamingError.unequalStrides(path: path) }
+      P = (P.0 + pad.0 * S, P.1 + pad.1 * S)
+      R = (R.0 + (k.0 - 1) * d.0 * S, R.1 + (k.1 - 1) * d.1 * S)
+      S *= s.0
+      halo = max(halo, P.0, P.1, R.0 - P.0 - S, R.1 - P.1 - S)
+      shape = try l.outputShape(for: shape)
+      sizes.append((shape[2], shape[3]))
+      strides.append(S)
+    }
+    guard tile % S == 0 else { throw StreamingError.tileNotMultiple(tile: tile, stride: S) }
+    halo = (halo + S - 1) / S * S
+    let (H, W) = (input[2], input[3]), (Ho, Wo) = (shape[2], shape[3]), t = tile / S
+
+    /// Input span [start, end) for output cells [c0, c1) along an axis of n pixels: the halo
+    /// around, the start on the stride grid, the length ≡ n (mod S) so every layer's padding and
+    /// grid match the whole image's.
+    func crop(_ c0: Int, _ c1: Int, _ n: Int) -> Range<Int> {
+      let start = max(0, c0 * S - halo)
+      var end = min(n, c1 * S + halo)
+      if end < n { end = min(n, end + ((n - end) % S + S) % S) }
+      return start..<end
+    }
+    var tiles = [StreamGeometry.Tile]()
+    for r0 in stride(from: 0, to: Ho, by: t) {
+      let r1 = min(Ho, r0 + t), rows = crop(r0, r1, H)
+      for c0 in stride(from: 0, to: Wo, by: t) {
+        let c1 = min(Wo, c0 + t), cols = crop(c0, c1, W)
+        var owned = [MapRegion](), local = [(Int, Int)]()
+        var ls = [input[0], input[1], rows.count, cols.count]
+        for (i, l) in leaves.enumerated() {
+          ls = try l.outputShape(for: ls)
+          let f = S / strides[i], oy = rows.lowerBound / strides[i], ox = cols.lowerBound / strides[i]
+          let gr = (r0 * f)..<(r1 == Ho ? sizes[i].0 : r1 * f), gc = (c0 * f)..<(c1 == Wo ? sizes[i].1 : c1 * f)
+          let o = MapRegion(rows: (gr.lowerBound - oy)..<(gr.upperBound - oy), cols: (gc.lowerBound - ox)..<(gc.upperBound - ox))
+          precondition(o.rows.lowerBound >= 0 && o.rows.upperBound <= ls[2] && o.cols.lowerBound >= 0
+                       && o.cols.upperBound <= ls[3], "streamed tile geometry: owned cells outside the crop")
+          owned.append(o)
+          local.append((ls[2], ls[3]))
+        }
+        tiles.append(.init(crop: MapRegion(rows: rows, cols: cols), out: MapRegion(rows: r0..<r1, cols: c0..<c1),
+                           owned: owned, local: local))
+      }
+    }
+    return StreamGeometry(input: input, output: shape, stride: S, halo: halo, tiles: tiles,
+                          counts: sizes.map { input[0] * $0.0 * $0.1 })
+  }
+
+  // MARK: copies
+
+  /// `region` of every plane of x as a new (N, C, rows, cols) tensor.
+  static func copy(_ x: Tensor, _ r: MapRegion) -> Tensor {
+    let s = x.shape
+    let t = Tensor(uninitialized: [s[0], s[1], r.rows.count, r.cols.count])
+    copy(x, region: r, into: t, at: MapRegion(rows: 0..<r.rows.count, cols: 0..<r.cols.count))
+    return t
+  }
+
+  /// Copies `region` of every plane of `x` to `at` (same size) of every plane of `y`.
+  static func copy(_ x: Tensor, region: MapRegion, into y: Tensor, at: MapRegion) {
+    let planes = x.shape[0] * x.shape[1], (xh, xw, yh, yw) = (x.shape[2], x.shape[3], y.shape[2], y.shape[3])
+    let w = region.cols.count
+    for p in 0..<planes {
+      for (i, r) in region.rows.enumerated() {
+        (y.floats + (p * yh + at.rows.lowerBound + i) * yw + at.cols.lowerBound)
+          .update(from: x.floats + (p * xh + r) * xw + region.cols.lowerBound, count: w)
+      }
+    }
+  }
+
+  /// Adds every plane of `x` (the size of `at`) into `at` of every plane of `y`.
+  static func add(_ x: Tensor, into y: Tensor, at: MapRegion) {
+    let planes = x.shape[0] * x.shape[1], (yh, yw) = (y.shape[2], y.shape[3]), w = at.cols.count
+    precondition(x.shape[2] == at.rows.count && x.shape[3] == w, "crop gradient and crop differ")
+    for p in 0..<planes {
+      for (i, r) in at.rows.enumerated() {
+        let dst = y.floats + (p * yh + r) * yw + at.cols.lowerBound, src = x.floats + (p * at.rows.count + i) * w
+        for j in 0..<w { dst[j] += src[j] }
+      }
+    }
+  }
+}
