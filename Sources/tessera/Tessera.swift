@@ -75,7 +75,7 @@ struct StreamingOptions: ParsableArguments {
     "Streamed training: run the network's first blocks tile by tile, N input pixels of output per tile, or auto.",
     discussion: "N must be a multiple of the streamed part's output stride (the error names it); auto: the planner tries powers of two and takes the fastest that fits. Exact: outputs and every gradient equal the untiled step, BatchNorm included (extra passes), at the cost of recomputation."))
   var tile: String?
-  @Option(help: "Leading top-level blocks to stream (default: the fewest that fit --budget less 128 MiB for the runtime, or all that can be).")
+  @Option(help: "Leading top-level blocks to stream (default: with --budget, the blocks and split with the lowest estimated time that fit it less 128 MiB for the runtime; without, all that can be).")
   var streamBlocks: Int?
   @Option(help: "With --stream-blocks K: stream as two segments, the first J blocks in --tile tiles, the other K − J in tiles of their output (0: one segment; default: the planner's choice within --budget, one segment without).")
   var streamSplit: Int?
