@@ -127,6 +127,32 @@ final class StreamingTests: XCTestCase {
     }
   }
 
+  /// An input that is never held: regions of a synthetic source agree where they overlap, and a
+  /// step read region by region equals the step on the whole tensor (and the planner, told the input
+  /// is not resident, still equals the ledger).
+  func testStepFromATileSource() throws {
+    let source = SyntheticTileSource(shape: [1, 3, 160, 144], seed: 4)
+    let whole = source.read(MapRegion(rows: 0..<160, cols: 0..<144))
+    let part = source.read(MapRegion(rows: 37..<90, cols: 5..<100))
+    XCTAssertEqual(part.toArray(), TensorTileSource(whole).read(MapRegion(rows: 37..<90, cols: 5..<100)).toArray())
+    XCTAssertLessThanOrEqual(whole.toArray().map(abs).max()!, 1)
+    let ref = try step(fcn(), whole, [2])
+    let m = try Streamed.apply(to: fcn(), blocks: 3, tile: 32, split: 1)
+    let r = try m.trainingStep(source: source, labels: [2])
+    XCTAssertLessThanOrEqual(maxRelativeError(r.logits.toArray(), ref.logits), 1e-5)
+    for (n, p) in m.namedParameters() where p.trainable {
+      XCTAssertLessThanOrEqual(maxRelativeError(p.grad!.toArray(), ref.values[n]!), 1e-5, n)
+    }
+    let cold = try Streamed.apply(to: fcn(initialized: false), blocks: 3, tile: 32, split: 1)
+    let plan = try Planner.plan(cold, name: "s", input: [3, 160, 144], batch: 1, optimizer: .sgd, inputResident: false)
+    cold.initializeParameters(seed: 2)
+    try cold.trainingStep(source: source, labels: [2])  // gradients allocated: the steady state
+    let ledger = MemoryLedger.shared, before = ledger.currentBytes
+    let measured = try ledger.measure { try cold.trainingStep(source: source, labels: [2]) }.peakBytes - before
+    let resident = plan.parameterBytes + plan.gradientBytes
+    XCTAssertEqual(plan.peakTrainingBytes - resident, measured, "planned step peak (input not resident) vs ledger")
+  }
+
   func testStreamingWithCheckpointingAndInference() throws {
     let x = randomTensor([2, 3, 160, 128], seed: 3), labels = [0, 2]
     let ref = try step(fcn(), x, labels)
