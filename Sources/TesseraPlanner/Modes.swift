@@ -28,7 +28,8 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
     if let s = streaming {
       let b = s.blocks ?? 0
       let parts = s.split.map { " as \($0) + \(b - $0)" } ?? ""
-      return "\(precision.rawValue), streaming \(b) block\(b == 1 ? "" : "s")\(parts) in \(s.tile)-px tiles" + (s.frozenBatchNorm ? " (frozen BN)" : "")
+      return "\(precision.rawValue), streaming \(b) block\(b == 1 ? "" : "s")\(parts) in \(s.tile)-px tiles"
+        + (s.frozenBatchNorm ? " (frozen BN)" : "") + (checkpointing == .none ? "" : ", then \(c)")
     }
     return "\(precision.rawValue), \(c)"
   }
@@ -78,21 +79,23 @@ extension Planner {
       guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget }), let p = peak(b) else { continue }
       choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: mode.relativeTime))
     }
-    // When no mode fits the batch: streamed training, the fewest blocks that fit, for a few tiles.
+    // When no mode fits the batch: streamed training (the planner's tile, blocks and split), in the
+    // cheapest storage and checkpointing of the remaining blocks with which it fits.
     if !choices.contains(where: { $0.batch >= batch }) && Streamed.streamableBlocks(of: model) > 0 {
-      ActivationStorage.precision = .fp32
-      let edge = max(input[1], input[2])
-      // The planner's tile (lowest estimated time that fits), the fewest blocks that fit.
       let budgetLeft = budget - extraBytes(batch) - runtimeReserve
-      if let c = try? applyStreaming(model, StreamingSettings(tile: 0), input: input, batch: batch, budget: budgetLeft,
-                                     optimizer: optimizer, threads: threads), c.plan.peakTrainingBytes <= budgetLeft {
+      for (p, ck) in [(StoragePrecision.fp32, CheckpointingPolicy.none), (.fp32, .sqrt), (.fp16, .none), (.fp16, .sqrt)] {
+        ActivationStorage.precision = p
+        guard let c = try? applyStreaming(model, StreamingSettings(tile: 0), input: input, batch: batch, budget: budgetLeft,
+                                          optimizer: optimizer, threads: threads, rest: ck),
+              c.plan.peakTrainingBytes <= budgetLeft else { continue }
         func peak(_ b: Int) -> Int? {
           (try? plan(c.model, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
         }
-        if let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let p = peak(b) {
-          let mode = MemoryMode(precision: .fp32, checkpointing: .none, streaming: StreamingSettings(tile: c.tile, blocks: c.blocks, split: c.split))
-          choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: c.relativeTime))
-        }
+        guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let pk = peak(b) else { continue }
+        let mode = MemoryMode(precision: p, checkpointing: ck, streaming: StreamingSettings(tile: c.tile, blocks: c.blocks, split: c.split))
+        let factor = MemoryMode(precision: p, checkpointing: ck).relativeTime
+        choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: pk, relativeTime: c.relativeTime * factor))
+        break
       }
     }
     let fitting = choices.filter { $0.batch >= batch }

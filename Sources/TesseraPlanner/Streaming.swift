@@ -49,20 +49,21 @@ extension Planner {
   /// output and gradient are held whole); without one, every streamable block as one segment. Tile 0: each power of two from 4096 down to 64 below the image's edge (the
   /// four largest) is tried and the one with the lowest estimated time that fits is taken. Throws
   /// when nothing can be streamed or the tile does not fit the stride.
+  /// `rest`: checkpoints for the blocks after the streamed ones (planned with them).
   public static func applyStreaming(
     _ model: Sequential, _ settings: StreamingSettings, input: [Int], batch: Int, budget: Int? = nil,
-    optimizer: OptimizerKind = .momentum, threads: Int = Parallel.threadCount
+    optimizer: OptimizerKind = .momentum, threads: Int = Parallel.threadCount, rest: CheckpointingPolicy = .none
   ) throws -> StreamingChoice {
     guard settings.tile == 0 else {
       return try applyStreaming(model, settings, tile: settings.tile, input: input, batch: batch, budget: budget,
-                                optimizer: optimizer, threads: threads)
+                                optimizer: optimizer, threads: threads, rest: rest)
     }
     let edge = max(input[1], input[2])
     var best: StreamingChoice?, firstError: Error?
     for t in [4096, 2048, 1024, 512, 256, 128, 64].filter({ $0 < edge }).prefix(4) {
       do {
         let c = try applyStreaming(model, settings, tile: t, input: input, batch: batch, budget: budget,
-                                   optimizer: optimizer, threads: threads)
+                                   optimizer: optimizer, threads: threads, rest: rest)
         let fits = budget.map { c.plan.peakTrainingBytes <= $0 } ?? true
         let bestFits = best.map { b in budget.map { b.plan.peakTrainingBytes <= $0 } ?? true } ?? false
         if best == nil || (fits && !bestFits) || (fits == bestFits && c.relativeTime < best!.relativeTime) { best = c }
@@ -77,7 +78,7 @@ extension Planner {
 
   static func applyStreaming(
     _ model: Sequential, _ settings: StreamingSettings, tile: Int, input: [Int], batch: Int, budget: Int?,
-    optimizer: OptimizerKind, threads: Int
+    optimizer: OptimizerKind, threads: Int, rest: CheckpointingPolicy
   ) throws -> StreamingChoice {
     let most = Streamed.streamableBlocks(of: model)
     guard most >= 1 else {
@@ -87,7 +88,8 @@ extension Planner {
       throw StreamingPlanError(description: "this model's first block cannot be streamed: a streamed segment is a chain of Conv2D, BatchNorm2D, pooling and activation layers")
     }
     func choice(_ b: Int, _ split: Int?) throws -> StreamingChoice {
-      let m = try Streamed.apply(to: model, blocks: b, tile: tile, frozenBatchNorm: settings.frozenBatchNorm, split: split)
+      let m = rest.apply(to: try Streamed.apply(to: model, blocks: b, tile: tile, frozenBatchNorm: settings.frozenBatchNorm,
+                                                split: split))
       let p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
                        inputResident: settings.inputResident)
       let geo = try (m.layers[0].1 as! Streamed).geometry(for: [batch] + input)

@@ -108,8 +108,10 @@ struct TrainCommand: ParsableCommand {
       guard let choice = best else { throw refusal(loaded, input: input, batch: 1, opt: opt, budget: budgetBytesForChoice()) }
       ActivationStorage.precision = choice.mode.precision
       ckptPolicy = choice.mode.checkpointing
-      if let s = choice.mode.streaming {
-        base = try choice.mode.apply(to: loaded)  // streaming (checkpoints are applied below)
+      if choice.mode.streaming != nil {
+        var streamingOnly = choice.mode
+        streamingOnly.checkpointing = .none  // checkpoints are applied below
+        base = try streamingOnly.apply(to: loaded)
       }
       chosenBatch = choice.batch
       let others = all.filter { $0.mode != choice.mode }.map { "\($0.mode): batch \($0.batch)" }.joined(separator: "; ")

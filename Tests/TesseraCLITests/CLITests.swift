@@ -204,6 +204,13 @@ extension CLITests {
     XCTAssertEqual((chosen["streaming"] as? [String: Any])?["blocks"] as? Int, 1, "\(chosen)")
     // within the budget less the runtime's 128 MiB
     XCTAssertLessThanOrEqual((p["modes"] as? [[String: Any]])?.first?["peakTraining"] as? Int ?? .max, (900 - 128) << 20)
+    // ResNet-18 at 4096² in 4.5 GiB: plain needs 6.9 GiB and streaming its stem in fp32 4.6 GiB; only
+    // streaming combined with 16-bit storage of the rest fits.
+    r = try CLI.run(["plan", "--model", "resnet18", "--classes", "10", "--input", "3x4096x4096", "--budget", "4.5GiB", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let rc = try XCTUnwrap(try json(r.stdout)["chosenMode"] as? [String: Any])
+    XCTAssertEqual(rc["precision"] as? String, "fp16", "\(rc)")
+    XCTAssertNotNil(rc["streaming"] as? [String: Any], "\(rc)")
     r = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x1024x1024", "--tile", "256", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
     let s = try XCTUnwrap(try json(r.stdout)["streaming"] as? [String: Any])

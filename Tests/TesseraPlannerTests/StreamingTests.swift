@@ -156,10 +156,13 @@ final class StreamingTests: XCTestCase {
   func testStreamingWithCheckpointingAndInference() throws {
     let x = randomTensor([2, 3, 160, 128], seed: 3), labels = [0, 2]
     let ref = try step(fcn(), x, labels)
-    let m = CheckpointingPolicy.all.apply(to: try Streamed.apply(to: fcn(), blocks: 2, tile: 32))
-    XCTAssertTrue(m.layers[0].1 is Streamed)
-    XCTAssertTrue(m.layers[1].1 is Checkpointed)
-    assertSame(try step(m, x, labels), ref, "streaming + checkpointing")
+    for policy in [CheckpointingPolicy.all, .sqrt] {
+      let m = policy.apply(to: try Streamed.apply(to: fcn(), blocks: 2, tile: 32))
+      XCTAssertTrue(m.layers[0].1 is Streamed)
+      XCTAssertTrue(m.layers[1].1 is Checkpointed)
+      XCTAssertEqual(m.namedParameters().map(\.0), fcn().namedParameters().map(\.0))
+      assertSame(try step(m, x, labels), ref, "streaming + checkpointing \(policy)")
+    }
     // Inference (running statistics), tiled, equals the plain model's.
     let plain = fcn(), streamed = try Streamed.apply(to: fcn(), blocks: 3, tile: 32)
     _ = try step(plain, x, labels)

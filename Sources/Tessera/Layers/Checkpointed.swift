@@ -89,7 +89,7 @@ public enum CheckpointingPolicy: Equatable, Sendable {
   public func apply(to model: Sequential) -> Sequential {
     if let first = model.layers.first, first.1 is Streamed {
       let rest = apply(to: Sequential(Array(model.layers.dropFirst())))
-      return Sequential([first] + (rest.layers.count == model.layers.count - 1 ? rest.layers : []))
+      return Sequential([first] + rest.layers)
     }
     let layers = model.layers
     guard layers.count > 1 else { return model }
