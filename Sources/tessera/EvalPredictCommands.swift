@@ -53,12 +53,19 @@ struct EvalCommand: ParsableCommand {
   @Option(help: "Image folder DIR/<class>/<images> (class names as in training); default with --run: the run's held-out split.")
   var data: String?
   @Option(help: "Images per batch.") var batch = 16
+  @Option(help: "Run the network's streamable first blocks tile by tile, N input pixels of output per tile (exact; for images whose activations do not fit).")
+  var tile: Int?
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
   func run() throws {
     try global.apply()
-    let (net, names, pipeline) = try trained.load()
+    var (net, names, pipeline) = try trained.load()
+    if let t = tile {
+      guard t >= 1 else { throw ValidationError("--tile must be positive, got \(t)") }
+      net = try Streamed.apply(to: net, blocks: max(1, Streamed.streamableBlocks(of: net)), tile: t)
+      _ = try net.outputShape(for: [1, pipeline.channels, pipeline.height, pipeline.width])  // a tile off the stride fails here
+    }
     var ds: ImageDataset
     var indices: [Int]? = nil
     if let d = data {

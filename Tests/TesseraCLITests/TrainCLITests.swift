@@ -52,6 +52,16 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
     let streamed = try losses(dir.appendingPathComponent("streamed"), ["--tile", "16", "--stream-blocks", "1"])
     XCTAssertEqual(plain.count, 4)
     for (a, b) in zip(streamed, plain) { XCTAssertEqual(a, b, accuracy: 1e-5 * max(1, abs(b)), "\(streamed) vs \(plain)") }
+    // eval --tile: the held-out loss, streamed, is the whole-image one (and the last epoch's).
+    var losses = [Double]()
+    for extra in [[], ["--tile", "64"]] {
+      let r = try CLI.run(["eval", "--run", dir.appendingPathComponent("streamed").path, "--last", "--json"] + extra)
+      XCTAssertEqual(r.status, 0, r.stderr)
+      let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
+      losses.append(o["loss"] as? Double ?? .nan)
+    }
+    XCTAssertEqual(losses[1], losses[0], accuracy: 1e-5 * max(1, abs(losses[0])))
+    XCTAssertEqual(losses[0], streamed[3], accuracy: 1e-5 * max(1, abs(streamed[3])))
   }
 
   func testTrainWritesARunFolderAndRefusesWhatDoesNotFit() throws {
