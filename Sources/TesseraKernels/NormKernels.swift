@@ -40,6 +40,21 @@ public enum BatchNormKernels {
     return s
   }
 
+  /// The fused ReLU's gate in backward: dy where scale·x + shift > 0 (recomputed from the kept x),
+  /// else 0; when off, dy unchanged.
+  struct ReLUGate {
+    let on: Bool, scale: Float, shift: Float
+    let vs: SIMD8<Float>, vb: SIMD8<Float>
+    @inline(__always) init(_ on: Bool, scale: Float, shift: Float) {
+      (self.on, self.scale, self.shift) = (on, scale, shift)
+      (vs, vb) = (SIMD8(repeating: scale), SIMD8(repeating: shift))
+    }
+    @inline(__always) func callAsFunction(_ d: SIMD8<Float>, _ x: SIMD8<Float>) -> SIMD8<Float> {
+      on ? d.replacing(with: SIMD8<Float>(), where: vb.addingProduct(x, vs) .<= SIMD8<Float>()) : d
+    }
+    @inline(__always) func callAsFunction(_ d: Float, _ x: Float) -> Float { on && x * scale + shift <= 0 ? 0 : d }
+  }
+
   /// y = x · scale[c] + shift[c], optionally followed by ReLU.
   public static func affine(
     x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, batch: Int, channels: Int, spatial: Int,
@@ -84,13 +99,7 @@ public enum BatchNormKernels {
     Parallel.forRanges(channels) { _, r in
       for c in r {
         let mu = mean[c], istd = invstd[c]
-        let masked = reluShift != nil
-        let rs = gamma[c] * istd, rb = reluShift?[c] ?? 0
-        let vrs = SIMD8<Float>(repeating: rs), vrb = SIMD8<Float>(repeating: rb), zero = SIMD8<Float>()
-        @inline(__always) func gate(_ d: SIMD8<Float>, _ xv: SIMD8<Float>) -> SIMD8<Float> {
-          masked ? d.replacing(with: zero, where: vrb.addingProduct(xv, vrs) .<= zero) : d
-        }
-        @inline(__always) func gate(_ d: Float, _ xv: Float) -> Float { masked && xv * rs + rb <= 0 ? 0 : d }
+        let gate = ReLUGate(reluShift != nil, scale: gamma[c] * istd, shift: reluShift?[c] ?? 0)
         var sdy = 0.0, sdyx = 0.0
         for n in 0..<batch {
           let xp = x + (n * channels + c) * spatial, dyp = dy + (n * channels + c) * spatial
@@ -193,10 +202,8 @@ extension BatchNormKernels {
     let spatial = height * width
     Parallel.forRanges(channels) { _, r in
       for c in r {
-        let mu = mean[c], istd = invstd[c]
-        let masked = reluShift != nil
-        let rs = gamma[c] * istd, rb = reluShift?[c] ?? 0
-        let vrs = SIMD8<Float>(repeating: rs), vrb = SIMD8<Float>(repeating: rb), zero = SIMD8<Float>()
+        let mu = mean[c], istd = invstd[c], rs = gamma[c] * istd
+        let gate = ReLUGate(reluShift != nil, scale: rs, shift: reluShift?[c] ?? 0)
         let vm = SIMD8<Float>(repeating: mu), vi = SIMD8<Float>(repeating: istd), vk = SIMD8<Float>(repeating: rs)
         let t1 = meanDy?[c] ?? 0, t2 = meanDyXhat?[c] ?? 0
         let v1 = SIMD8<Float>(repeating: t1), v2 = SIMD8<Float>(repeating: t2)
@@ -208,8 +215,7 @@ extension BatchNormKernels {
           var a = SIMD8<Float>(), b = SIMD8<Float>(), i = 0
           while i + 8 <= count {
             let xv = load8(xp + i)
-            var d = load8(dyp + i)
-            if masked { d = d.replacing(with: zero, where: vrb.addingProduct(xv, vrs) .<= zero) }
+            let d = gate(load8(dyp + i), xv)
             let xh = (xv - vm) * vi
             a += d
             b = b.addingProduct(d, xh)
@@ -218,8 +224,7 @@ extension BatchNormKernels {
           }
           var sa = a.sum(), sb = b.sum()
           while i < count {
-            var d = dyp[i]
-            if masked && xp[i] * rs + rb <= 0 { d = 0 }
+            let d = gate(dyp[i], xp[i])
             let xh = (xp[i] - mu) * istd
             sa += d
             sb += d * xh

@@ -44,15 +44,9 @@ public struct TiledInference {
     let (K, Ho, Wo) = (out[1], out[2], out[3])
     let map = Tensor(zeros: [K, Ho, Wo], category: .activation)
     let t = tile / stride
-    /// Crop [start, end) in input pixels for output cells [c0, c1) along an axis of size n.
     func crop(_ c0: Int, _ c1: Int, _ n: Int) -> (Int, Int) {
-      let start = max(0, c0 * stride - halo)
-      var end = min(n, c1 * stride + halo)
-      if end < n {  // keep the crop's size ≡ n (mod stride), as the whole image's
-        end += ((n - end) % stride + stride) % stride
-        end = min(end, n)
-      }
-      return (start, end)
+      let r = StreamGeometry.crop(c0, c1, n, stride: stride, halo: halo)
+      return (r.lowerBound, r.upperBound)
     }
     for r0 in Swift.stride(from: 0, to: Ho, by: t) {
       let r1 = min(Ho, r0 + t)

@@ -92,6 +92,16 @@ public struct StreamGeometry {
     /// For each layer, the crop's output map size (h, w).
     public let local: [(Int, Int)]
   }
+
+  /// Input span [start, end) for output cells [c0, c1) along an axis of n pixels: the halo
+  /// around, the start on the stride grid (halo is a multiple of it), the length ≡ n (mod stride)
+  /// so every layer's padding and grid match the whole image's. Shared by tiled inference.
+  public static func crop(_ c0: Int, _ c1: Int, _ n: Int, stride: Int, halo: Int) -> Range<Int> {
+    let start = max(0, c0 * stride - halo)
+    var end = min(n, c1 * stride + halo)
+    if end < n { end = min(n, end + ((n - end) % stride + stride) % stride) }
+    return start..<end
+  }
 }
 
 extension Streamed {
@@ -124,15 +134,7 @@ extension Streamed {
     halo = (halo + S - 1) / S * S
     let (H, W) = (input[2], input[3]), (Ho, Wo) = (shape[2], shape[3]), t = tile / S
 
-    /// Input span [start, end) for output cells [c0, c1) along an axis of n pixels: the halo
-    /// around, the start on the stride grid, the length ≡ n (mod S) so every layer's padding and
-    /// grid match the whole image's.
-    func crop(_ c0: Int, _ c1: Int, _ n: Int) -> Range<Int> {
-      let start = max(0, c0 * S - halo)
-      var end = min(n, c1 * S + halo)
-      if end < n { end = min(n, end + ((n - end) % S + S) % S) }
-      return start..<end
-    }
+    func crop(_ c0: Int, _ c1: Int, _ n: Int) -> Range<Int> { StreamGeometry.crop(c0, c1, n, stride: S, halo: halo) }
     var tiles = [StreamGeometry.Tile]()
     for r0 in stride(from: 0, to: Ho, by: t) {
       let r1 = min(Ho, r0 + t), rows = crop(r0, r1, H)

@@ -100,6 +100,9 @@ public final class Streamed: Layer {
 
   public var batchNorms: [Int] { leaves.indices.filter { leaves[$0] is BatchNorm2D } }
 
+  /// The BatchNorm layer at leaf index k.
+  private func bn(_ k: Int) -> BatchNorm2D { leaves[k] as! BatchNorm2D }
+
   // MARK: forward
 
   public func forward(_ x: Tensor, training: Bool) -> Tensor {
@@ -116,9 +119,8 @@ public final class Streamed: Layer {
     reset()
     if training {
       for k in batchNorms {
-        let bn = leaves[k] as! BatchNorm2D
         if frozenBatchNorm {
-          bn.fixedStatistics = (bn.runningMean.value.toArray(), bn.runningVariance.value.toArray())
+          bn(k).fixedStatistics = (bn(k).runningMean.value.toArray(), bn(k).runningVariance.value.toArray())
         } else {
           try gatherStatistics(k, geo, source)
         }
@@ -215,7 +217,7 @@ public final class Streamed: Layer {
     saved = nil
     defer { reset() }
     for k in batchNorms {
-      (leaves[k] as! BatchNorm2D).streamedBackward = StreamedBatchNormBackward(channels: (leaves[k] as! BatchNorm2D).channels)
+      bn(k).streamedBackward = StreamedBatchNormBackward(channels: bn(k).channels)
     }
     let L = leaves.count
     // The input gradient: each tile's crop gradient comes from the sources it owns only, so the
@@ -224,9 +226,9 @@ public final class Streamed: Layer {
     for pass in passes() {
       let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
-      if let k = pass.gather { (leaves[k] as! BatchNorm2D).streamedBackward!.inputGradient = false }
+      if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
       for t in geo.tiles {
-        for k in batchNorms { (leaves[k] as! BatchNorm2D).streamedBackward!.region = t.owned[k] }
+        for k in batchNorms { bn(k).streamedBackward!.region = t.owned[k] }
         do {
           _ = try run(source, t, through: L, recordFrom: pass.from, true)
         } catch {
@@ -244,14 +246,14 @@ public final class Streamed: Layer {
         if last, let dx, let g { Self.add(g, into: dx, at: t.crop) }
       }
       if let k = pass.gather {
-        let bn = leaves[k] as! BatchNorm2D, s = bn.streamedBackward!, M = Double(geo.counts[k])
+        let s = bn(k).streamedBackward!, M = Double(geo.counts[k])
         s.meanDy = s.sumDy.map { Float($0 / M) }
         s.meanDyXhat = s.sumDyXhat.map { Float($0 / M) }
         s.inputGradient = true
-        addBatchNormGradients(bn)
+        addBatchNormGradients(bn(k))
       }
     }
-    if frozenBatchNorm { for k in batchNorms { addBatchNormGradients(leaves[k] as! BatchNorm2D) } }
+    if frozenBatchNorm { for k in batchNorms { addBatchNormGradients(bn(k)) } }
     return dx
   }
 
@@ -302,14 +304,14 @@ public final class Streamed: Layer {
     let source = sim.take(self)
     defer { reset() }
     for k in batchNorms {
-      (leaves[k] as! BatchNorm2D).streamedBackward = StreamedBatchNormBackward(channels: 0)
+      bn(k).streamedBackward = StreamedBatchNormBackward(channels: 0)
     }
     let L = leaves.count
     let dx: SimTensor? = needInputGradient ? sim.allocate(geo.input) : nil
     for pass in passes() {
       let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
-      if let k = pass.gather { (leaves[k] as! BatchNorm2D).streamedBackward!.inputGradient = false }
+      if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
       for t in geo.tiles {
         _ = try? planRun(t, geo, through: L, recordFrom: pass.from, true, sim)
         let o = geo.output, lo = t.local[L - 1]
@@ -319,7 +321,7 @@ public final class Streamed: Layer {
           g = leaves[l].planBackward(d, needInputGradient: l > 0 || (last && dx != nil), sim)
         }
       }
-      if let k = pass.gather { (leaves[k] as! BatchNorm2D).streamedBackward!.inputGradient = true }
+      if let k = pass.gather { bn(k).streamedBackward!.inputGradient = true }
     }
     withExtendedLifetime(source) {}
     return dx
