@@ -120,7 +120,7 @@ func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
 }
 
 /// Resident memory the runtime needs beside the ledger (code, Swift and Foundation, thread stacks,
-/// small allocations): measured 30–90 MiB; kept out of the block cache's share of a budget.
+/// small allocations): measured 25–90 MiB; kept out of the block cache's share of a budget.
 let runtimeReserveBytes = 128 << 20
 
 /// Within a budget, freed blocks kept for reuse may take only what the plan leaves free.
