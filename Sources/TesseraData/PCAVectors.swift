@@ -14,7 +14,8 @@ public enum PCAVectors {
     precondition(pipeline.policy != .none, "PCA over whole images needs one size: use fit, fill or stretch")
     let shape = [pipeline.channels, pipeline.height, pipeline.width]
     let source: VectorSource = { body in
-      let loader = BatchLoader(dataset: ds, pipeline: pipeline, batchSize: chunk)
+      let loader = BatchLoader(dataset: ds, pipeline: pipeline,
+                               batchSize: max(1, min(chunk, (64 << 20) / (4 * pipeline.channels * pipeline.height * pipeline.width))))
       loader.shuffle = false
       loader.workers = workers
       loader.onWarning = onSkip
@@ -32,6 +33,7 @@ public enum PCAVectors {
     chunk: Int = 256, reader: ImageReader = ImageReader(), onSkip: @escaping @Sendable (String) -> Void = { _ in }
   ) -> (dimension: Int, shape: [Int], source: VectorSource) {
     let shape = [channels, size, size], d = shape.reduce(1, *)
+    let chunk = max(1, min(chunk, (64 << 20) / (4 * d)))  // at most 64 MiB of patches at a time
     let source: VectorSource = { body in
       let buf = Buffer(floats: chunk * d, category: .data, zeroed: false)
       var rows = 0

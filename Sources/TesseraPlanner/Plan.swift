@@ -79,8 +79,11 @@ public enum Planner {
     _ model: Layer, name: String, input: [Int], batch: Int, optimizer: OptimizerKind = .momentum,
     threads: Int = Parallel.threadCount, inputResident: Bool = true
   ) throws -> Plan {
-    precondition(input.count == 3 && batch >= 1, "input is (C, H, W) and batch ≥ 1")
+    guard input.count == 3 else { throw SizeError("input must be (C, H, W), got \(input)") }
+    try Limits.check(batch, in: 1...Limits.maxBatch, "batch")
+    try Limits.check(input[0], in: 1...Limits.maxChannels, "input channels")
     let shape = [batch] + input
+    try Limits.check(shape, "input (N, C, H, W)")
     _ = try model.checkInput(shape)
 
     // Per-layer table: shapes, parameters, MACs, receptive fields (walk), kept bytes (simulation).
@@ -91,11 +94,14 @@ public enum Planner {
       let params = layer.ownParameters.filter { $0.1.trainable }.reduce(0) { $0 + $1.1.count }
       var macs = 0, ws = 0
       if let c = layer as? Conv2D, let g = try? c.geometry(for: inShape) {
-        macs = g.macs / max(batch, 1)
+        guard let m = Limits.product([g.outChannels, g.outHeight, g.outWidth, g.taps]) else {
+          throw SizeError("\(path): more multiply-accumulates than can be counted")
+        }
+        macs = m
         ws = max(Conv2DKernels.forwardWorkspaceBytes(g, threads: threads), Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: threads),
                  Conv2DKernels.backwardDataWorkspaceBytes(g, threads: threads))
       } else if let l = layer as? Linear {
-        macs = l.inputFeatures * l.outputFeatures
+        macs = l.inputFeatures * l.outputFeatures  // both bounded by the parameter count
         ws = max(GEMM.workspaceBytes(m: batch, n: l.outputFeatures, k: l.inputFeatures, threads: threads),
                  GEMM.workspaceBytes(m: l.outputFeatures, n: l.inputFeatures, k: batch, threads: threads),
                  GEMM.workspaceBytes(m: batch, n: l.inputFeatures, k: l.outputFeatures, threads: threads))
@@ -133,7 +139,11 @@ public enum Planner {
     let resident = parameterBytes + gradientBytes + optimizerBytes
     return Plan(
       model: name, input: input, batch: batch, optimizer: optimizer, threads: threads, layers: rows,
-      parameters: trainable, macs: rows.reduce(0) { $0 + $1.macs }, inputBytes: inputBytes,
+      parameters: trainable, macs: try rows.reduce(0) {
+        let (s, o) = $0.addingReportingOverflow($1.macs)
+        if o { throw SizeError("more multiply-accumulates than can be counted") }
+        return s
+      }, inputBytes: inputBytes,
       parameterBytes: parameterBytes, gradientBytes: gradientBytes, optimizerBytes: optimizerBytes,
       activationBytes: train.peakBytes - inputBytes, peakTrainingBytes: resident + train.peakBytes,
       peakInferenceBytes: parameterBytes + infer.peakBytes, receptiveField: rf)
@@ -164,6 +174,7 @@ public enum Planner {
       return main.union(try walk(s, path: child("downsample"), input: input, rf: rf, visit))
     default:
       let out = try layer.outputShape(for: input)
+      try Limits.check(out, "output of \(path.isEmpty ? layer.kind : path)", maxDimension: Limits.maxElements)
       let r = receptiveField(of: layer, input: input, rf: rf)
       try visit(path, layer, input, out, r)
       return r

@@ -3,6 +3,7 @@ import Foundation
 import Tessera
 import TesseraData
 import TesseraKernels
+import TesseraPlanner
 
 struct PCACommand: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -43,6 +44,17 @@ struct PCAFit: ParsableCommand {
   func validate() throws {
     guard (size == nil) != (patch == nil) else { throw ValidationError("give exactly one of --size (whole images) or --patch (patches)") }
     guard (size ?? patch ?? 0) >= 1, components >= 1 else { throw ValidationError("--size/--patch and --components must be positive") }
+    // Each vector has side² × channels values; the exact method holds a d × d covariance (Double),
+    // the randomized one a few d × k blocks. Refused here, before any image is read.
+    let side = size ?? patch ?? 1
+    try checkRange(side, 1...16384, size != nil ? "--size" : "--patch")
+    let d = side * side * channels
+    let exact = method == "exact" || (method == "auto" && d <= 1024)
+    let bytes = exact ? Limits.product([d, d, 8, 2]) : Limits.product([d, components + 10, 8, 4])
+    let available = MachineMemory.availableBytes()
+    guard let b = bytes, b <= available else {
+      throw ValidationError("PCA of \(d)-value vectors with \(components) components needs about \(ByteSize.format(bytes ?? Int.max)), more than the \(ByteSize.format(available)) this machine can give; use a smaller --size/--patch\(exact ? " or --method randomized" : "")")
+    }
     guard ["auto", "exact", "randomized"].contains(method) else { throw ValidationError("--method must be auto, exact or randomized") }
     guard channels == 1 || channels == 3 else { throw ValidationError("--channels must be 1 or 3") }
     guard ["fit", "fill", "stretch"].contains(policy) else { throw ValidationError("--policy must be fit, fill or stretch") }

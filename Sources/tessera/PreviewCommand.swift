@@ -22,7 +22,7 @@ struct PreviewCommand: ParsableCommand {
   @Flag(help: "Print one JSON object.") var json = false
 
   func validate() throws {
-    guard size >= 1 else { throw ValidationError("--size must be positive") }
+    try checkRange(size, 1...16384, "--size (a preview of at most 2^28 pixels)")
     guard ResizePolicy(rawValue: policy) != nil else { throw ValidationError("--policy must be fit, fill, none or stretch") }
     guard ResampleFilter(rawValue: filter) != nil else { throw ValidationError("--filter must be area, bilinear or lanczos3") }
     guard channels == 1 || channels == 3 else { throw ValidationError("--channels must be 1 or 3") }

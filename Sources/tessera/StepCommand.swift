@@ -30,7 +30,7 @@ struct StepCommand: ParsableCommand {
   @OptionGroup var global: GlobalOptions
 
   func validate() throws {
-    guard classes >= 1 else { throw ValidationError("--classes must be at least 1") }
+    try checkRange(classes, 1...(1 << 20), "--classes")
     guard StoragePrecision(rawValue: precision) != nil else { throw ValidationError("--precision must be fp32, fp16 or bf16") }
     guard CheckpointingPolicy(checkpointing) != nil else {
       throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
@@ -55,7 +55,15 @@ struct StepCommand: ParsableCommand {
     else {
       throw BatchError("\(batch): tensor 'labels' must hold \(rawInput.shape[0]) I64 or I32 values; got \(rawLabels.dtype.rawValue) \(rawLabels.shape)")
     }
+    guard rawInput.shape.allSatisfy({ $0 >= 1 }) else {
+      throw BatchError("\(batch): tensor 'input' has an empty dimension \(rawInput.shape); it needs N, C, H, W ≥ 1")
+    }
+    try Limits.check(rawInput.shape, "\(batch): tensor 'input'")
     let input = rawInput.dtype == .float32 ? rawInput : rawInput.converted(to: .float32, category: .data)
+    if let bad = (0..<input.count).first(where: { !input.floats[$0].isFinite }) {
+      let chw = input.count / input.shape[0]
+      throw BatchError("\(batch): tensor 'input' holds \(input.floats[bad].isNaN ? "NaN" : "infinity") at image \(bad / chw), element \(bad % chw); a step needs finite values")
+    }
     guard let zoo = Zoo.model(model, classes: classes, inputChannels: input.shape[1]) else {
       throw ValidationError("unknown model '\(model)'; choose one of \(Zoo.names.joined(separator: ", "))")
     }
