@@ -155,7 +155,14 @@ extension Planner {
         sh = try l.outputShape(for: sh)
       }
     }
-    for t in geo.tiles { try macs([input[0], input[1], t.crop.rows.count, t.crop.cols.count], into: &crop) }
+    // Crops of one size cost alike: each size once, times how many tiles have it.
+    var sizes = [[Int]: Double]()
+    for t in geo.tiles { sizes[[t.crop.rows.count, t.crop.cols.count], default: 0] += 1 }
+    for (hw, n) in sizes {
+      var one = [Double](repeating: 0, count: L)
+      try macs([input[0], input[1]] + hw, into: &one)
+      for i in 0..<L { crop[i] += one[i] * n }
+    }
     try macs(input, into: &whole)
     let all = crop.reduce(0, +)
     var cost = all  // the output pass

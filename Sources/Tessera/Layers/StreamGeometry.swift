@@ -1,3 +1,4 @@
+import Foundation
 import TesseraKernels
 
 /// Where a streamed segment reads its input: region by region, so the whole input need never be
@@ -75,12 +76,22 @@ public enum StreamingError: Error, CustomStringConvertible, Equatable {
 /// its map each tile owns.
 public struct StreamGeometry {
   /// (N, C, H, W) in, (N, K, H', W') out.
-  public let input: [Int], output: [Int]
+  public internal(set) var input: [Int], output: [Int]
   /// Input pixels per output cell, and the halo (input pixels, a multiple of the stride) around a tile.
   public let stride: Int, halo: Int
   public let tiles: [Tile]
   /// Elements per channel of each layer's whole output map (N·H·W), for BatchNorm's means.
-  let counts: [Int]
+  var counts: [Int]
+
+  /// The same tiles for a batch of `n`.
+  func withBatch(_ n: Int) -> StreamGeometry {
+    guard n != input[0] else { return self }
+    var g = self
+    g.counts = counts.map { $0 / input[0] * n }
+    g.input[0] = n
+    g.output[0] = n
+    return g
+  }
 
   public struct Tile {
     /// Input pixels read (tile plus halo).
@@ -104,9 +115,57 @@ public struct StreamGeometry {
   }
 }
 
+/// Layout cache key: the segment's layers, its tile and the image's (C, H, W).
+struct GeometryKey: Hashable {
+  let leaves: [ObjectIdentifier], tile: Int, image: [Int]
+  static let cache = Locked([GeometryKey: ([Layer], StreamGeometry, [StreamGeometry.Tile])]())
+}
+
+/// A value behind a lock.
+final class Locked<T>: @unchecked Sendable {
+  private var value: T
+  private let lock = NSLock()
+  init(_ v: T) { value = v }
+  func withLock<R>(_ body: (inout T) throws -> R) rethrows -> R {
+    lock.lock()
+    defer { lock.unlock() }
+    return try body(&value)
+  }
+}
+
 extension Streamed {
   /// Tiles, halos and owned regions for an (N, C, H, W) input.
   public func geometry(for input: [Int]) throws -> StreamGeometry {
+    // Thousands of tiles take a while to lay out; the planner asks for the same input many times.
+    // (Tiles do not depend on the batch: one layout per image size.)
+    // Segments built again from the same layers (the planner tries many) share one layout.
+    let key = GeometryKey(leaves: leaves.map(ObjectIdentifier.init), tile: tile, image: Array(input.dropFirst()))
+    if input.count == 4, let g = GeometryKey.cache.withLock({ $0[key]?.1 }) { return g.withBatch(input[0]) }
+    let g = try makeGeometry(for: input)
+    GeometryKey.cache.withLock {
+      if $0.count >= 64 { $0.removeAll() }
+      // One tile of each crop shape, for the planner's dry runs. The layers are held, so their
+      // identifiers are not reused.
+      var seen = Set<[Int]>()
+      let distinct = g.tiles.filter { t in
+        seen.insert([t.crop.rows.count, t.crop.cols.count] + t.local.flatMap { [$0.0, $0.1] }).inserted
+      }
+      $0[key] = (leaves, g, distinct)
+    }
+    return g
+  }
+
+  /// One tile of each crop shape of the layout for `input`: in a dry run every tile starts from and
+  /// returns to the same count, and tiles of one shape allocate alike, so the peak over these is the
+  /// peak over all (thousands of tiles plan in milliseconds).
+  func distinctTiles(_ input: [Int]) throws -> [StreamGeometry.Tile] {
+    _ = try geometry(for: input)
+    let key = GeometryKey(leaves: leaves.map(ObjectIdentifier.init), tile: tile, image: Array(input.dropFirst()))
+    if let d = GeometryKey.cache.withLock({ $0[key]?.2 }) { return d }
+    return try geometry(for: input).tiles
+  }
+
+  func makeGeometry(for input: [Int]) throws -> StreamGeometry {
     // Per layer: output size, cumulative stride S, and the input span of an output cell j:
     // [j·S − P, j·S − P + R − 1] (P: padding reach before, R: receptive field size).
     var shape = input, S = 1, P = (0, 0), R = (1, 1), halo = 0  // P and R per axis (rows, columns)

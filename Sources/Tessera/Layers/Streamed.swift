@@ -269,14 +269,15 @@ public final class Streamed: Layer {
 
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     let geo = try geometry(for: x.shape)
+    let tiles = (try? distinctTiles(geo.input)) ?? geo.tiles
     reset()
     if training && !frozenBatchNorm {
       for k in batchNorms {
-        for t in geo.tiles { _ = try BackwardRecording.without { try planRun(t, geo, through: k, recordFrom: nil, true, sim) } }
+        for t in tiles { _ = try BackwardRecording.without { try planRun(t, geo, through: k, recordFrom: nil, true, sim) } }
       }
     }
     let y = sim.allocate(geo.output)
-    for t in geo.tiles {
+    for t in tiles {
       _ = try BackwardRecording.without { try planRun(t, geo, through: leaves.count, recordFrom: nil, training, sim) }
     }
     if training && BackwardRecording.isOn {
@@ -308,11 +309,12 @@ public final class Streamed: Layer {
     }
     let L = leaves.count
     let dx: SimTensor? = needInputGradient ? sim.allocate(geo.input) : nil
+    let tiles = (try? distinctTiles(geo.input)) ?? geo.tiles
     for pass in passes() {
       let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
-      for t in geo.tiles {
+      for t in tiles {
         _ = try? planRun(t, geo, through: L, recordFrom: pass.from, true, sim)
         let o = geo.output, lo = t.local[L - 1]
         var g: SimTensor? = sim.allocate([o[0], o[1], lo.0, lo.1])
