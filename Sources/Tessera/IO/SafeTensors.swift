@@ -139,6 +139,10 @@ public enum SafeTensors {
 
   static func parseHeader(_ data: Data, path: String, bodySize: Int) throws -> (list: [Entry], metadata: [String: String]) {
     let dict: [String: HeaderValue]
+    // As the reference reader: a name given twice is an error, not "the last one wins".
+    if let dup = duplicateTopLevelKey(data) {
+      throw SafeTensorsError.badHeader(path: path, reason: "the name '\(dup)' appears twice")
+    }
     do { dict = try JSONDecoder().decode([String: HeaderValue].self, from: data) } catch {
       throw SafeTensorsError.badHeader(path: path, reason: "not a JSON object of tensor entries")
     }
@@ -190,7 +194,54 @@ public enum SafeTensors {
     for i in list.indices.dropFirst() where list[i].begin < list[i - 1].end {
       throw SafeTensorsError.badEntry(path: path, tensor: list[i].name, reason: "overlaps tensor '\(list[i - 1].name)'")
     }
+    // The tensors must cover the data section exactly: no gap, nothing after the last one.
+    var covered = 0
+    for e in list {
+      guard e.begin == covered else {
+        throw SafeTensorsError.badHeader(path: path, reason: "bytes \(covered)..<\(e.begin) of the data section belong to no tensor (before '\(e.name)')")
+      }
+      covered = e.end
+    }
+    guard covered == bodySize else {
+      throw SafeTensorsError.badHeader(path: path, reason: "\(bodySize - covered) bytes after the last tensor belong to no tensor; the file is damaged or not safetensors")
+    }
     return (list, metadata)
+  }
+
+  /// The first key of the top-level JSON object that appears twice, or nil (a small scanner: strings
+  /// with escapes, nesting; the JSON decoder validates the rest).
+  static func duplicateTopLevelKey(_ data: Data) -> String? {
+    let b = [UInt8](data)
+    var i = 0, depth = 0, seen = Set<[UInt8]>()
+    var expectKey = false
+    while i < b.count {
+      let c = b[i]
+      if c == UInt8(ascii: "\"") {
+        var j = i + 1
+        var key = [UInt8]()
+        while j < b.count && b[j] != UInt8(ascii: "\"") {
+          if b[j] == UInt8(ascii: "\\") { key.append(b[j]); j += 1 }
+          if j < b.count { key.append(b[j]) }
+          j += 1
+        }
+        if depth == 1 && expectKey {
+          if !seen.insert(key).inserted { return String(decoding: key, as: UTF8.self) }
+          expectKey = false
+        }
+        i = j + 1
+        continue
+      }
+      switch c {
+      case UInt8(ascii: "{"), UInt8(ascii: "["):
+        depth += 1
+        if depth == 1 { expectKey = true }
+      case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1
+      case UInt8(ascii: ","): if depth == 1 { expectKey = true }
+      default: break
+      }
+      i += 1
+    }
+    return nil
   }
 }
 
