@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <jpeglib.h>
+#include <jerror.h>
 #include <png.h>
 
 static void set_error(char *error, const char *msg) {
@@ -29,10 +30,20 @@ static void ti_jpeg_error_exit(j_common_ptr cinfo) {
   longjmp(e->jump, 1);
 }
 
-// Warnings (msg_level −1: corrupt data, premature end of file) are errors here: a damaged file
-// must be reported, not decoded into grey.
+// Warnings (msg_level −1) about the data — corrupt or missing entropy-coded bytes, a premature end
+// of file — are errors here: a damaged file must be reported, not decoded into grey. Warnings about
+// metadata only (an unknown JFIF revision, an odd Adobe transform code, a bad ICC chunk) leave the
+// pixels intact and are ignored, as Pillow and browsers do.
 static void ti_jpeg_emit_message(j_common_ptr cinfo, int level) {
-  if (level < 0) ti_jpeg_error_exit(cinfo);
+  if (level >= 0) return;
+  switch (cinfo->err->msg_code) {
+  case JWRN_JFIF_MAJOR:
+  case JWRN_ADOBE_XFORM:
+  case JWRN_BOGUS_ICC:
+    return;
+  default:
+    ti_jpeg_error_exit(cinfo);
+  }
 }
 
 static void ti_jpeg_output_message(j_common_ptr cinfo) { (void)cinfo; }
@@ -58,11 +69,17 @@ static unsigned long read32(const unsigned char *p, int little) {
                 : ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) | ((unsigned long)p[2] << 8) | (unsigned long)p[3];
 }
 
+static int tiff_orientation(const unsigned char *t, unsigned long n);
+
 // EXIF orientation from an APP1 payload ("Exif\0\0" + TIFF), every offset bounds-checked.
 static int exif_orientation(const unsigned char *d, unsigned len) {
   if (len < 14 || memcmp(d, "Exif\0\0", 6) != 0) return 1;
-  const unsigned char *t = d + 6;
-  unsigned long n = len - 6;
+  return tiff_orientation(d + 6, len - 6);
+}
+
+// EXIF orientation from a TIFF structure (a JPEG's APP1 after its prefix, a PNG's eXIf chunk).
+static int tiff_orientation(const unsigned char *t, unsigned long n) {
+  if (n < 8) return 1;
   int little;
   if (t[0] == 'I' && t[1] == 'I') little = 1;
   else if (t[0] == 'M' && t[1] == 'M') little = 0;
@@ -109,13 +126,11 @@ static int setup_output(struct jpeg_decompress_struct *cinfo, int denom, int out
     set_error(error, "scale denominator must be 1, 2, 4 or 8");
     return -1;
   }
-  if (cinfo->jpeg_color_space == JCS_CMYK || cinfo->jpeg_color_space == JCS_YCCK) {
-    set_error(error, "CMYK JPEGs are not supported");
-    return -1;
-  }
   cinfo->scale_num = 1;
   cinfo->scale_denom = (unsigned)denom;
-  cinfo->out_color_space = out_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  // CMYK and YCCK decode to CMYK (libjpeg converts YCCK) and are turned into RGB below.
+  if (cinfo->jpeg_color_space == JCS_CMYK || cinfo->jpeg_color_space == JCS_YCCK) cinfo->out_color_space = JCS_CMYK;
+  else cinfo->out_color_space = out_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
   cinfo->dct_method = JDCT_ISLOW;
   return 0;
 }
@@ -178,6 +193,9 @@ int ti_jpeg_decode(const unsigned char *data, unsigned long size, int denom, int
     return -1;
   }
   size_t skip = (size_t)(x - (int)xoff) * (size_t)comps, bytes = (size_t)w * (size_t)comps;
+  int cmyk = cinfo.out_color_space == JCS_CMYK;
+  // Adobe's CMYK JPEGs store inverted inks (Photoshop's convention, as Pillow and libvips read them).
+  int inverted = cinfo.saw_Adobe_marker;
   for (int r = 0; r < h; r++) {
     JSAMPROW rp = row;
     if (jpeg_read_scanlines(&cinfo, &rp, 1) != 1) {
@@ -186,7 +204,20 @@ int ti_jpeg_decode(const unsigned char *data, unsigned long size, int denom, int
       jpeg_destroy_decompress(&cinfo);
       return -1;
     }
-    memcpy(out + (size_t)r * bytes, row + skip, bytes);
+    if (!cmyk) {
+      memcpy(out + (size_t)r * bytes, row + skip, bytes);
+      continue;
+    }
+    // CMYK → RGB: each channel (255 − ink)·(255 − black)/255, then grey by Rec. 601 when asked.
+    unsigned char *o = out + (size_t)r * (size_t)w * (size_t)out_components;
+    const JSAMPLE *p = row + skip;
+    for (int i = 0; i < w; i++, p += 4) {
+      unsigned c = p[0], m = p[1], yy = p[2], k = p[3];
+      if (!inverted) { c = 255 - c; m = 255 - m; yy = 255 - yy; k = 255 - k; }
+      unsigned rr = (c * k + 127) / 255, gg = (m * k + 127) / 255, bb = (yy * k + 127) / 255;
+      if (out_components == 1) o[i] = (unsigned char)((299 * rr + 587 * gg + 114 * bb + 500) / 1000);
+      else { o[3 * i] = (unsigned char)rr; o[3 * i + 1] = (unsigned char)gg; o[3 * i + 2] = (unsigned char)bb; }
+    }
   }
   free(row);
   jpeg_abort_decompress(&cinfo);
@@ -214,9 +245,12 @@ int ti_jpeg_encode(const unsigned char *pixels, int width, int height, int compo
   jpeg_mem_dest(&cinfo, out, out_size);
   cinfo.image_width = (JDIMENSION)width;
   cinfo.image_height = (JDIMENSION)height;
+  int ycck = components == 5;
+  if (ycck) components = 4;
   cinfo.input_components = components;
-  cinfo.in_color_space = components == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  cinfo.in_color_space = components == 1 ? JCS_GRAYSCALE : components == 4 ? JCS_CMYK : JCS_RGB;
   jpeg_set_defaults(&cinfo);
+  if (ycck) jpeg_set_colorspace(&cinfo, JCS_YCCK);
   jpeg_set_quality(&cinfo, quality, TRUE);
   jpeg_start_compress(&cinfo, TRUE);
   while (cinfo.next_scanline < cinfo.image_height) {
@@ -272,6 +306,12 @@ static void ti_png_setup(png_structp png, png_infop pinfo, ti_png_info *info) {
   info->channels = png_get_channels(png, pinfo);
   info->bit_depth = png_get_bit_depth(png, pinfo);
   info->interlaced = interlace;
+  info->orientation = 1;
+#ifdef PNG_eXIf_SUPPORTED
+  png_uint_32 exif_len = 0;
+  png_bytep exif = NULL;
+  if (png_get_eXIf_1(png, pinfo, &exif_len, &exif) && exif) info->orientation = tiff_orientation(exif, exif_len);
+#endif
 }
 
 #define TI_PNG_BEGIN(error)                                                                      \

@@ -81,7 +81,8 @@ public struct ImageReader: Sendable {
   static func format(of d: Data) -> ImageFormat? {
     if d.count >= 3 && d[d.startIndex] == 0xFF && d[d.startIndex + 1] == 0xD8 && d[d.startIndex + 2] == 0xFF { return .jpeg }
     if d.count >= 8 && d.prefix(8) == Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) { return .png }
-    if d.count >= 2 && d[d.startIndex] == UInt8(ascii: "P") && (d[d.startIndex + 1] == UInt8(ascii: "5") || d[d.startIndex + 1] == UInt8(ascii: "6")) { return .pnm }
+    if d.count >= 2 && d[d.startIndex] == UInt8(ascii: "P") && (UInt8(ascii: "2")...UInt8(ascii: "3")).contains(d[d.startIndex + 1]) { return .pnm }
+    if d.count >= 2 && d[d.startIndex] == UInt8(ascii: "P") && (UInt8(ascii: "5")...UInt8(ascii: "6")).contains(d[d.startIndex + 1]) { return .pnm }
     return nil
   }
 
@@ -93,19 +94,23 @@ public struct ImageReader: Sendable {
       var i = ti_jpeg_info()
       let rc = d.withUnsafeBytes { ti_jpeg_read_info($0.bindMemory(to: UInt8.self).baseAddress, UInt(d.count), &i, &err) }
       guard rc == 0 else { throw ImageError(path: path, .corrupt(String(cString: err))) }
-      guard i.components == 1 || i.components == 3 else {
-        throw ImageError(path: path, .unsupported("\(i.components)-component (CMYK) JPEG"))
+      guard i.components == 1 || i.components == 3 || i.components == 4 else {
+        throw ImageError(path: path, .unsupported("\(i.components)-component JPEG"))
       }
       let swap = i.orientation >= 5
+      // CMYK/YCCK (4 components) decode to RGB.
       return ImageInfo(format: .jpeg, width: Int(swap ? i.height : i.width), height: Int(swap ? i.width : i.height),
-                       storedWidth: Int(i.width), storedHeight: Int(i.height), channels: Int(i.components),
+                       storedWidth: Int(i.width), storedHeight: Int(i.height), channels: min(3, Int(i.components)),
                        bitDepth: 8, orientation: Int(i.orientation))
     case .png:
       var i = ti_png_info()
       let rc = d.withUnsafeBytes { ti_png_read_info($0.bindMemory(to: UInt8.self).baseAddress, d.count, &i, &err) }
       guard rc == 0 else { throw ImageError(path: path, .corrupt(String(cString: err))) }
-      return ImageInfo(format: .png, width: Int(i.width), height: Int(i.height), storedWidth: Int(i.width),
-                       storedHeight: Int(i.height), channels: Int(i.channels), bitDepth: Int(i.bit_depth), orientation: 1)
+      // An eXIf chunk's orientation applies as a JPEG's does.
+      let swap = i.orientation >= 5
+      return ImageInfo(format: .png, width: Int(swap ? i.height : i.width), height: Int(swap ? i.width : i.height),
+                       storedWidth: Int(i.width), storedHeight: Int(i.height), channels: Int(i.channels),
+                       bitDepth: Int(i.bit_depth), orientation: Int(i.orientation))
     case .pnm:
       let h = try PNM.header(d, path: path)
       return ImageInfo(format: .pnm, width: h.width, height: h.height, storedWidth: h.width, storedHeight: h.height,

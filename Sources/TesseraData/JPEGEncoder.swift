@@ -3,9 +3,9 @@ import Foundation
 
 /// libjpeg-turbo's encoder, for writing test and benchmark images.
 public enum JPEGEncoder {
-  /// Interleaved 8-bit RGB (3) or gray (1) pixels → JPEG bytes.
+  /// Interleaved 8-bit RGB (3), gray (1) or CMYK (4; 5: CMYK stored as YCCK) pixels → JPEG bytes.
   public static func encode(_ pixels: [UInt8], width: Int, height: Int, channels: Int = 3, quality: Int = 90) throws -> Data {
-    precondition(pixels.count == width * height * channels, "pixel count does not match the size")
+    precondition(pixels.count == width * height * min(channels, 4), "pixel count does not match the size")
     var out: UnsafeMutablePointer<UInt8>? = nil
     var size: UInt = 0
     var err = [CChar](repeating: 0, count: Int(TI_ERROR_SIZE))

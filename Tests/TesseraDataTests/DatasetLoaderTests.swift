@@ -124,7 +124,7 @@ final class DatasetLoaderTests: TemporaryDirectoryTestCase {
     let good = Fixtures.jpeg(Fixtures.pattern(width: 64, height: 48), width: 64, height: 48)
     let files: [(String, Data)] = [
       ("empty.jpg", Data()), ("text.jpg", Data("hello".utf8)), ("truncated.jpg", good.prefix(good.count / 2)),
-      ("bomb.png", Fixtures.pngHeader(width: 100_000, height: 100_000)), ("unsupported.ppm", Data("P3 1 1 255 0 0 0".utf8)),
+      ("bomb.png", Fixtures.pngHeader(width: 100_000, height: 100_000)), ("unsupported.ppm", Data("P4 1 1\n\u{0}".utf8)),
     ]
     for (n, d) in files { FileManager.default.createFile(atPath: bad.appendingPathComponent(n).path, contents: d) }
     let ds = try ImageDataset.folder(root)

@@ -25,7 +25,8 @@ int ti_jpeg_scaled_size(const unsigned char *data, unsigned long size, int denom
 int ti_jpeg_decode(const unsigned char *data, unsigned long size, int denom, int x, int y, int w, int h,
                    int out_components, unsigned char *out, char *error);
 
-// Encodes 8-bit gray (1) or RGB (3) pixels; *out is malloc'ed, release with ti_free.
+// Encodes 8-bit gray (1) or RGB (3) pixels, or CMYK (4; stored as given, with libjpeg's Adobe
+// marker; 5: CMYK written as YCCK); *out is malloc'ed, release with ti_free.
 int ti_jpeg_encode(const unsigned char *pixels, int width, int height, int components, int quality,
                    unsigned char **out, unsigned long *out_size, char *error);
 
@@ -34,6 +35,7 @@ typedef struct {
   int channels;   // after expansion: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
   int bit_depth;  // 8 or 16 after expansion
   int interlaced;
+  int orientation;  // EXIF orientation 1…8 from an eXIf chunk; 1 without one
 } ti_png_info;
 
 int ti_png_read_info(const unsigned char *data, size_t size, ti_png_info *info, char *error);
