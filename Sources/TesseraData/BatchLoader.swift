@@ -114,11 +114,12 @@ public final class BatchLoader: @unchecked Sendable {
     return o
   }
 
-  public func epoch(_ e: Int) -> EpochIterator {
+  /// The batches of epoch `e`, starting at batch `from` (a resumed epoch skips what it trained).
+  public func epoch(_ e: Int, from: Int = 0) -> EpochIterator {
     let o = order(epoch: e)
     var groups = stride(from: 0, to: o.count, by: batchSize).map { Array(o[$0..<min(o.count, $0 + batchSize)]) }
     if dropLast, let last = groups.last, last.count < batchSize { groups.removeLast() }
-    return EpochIterator(loader: self, epoch: e, groups: groups)
+    return EpochIterator(loader: self, epoch: e, groups: Array(groups.dropFirst(from)))
   }
 
   /// One image, prepared and augmented with its own generator.
@@ -176,6 +177,8 @@ public final class EpochIterator: @unchecked Sendable {
   }
 
   public var batchCount: Int { groups.count }
+  /// Images in this epoch's batches.
+  public var imageCount: Int { groups.reduce(0) { $0 + $1.count } }
 
   /// Images per second delivered since the first `next()`.
   public var imagesPerSecond: Double {

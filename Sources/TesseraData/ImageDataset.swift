@@ -49,42 +49,87 @@ public struct ImageDataset: Sendable {
         if name.hasPrefix(".") { continue }
         if imageExtensions.contains((f as NSString).pathExtension.lowercased()) { files.append(f) }
       }
+      let realRoot = root.standardizedFileURL.resolvingSymlinksInPath().path
       for f in files.sorted() {
+        let real = dir.appendingPathComponent(f).resolvingSymlinksInPath().path
+        guard real.hasPrefix(realRoot + "/") else {
+          throw DatasetError(path: dir.appendingPathComponent(f).path, message: "a symbolic link to \(real), outside the data set root \(root.path); copy the file in or remove the link")
+        }
         samples.append(Sample(url: dir.appendingPathComponent(f), relativePath: c + "/" + f, label: label, split: nil))
       }
     }
     return ImageDataset(root: root, classes: classes, samples: samples)
   }
 
-  /// A CSV manifest of `path,label[,split]` (a header line naming `path` is skipped). Paths are
-  /// relative to `root` (default: the manifest's folder) and may not leave it.
+  /// A CSV manifest of `path,label[,split]`. A header line (its first field `path`) names the columns
+  /// in any order (`path` and `label` required, `split` optional); without one the order is
+  /// path,label[,split]. Paths are relative to the root: `root` when given (`--data`), else the
+  /// folder a `# root: DIR` line names (relative to the manifest; `tessera split` writes it when the
+  /// manifest is not in the data folder), else the manifest's own folder. No path may leave the root,
+  /// symbolic links included.
   public static func manifest(_ csv: URL, root: URL? = nil) throws -> ImageDataset {
-    let base = (root ?? csv.deletingLastPathComponent()).standardizedFileURL
     let text: String
     do { text = try String(contentsOf: csv, encoding: .utf8) } catch {
       throw DatasetError(path: csv.path, message: "cannot read the manifest: \((error as NSError).localizedDescription)")
     }
-    var rows = [(String, String, String?)]()
+    var base = (root ?? csv.deletingLastPathComponent()).standardizedFileURL
+    var rows = [(String, String, String?, Int)]()
+    var columns: (path: Int, label: Int, split: Int?)? = nil
+    var sawData = false
     for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
       let line = raw.trimmingCharacters(in: .whitespaces)
-      if line.isEmpty || line.hasPrefix("#") { continue }
+      if line.hasPrefix("#") {
+        let body = line.dropFirst().trimmingCharacters(in: .whitespaces)
+        if root == nil, !sawData, body.lowercased().hasPrefix("root:") {
+          let dir = body.dropFirst(5).trimmingCharacters(in: .whitespaces)
+          base = (dir.hasPrefix("/") ? URL(fileURLWithPath: dir) : csv.deletingLastPathComponent().appendingPathComponent(dir))
+            .standardizedFileURL
+        }
+        continue
+      }
+      if line.isEmpty { continue }
       let f = CSV.fields(line)
-      if n == 0 && f.first?.lowercased() == "path" { continue }
-      guard f.count == 2 || f.count == 3, !f[0].isEmpty, !f[1].isEmpty else {
-        throw DatasetError(path: "\(csv.path):\(n + 1)", message: "expected path,label[,split], got '\(line)'")
+      if !sawData && columns == nil && f.contains(where: { $0.lowercased() == "path" })
+        && f.allSatisfy({ ["path", "label", "split"].contains($0.lowercased()) }) {
+        let names = f.map { $0.lowercased() }
+        guard let l = names.firstIndex(of: "label") else {
+          throw DatasetError(path: "\(csv.path):\(n + 1)", message: "the header names no 'label' column (got \(f.joined(separator: ","))); a manifest needs path,label[,split]")
+        }
+        let unknown = names.filter { !["path", "label", "split"].contains($0) }
+        guard unknown.isEmpty, Set(names).count == names.count else {
+          throw DatasetError(path: "\(csv.path):\(n + 1)", message: "header columns must be path, label and optionally split, once each; got \(f.joined(separator: ","))")
+        }
+        columns = (names.firstIndex(of: "path")!, l, names.firstIndex(of: "split"))
+        continue
       }
-      if f.count == 3, !["train", "val", "test"].contains(f[2]) {
-        throw DatasetError(path: "\(csv.path):\(n + 1)", message: "split must be train, val or test, got '\(f[2])'")
+      sawData = true
+      let c = columns ?? (0, 1, f.count == 3 ? 2 : nil)
+      let width = columns.map { $0.split == nil ? 2 : 3 } ?? f.count
+      guard f.count == width, width == 2 || width == 3, !f[c.path].isEmpty, !f[c.label].isEmpty else {
+        throw DatasetError(path: "\(csv.path):\(n + 1)", message: "expected \(columns == nil ? "path,label[,split]" : "\(width) fields as the header says"), got '\(line)'")
       }
-      rows.append((f[0], f[1], f.count == 3 ? f[2] : nil))
+      let split = c.split.map { f[$0] }
+      if let sp = split, !["train", "val", "test"].contains(sp) {
+        throw DatasetError(path: "\(csv.path):\(n + 1)", message: "split must be train, val or test, got '\(sp)'")
+      }
+      rows.append((f[c.path], f[c.label], split, n + 1))
+    }
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: base.path, isDirectory: &isDir), isDir.boolValue else {
+      throw DatasetError(path: csv.path, message: "the manifest's root \(base.path) is not a folder; give --data ROOT (the folder its paths are relative to)")
     }
     let classes = Array(Set(rows.map(\.1))).sorted()
     let index = Dictionary(uniqueKeysWithValues: classes.enumerated().map { ($1, $0) })
     var samples = [Sample]()
-    for (i, r) in rows.enumerated() {
+    let realBase = base.resolvingSymlinksInPath().path
+    for r in rows {
       let url = base.appendingPathComponent(r.0).standardizedFileURL
       guard !r.0.hasPrefix("/"), url.path.hasPrefix(base.path + "/") else {
-        throw DatasetError(path: csv.path, message: "row \(i + 1): path '\(r.0)' leaves the data set root \(base.path)")
+        throw DatasetError(path: "\(csv.path):\(r.3)", message: "path '\(r.0)' leaves the data set root \(base.path)")
+      }
+      let real = url.resolvingSymlinksInPath().path
+      guard real.hasPrefix(realBase + "/") else {
+        throw DatasetError(path: "\(csv.path):\(r.3)", message: "'\(r.0)' is a symbolic link to \(real), outside the data set root \(base.path)")
       }
       samples.append(Sample(url: url, relativePath: r.0, label: index[r.1]!, split: r.2))
     }
@@ -150,9 +195,11 @@ public enum DatasetSplit {
     return result
   }
 
-  /// `path,label,split` lines (with a header) for a manifest.
-  public static func manifest(_ ds: ImageDataset, splits: [String]) -> String {
-    var s = "path,label,split\n"
+  /// `path,label,split` lines (with a header) for a manifest; `root`: the `# root:` line (the data
+  /// folder relative to where the manifest is written), when the manifest is not in it.
+  public static func manifest(_ ds: ImageDataset, splits: [String], root: String? = nil) -> String {
+    var s = root.map { "# root: \($0)\n" } ?? ""
+    s += "path,label,split\n"
     for (i, x) in ds.samples.enumerated() {
       s += "\(CSV.quote(x.relativePath)),\(CSV.quote(ds.classes[x.label])),\(splits[i])\n"
     }

@@ -76,7 +76,7 @@ extension Planner {
       func peak(_ b: Int) -> Int? {
         (try? plan(m, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
       }
-      guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget }), let p = peak(b) else { continue }
+      guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let p = peak(b) else { continue }
       choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: p, relativeTime: mode.relativeTime))
     }
     // When no mode fits the batch: streamed training (the planner's tile, blocks and split), in the

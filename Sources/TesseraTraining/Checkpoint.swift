@@ -10,6 +10,11 @@ public struct TrainingState: Codable, Equatable, Sendable {
   public var step: Int
   public var bestAccuracy: Double
   public var seed: UInt64
+  /// Set when the run stopped inside epoch `epoch + 1` (Ctrl-C, SIGTERM): the batches of that epoch
+  /// already trained and their running metrics, so a resume continues from the next batch.
+  public var batchesDone: Int? = nil
+  public var partialMetrics: ClassificationMetrics? = nil
+  public var partialSkippedFiles: Int? = nil
 }
 
 /// One file per checkpoint (safetensors): every model tensor under its documented name (readable as

@@ -2,7 +2,7 @@ import Tessera
 
 /// Classification metrics accumulated over batches: confusion matrix (rows = true class, columns =
 /// predicted), top-1 and top-k accuracy, per-class precision and recall, mean loss.
-public struct ClassificationMetrics: Sendable {
+public struct ClassificationMetrics: Sendable, Codable, Equatable {
   public let classes: Int
   public let topK: Int
   public private(set) var confusion: [[Int]]

@@ -17,6 +17,21 @@ public struct EpochLog: Sendable {
   public var skippedSteps = 0
 }
 
+/// A run that cannot go on: a diverged loss, a head that does not match the classes, too many
+/// unreadable files.
+public struct TrainingError: Error, CustomStringConvertible {
+  public let description: String
+  public init(_ d: String) { description = d }
+}
+
+/// Training stopped on request (SIGINT/SIGTERM) after a complete update; callbacks have saved it.
+public struct TrainingInterrupted: Error, CustomStringConvertible {
+  public let epoch: Int, batchesDone: Int, batches: Int
+  public var description: String {
+    "interrupted in epoch \(epoch + 1) after batch \(batchesDone) of \(batches); --resume continues from the next batch"
+  }
+}
+
 /// Keras-style hooks; every method has an empty default.
 public protocol TrainingCallback: AnyObject {
   func onTrainBegin(_ trainer: Trainer)
@@ -24,6 +39,8 @@ public protocol TrainingCallback: AnyObject {
   func onBatchEnd(_ epoch: Int, batch: Int, of batches: Int, running: ClassificationMetrics, imagesPerSecond: Double)
   func onEpochEnd(_ log: EpochLog, trainer: Trainer) throws
   func onTrainEnd(_ logs: [EpochLog])
+  /// Training stops inside `epoch` (0-based) after `batchesDone` batches, at an update boundary.
+  func onInterrupt(epoch: Int, batchesDone: Int, metrics: ClassificationMetrics, skippedFiles: Int, trainer: Trainer) throws
 }
 
 extension TrainingCallback {
@@ -32,6 +49,7 @@ extension TrainingCallback {
   public func onBatchEnd(_ epoch: Int, batch: Int, of batches: Int, running: ClassificationMetrics, imagesPerSecond: Double) {}
   public func onEpochEnd(_ log: EpochLog, trainer: Trainer) throws {}
   public func onTrainEnd(_ logs: [EpochLog]) {}
+  public func onInterrupt(epoch: Int, batchesDone: Int, metrics: ClassificationMetrics, skippedFiles: Int, trainer: Trainer) throws {}
 }
 
 /// Stops training when validation accuracy has not improved for `patience` epochs.
@@ -63,6 +81,11 @@ public final class Trainer {
   /// or a diverging run): the weights and optimizer state are left as they were, and it is logged.
   /// (Gradients are fp32 in every precision, so no loss scale is needed to keep them from underflowing.)
   public private(set) var skippedSteps = 0
+  /// An epoch in which more than this share of the files could not be read fails (one in which
+  /// every file failed always does).
+  public var maxSkippedShare = 1.0
+  /// Polled after every update; true stops training there (`TrainingInterrupted`).
+  public var interruptRequested: () -> Bool = { false }
 
   public init(model: Sequential, optimizer: Optimizer, schedule: LRSchedule, classes: Int, accumulate: Int = 1,
               labelSmoothing: Float = 0) {
@@ -78,16 +101,20 @@ public final class Trainer {
   /// Trains epochs `startEpoch ..< epochs` (0-based) and returns their logs.
   @discardableResult
   public func fit(train: BatchLoader, validation: BatchLoader? = nil, epochs: Int, startEpoch: Int = 0,
-                  callbacks: [TrainingCallback] = []) throws -> [EpochLog] {
+                  resumeFrom partial: TrainingState? = nil, callbacks: [TrainingCallback] = []) throws -> [EpochLog] {
     var logs = [EpochLog]()
+    try checkHead(train)
     callbacks.forEach { $0.onTrainBegin(self) }
     for epoch in startEpoch..<epochs where !stopRequested {
       MemoryLedger.shared.resetPeak()
       let t0 = DispatchTime.now().uptimeNanoseconds
-      let it = train.epoch(epoch)
+      // A run interrupted inside this epoch continues after its last complete update.
+      let resumed = epoch == startEpoch ? partial.flatMap { p in p.batchesDone.map { ($0, p) } } : nil
+      let it = train.epoch(epoch, from: resumed?.0 ?? 0)
       callbacks.forEach { $0.onEpochBegin(epoch, batches: it.batchCount) }
-      var metrics = ClassificationMetrics(classes: classes)
-      var micro = 0, b = 0
+      var metrics = resumed?.1.partialMetrics ?? ClassificationMetrics(classes: classes)
+      let skippedBefore = resumed?.1.partialSkippedFiles ?? 0
+      var micro = 0, b = resumed?.0 ?? 0
       var lr = schedule.learningRate(at: step)
       while let batch = try it.next() {
         lr = schedule.learningRate(at: step)
@@ -95,6 +122,10 @@ public final class Trainer {
         let r = try model.trainingStep(input: batch.images, labels: batch.labels, optimizer: nil,
                                        lr: lr, labelSmoothing: labelSmoothing, accumulate: micro > 0,
                                        gradientScale: 1 / Float(accumulate))
+        guard r.loss.isFinite else {
+          let names = batch.urls.prefix(3).map(\.lastPathComponent).joined(separator: ", ")
+          throw TrainingError("the loss is \(r.loss) in epoch \(epoch + 1), batch \(b + 1) (\(names)\(batch.urls.count > 3 ? ", …" : "")) at learning rate \(lr): training diverged. Nothing of this epoch was saved; the run folder holds the last complete epoch. Lower --lr (or add --warmup) and start again, or --resume")
+        }
         if last { update(lr: lr) }
         metrics.add(logits: r.logits, labels: batch.labels, loss: r.loss)
         micro = last ? 0 : micro + 1
@@ -102,6 +133,17 @@ public final class Trainer {
         b += 1
         let ips = it.imagesPerSecond
         callbacks.forEach { $0.onBatchEnd(epoch, batch: b, of: it.batchCount, running: metrics, imagesPerSecond: ips) }
+        if micro == 0 && interruptRequested() && b < it.batchCount + (resumed?.0 ?? 0) {
+          for c in callbacks {
+            try c.onInterrupt(epoch: epoch, batchesDone: b, metrics: metrics, skippedFiles: skippedBefore + it.skipped.count, trainer: self)
+          }
+          throw TrainingInterrupted(epoch: epoch, batchesDone: b, batches: it.batchCount + (resumed?.0 ?? 0))
+        }
+      }
+      let files = it.imageCount
+      if files > 0 && (it.skipped.count == files || Double(it.skipped.count) > maxSkippedShare * Double(files)) {
+        let first = it.skipped.first.map { " (first: \($0.reason))" } ?? ""
+        throw TrainingError("\(it.skipped.count) of \(files) training images could not be read in epoch \(epoch + 1)\(first); more than the \(Int(maxSkippedShare * 100)) % allowed. Fix or remove them, or raise --max-skipped")
       }
       if micro > 0 {  // a partial group at the end of the epoch still updates, scaled to its size
         for (_, p) in model.namedParameters() where p.trainable {
@@ -110,14 +152,14 @@ public final class Trainer {
         update(lr: lr)
         step += 1
       }
-      let skippedBefore = skippedThisEpoch
+      let skippedUpdates = skippedThisEpoch
       skippedThisEpoch = 0
       let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
       let val = try validation.map { try evaluate($0) }
       let log = EpochLog(epoch: epoch + 1, train: metrics, validation: val, seconds: seconds,
                          imagesPerSecond: Double(metrics.samples) / max(seconds, 1e-9), learningRate: lr,
-                         skippedFiles: it.skipped.count, peakBytes: MemoryLedger.shared.peakBytes,
-                         skippedSteps: skippedBefore)
+                         skippedFiles: skippedBefore + it.skipped.count, peakBytes: MemoryLedger.shared.peakBytes,
+                         skippedSteps: skippedUpdates)
       logs.append(log)
       for c in callbacks { try c.onEpochEnd(log, trainer: self) }
     }
@@ -150,8 +192,22 @@ public final class Trainer {
     return !acc.isNaN
   }
 
+  /// Checks, before anything runs, that the model maps the loader's images to one score per class.
+  public func checkHead(_ loader: BatchLoader) throws {
+    let p = loader.pipeline
+    guard p.policy != .none else { return }
+    let out: [Int]
+    do { out = try model.outputShape(for: [1, p.channels, p.height, p.width]) } catch {
+      throw TrainingError("the model cannot take \(p.channels)×\(p.height)×\(p.width) images: \(error)")
+    }
+    guard out.count == 2, out[1] == classes else {
+      throw TrainingError("the model's head gives \(out.count == 2 ? "\(out[1]) scores" : "output \(out)") per image but the data has \(classes) classes; give the last layer \(classes) outputs")
+    }
+  }
+
   /// Loss, accuracy and confusion matrix on a loader, in inference mode (running BN statistics).
   public func evaluate(_ loader: BatchLoader) throws -> ClassificationMetrics {
+    try checkHead(loader)
     var m = ClassificationMetrics(classes: classes)
     let it = loader.epoch(0)
     while let b = try it.next() {

@@ -3,6 +3,8 @@ import Foundation
 import Tessera
 import TesseraData
 import TesseraTraining
+import TesseraKernels
+import TesseraPlanner
 
 /// The model of a run folder (config.json + best/last checkpoint) or of an explicit checkpoint.
 struct TrainedModelOptions: ParsableArguments {
@@ -17,8 +19,27 @@ struct TrainedModelOptions: ParsableArguments {
   /// The run's config.json, when --run is given.
   func runConfig() throws -> [String: Any] {
     guard let r = run else { return [:] }
-    let data = try Data(contentsOf: URL(fileURLWithPath: r).appendingPathComponent("config.json"))
-    return (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+    let url = URL(fileURLWithPath: r).appendingPathComponent("config.json")
+    guard let data = try? Data(contentsOf: url) else {
+      throw CLIError("\(r): not a run folder (no readable config.json); give the --out of a `tessera train`, or --checkpoint with --model, --image-size and --classes")
+    }
+    guard let cfg = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+      throw CLIError("\(url.path): damaged (not a JSON object); the run's settings cannot be read")
+    }
+    // Values a hand-edited or damaged config may hold are checked before they size anything.
+    if let p = cfg["policy"], !["fit", "fill", "stretch"].contains(p as? String ?? "") {
+      throw CLIError("\(url.path): policy must be fit, fill or stretch, got \(p)")
+    }
+    if let s = cfg["imageSize"], !(1...Limits.maxSide).contains(s as? Int ?? 0) {
+      throw CLIError("\(url.path): imageSize must be a whole number from 1 to \(Limits.maxSide), got \(s)")
+    }
+    if let b = cfg["batch"], !(1...Limits.maxBatch).contains(b as? Int ?? 0) {
+      throw CLIError("\(url.path): batch must be a whole number from 1 to \(Limits.maxBatch), got \(b)")
+    }
+    if let c = cfg["classes"], ((c as? [String]) ?? []).isEmpty {
+      throw CLIError("\(url.path): classes must be a list of class names")
+    }
+    return cfg
   }
 
   func load() throws -> (net: Sequential, classes: [String], pipeline: ImagePipeline) {
@@ -38,7 +59,9 @@ struct TrainedModelOptions: ParsableArguments {
     guard let modelName = (cfg["model"] as? String) ?? model, let size = (cfg["imageSize"] as? Int) ?? imageSize else {
       throw CLIError("model and input size unknown: give --run or --model and --image-size")
     }
+    guard (1...Limits.maxSide).contains(size) else { throw CLIError("--image-size must be between 1 and \(Limits.maxSide), got \(size)") }
     let (_, net, channels) = try ModelLoader.load(modelName, classes: names.count)
+    try checkHead(net, input: [channels, size, size], classes: names.count, model: modelName)
     try Checkpoint.load(ck, into: net)
     let policy = ResizePolicy(rawValue: (cfg["policy"] as? String) ?? "fit") ?? .fit
     return (net, names, ImagePipeline(size: size, policy: policy, channels: channels))
@@ -166,6 +189,13 @@ struct PredictCommand: ParsableCommand {
     var results = [[String: Any]]()
     for path in images {
       let file = try reader.open(URL(fileURLWithPath: path))
+      // The score map (classes × cells) is held whole: checked before it is allocated.
+      let cells = Limits.product([names.count, (file.info.height + tiled.stride - 1) / tiled.stride,
+                                  (file.info.width + tiled.stride - 1) / tiled.stride, 4 * 2])
+      let available = MachineMemory.availableBytes()
+      guard let bytes = cells, bytes <= available / 2 else {
+        throw CLIError("\(path): \(file.info.width)×\(file.info.height) pixels give a score map of \(cells.map { ByteSize.format($0) } ?? "more than 2^63 bytes"), more than this machine can hold (\(ByteSize.format(available)) available)")
+      }
       let map = try tiled.scoreMap(file, reader: reader, tile: tile, channels: channels)
       let (k, h, w) = (map.shape[0], map.shape[1], map.shape[2])
       let p = map.floats

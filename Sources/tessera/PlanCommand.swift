@@ -3,6 +3,7 @@ import Foundation
 import Tessera
 import TesseraKernels
 import TesseraPlanner
+import TesseraData
 
 /// Options shared by `plan` and `rf`: which model, on what input.
 struct ModelOptions: ParsableArguments {
@@ -10,6 +11,8 @@ struct ModelOptions: ParsableArguments {
   var model: String = "fcn-large"
   @Option(help: "Input C×H×W or H×W (channels from the model), e.g. 3x2400x2400.") var input: String = "3x224x224"
   @Option(help: "Classes for zoo models (spec files give their own).") var classes: Int = 1000
+
+  func validate() throws { try checkRange(classes, 1...(1 << 20), "--classes") }
 
   func load() throws -> (name: String, model: Sequential, input: [Int]) {
     let (name, model, channels) = try ModelLoader.load(model, classes: classes)
@@ -39,11 +42,14 @@ struct PlanCommand: ParsableCommand {
   @OptionGroup var streaming: StreamingOptions
   @Flag(help: "With --tile: the input is read region by region, never held whole (images larger than memory).")
   var streamedInput = false
+  @Option(help: "Batches a training run's loader decodes ahead (as train --prefetch): (N + 1) batches are counted beside the step.")
+  var prefetch = 2
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
   func validate() throws {
-    guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
+    try checkRange(batch, 1...Limits.maxBatch, "--batch")
+    try checkRange(prefetch, 1...64, "--prefetch")
     guard OptimizerKind(rawValue: optimizer) != nil else {
       throw ValidationError("--optimizer must be sgd, momentum or adamw, got '\(optimizer)'")
     }
@@ -73,9 +79,15 @@ struct PlanCommand: ParsableCommand {
     let plan = try Planner.plan(model, name: name, input: input, batch: batch, optimizer: opt, inputResident: !streamedInput)
     let advice = try budget.map { try Planner.advise(model, input: input, batch: batch, optimizer: opt,
                                                     budget: try ByteSize.parse($0)) }
-    let modes = try budget.map { Planner.chooseMode(loaded, input: input, batch: batch, optimizer: opt, budget: try ByteSize.parse($0), runtimeReserve: runtimeReserveBytes) }
+    // What a training run holds beside the step: the same count `train` uses to choose.
+    func loaderBytes(_ b: Int) -> Int { streamedInput ? 0 : BatchLoader.bytesInFlight(batch: b, imageShape: input, prefetch: prefetch) }
+    let modes = try budget.map { Planner.chooseMode(loaded, input: input, batch: batch, optimizer: opt, budget: try ByteSize.parse($0),
+                                                    extraBytes: loaderBytes, runtimeReserve: runtimeReserveBytes) }
+    let runPeak = plan.peakTrainingBytes + loaderBytes(batch) + runtimeReserveBytes
     if json {
       var o = planJSON(plan, advice: advice)
+      o["run"] = ["loaderBytes": loaderBytes(batch), "loaderBatches": prefetch + 1, "runtimeReserveBytes": runtimeReserveBytes,
+                  "peakBytes": runPeak] as [String: Any]
       func modeJSON(_ m: MemoryMode) -> [String: Any] {
         var d: [String: Any] = ["precision": m.precision.rawValue, "checkpointing": "\(m.checkpointing)", "description": m.description]
         if let s = m.streaming { d["streaming"] = ["tile": s.tile, "blocks": s.blocks ?? 0, "split": s.split as Any? ?? NSNull()] }
@@ -95,6 +107,7 @@ struct PlanCommand: ParsableCommand {
       return
     }
     printTable(plan)
+    print("a training run adds: the loader's \(prefetch + 1) batches in flight \(ByteSize.format(loaderBytes(batch))) + runtime reserve \(ByteSize.format(runtimeReserveBytes)) → \(ByteSize.format(runPeak))")
     if let c = streamChoice { print(describe(c, streaming.settings(inputResident: !streamedInput)!)) }
     if let a = advice { printAdvice(a, plan: plan) }
     if let m = modes, !m.all.isEmpty {
@@ -135,14 +148,13 @@ struct PlanCommand: ParsableCommand {
 
   func printTable(_ p: Plan) {
     print("\(p.model) on \(p.batch) × \(p.input.map(String.init).joined(separator: "×")), kept tensors in \(precision), \(p.optimizer.rawValue), \(p.threads) threads")
-    print(pad("layer", 26) + pad("kind", 18) + pad("output", 20, right: true) + pad("params", 12, right: true)
-          + pad("MACs/img", 14, right: true) + pad("kept", 12, right: true) + pad("RF", 10, right: true))
+    var rows = [["layer", "kind", "output", "params", "MACs/img", "kept", "RF"]]
     for l in p.layers {
       let rf = l.receptiveField.global ? "global" : l.receptiveField.size.map(String.init).joined(separator: "×")
-      print(pad(l.name, 26) + pad(l.kind, 18) + pad(l.output.map(String.init).joined(separator: "×"), 20, right: true)
-            + pad(grouped(l.parameters), 12, right: true) + pad(grouped(l.macs), 14, right: true)
-            + pad(ByteSize.format(l.keptBytes), 12, right: true) + pad(rf, 10, right: true))
+      rows.append([l.name, l.kind, l.output.map(String.init).joined(separator: "×"), grouped(l.parameters), grouped(l.macs),
+                   ByteSize.format(l.keptBytes), rf])
     }
+    printColumns(rows, right: [2, 3, 4, 5, 6])
     print("")
     print("parameters        \(grouped(p.parameters))")
     print("MACs per image    \(grouped(p.macs))  (\(String(format: "%.2f", Double(p.macs) / 1e9)) G)")

@@ -6,6 +6,22 @@ import TesseraPlanner
 
 @main
 struct TesseraCLI: ParsableCommand {
+  /// Negative numbers are values, not options: `--lr -1` reaches the option (and its range check)
+  /// instead of "Missing value for '--lr'".
+  static func main() {
+    var args = Array(CommandLine.arguments.dropFirst())
+    var i = 0
+    while i + 1 < args.count {
+      if args[i].hasPrefix("--"), !args[i].contains("="), args[i + 1].count > 1, args[i + 1].hasPrefix("-"),
+         Double(args[i + 1]) != nil
+      {
+        args[i] += "=" + args.remove(at: i + 1)
+      }
+      i += 1
+    }
+    main(args)
+  }
+
   static let configuration = CommandConfiguration(
     commandName: "tessera",
     abstract: "Train and run convolutional networks on images too large for memory.",
@@ -30,19 +46,17 @@ struct GlobalOptions: ParsableArguments {
 
   func apply() throws {
     if let t = threads {
-      guard t >= 1 else { throw ValidationError("--threads must be at least 1, got \(t)") }
+      try checkRange(t, 1...1024, "--threads")
       Parallel.threadCount = t
     }
   }
 }
 
-/// Prints one JSON object on stdout, keys sorted.
+/// Prints one JSON object on stdout, keys sorted; a number that is not finite becomes null (JSON has
+/// no NaN), so `--json` always prints one object.
 func printJSON(_ object: [String: Any]) {
-  if let d = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
-     let s = String(data: d, encoding: .utf8)
-  {
-    print(s)
-  }
+  let d = (try? JSONSerialization.data(withJSONObject: jsonSafe(object), options: [.sortedKeys])) ?? Data("{}".utf8)
+  print(String(decoding: d, as: UTF8.self))
 }
 
 /// Writes a line to stderr (progress, warnings).
@@ -50,8 +64,16 @@ func note(_ s: String) {
   FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
 }
 
-/// The process's peak resident set size in bytes.
+/// The process's peak resident set size in bytes: VmHWM, the high-water mark of this program's own
+/// address space (getrusage's ru_maxrss also counts the parent's pages when the parent spawned it
+/// with vfork semantics, as Foundation's Process does).
 func maxRSSBytes() -> Int {
+  if let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+     let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+     let kb = line.split(separator: " ").compactMap({ Int($0) }).first
+  {
+    return kb * 1024
+  }
   var u = rusage()
   getrusage(RUSAGE_SELF.rawValue, &u)
   return Int(u.ru_maxrss) * 1024
@@ -64,7 +86,16 @@ func parseInput(_ s: String, defaultChannels: Int = 3) throws -> [Int] {
     throw ValidationError("--input must look like 3x1024x1024 or 1024x768, got '\(s)'")
   }
   let v = parts.map { $0! }
-  return v.count == 3 ? v : [defaultChannels] + v
+  let shape = v.count == 3 ? v : [defaultChannels] + v
+  try checkRange(shape[0], 1...Limits.maxChannels, "--input channels")
+  try checkRange(shape[1], 1...Limits.maxSide, "--input height")
+  try checkRange(shape[2], 1...Limits.maxSide, "--input width")
+  return shape
+}
+
+/// A number given on the command line, refused by name when out of range.
+func checkRange(_ v: Int, _ r: ClosedRange<Int>, _ name: String) throws {
+  guard r.contains(v) else { throw ValidationError("\(name) must be between \(r.lowerBound) and \(r.upperBound), got \(v)") }
 }
 
 func mib(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
@@ -83,7 +114,10 @@ struct StreamingOptions: ParsableArguments {
   var frozenBn = false
 
   func validate() throws {
-    if let t = tile, t != "auto", (Int(t) ?? 0) < 1 { throw ValidationError("--tile must be a positive number of pixels or auto, got '\(t)'") }
+    if let t = tile, t != "auto", !(1...Limits.maxSide).contains(Int(t) ?? 0) {
+      throw ValidationError("--tile must be a number of pixels from 1 to \(Limits.maxSide) or auto, got '\(t)'")
+    }
+    if let k = streamBlocks { try checkRange(k, 1...10_000, "--stream-blocks") }
     if tile == nil && (streamBlocks != nil || frozenBn || streamSplit != nil) {
       throw ValidationError("--stream-blocks, --stream-split and --frozen-bn need --tile")
     }
@@ -121,9 +155,34 @@ func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
 
 /// Resident memory the runtime needs beside the ledger (code, Swift and Foundation, thread stacks,
 /// small allocations): measured 25–90 MiB; kept out of the block cache's share of a budget.
-let runtimeReserveBytes = 128 << 20
+let runtimeReserveBytes = 96 << 20
 
 /// Within a budget, freed blocks kept for reuse may take only what the plan leaves free.
 func limitBlockCache(budget: Int, planned: Int) {
   BlockCache.shared.limitBytes = min(BlockCache.shared.limitBytes, max(0, budget - planned - runtimeReserveBytes))
+}
+
+/// The same value with every non-finite number replaced by null (JSON cannot say NaN or inf).
+func jsonSafe(_ v: Any) -> Any {
+  switch v {
+  case let d as Double: return d.isFinite ? d : NSNull()
+  case let f as Float: return f.isFinite ? Double(f) : NSNull()
+  case let o as [String: Any]: return o.mapValues(jsonSafe)
+  case let a as [Any]: return a.map(jsonSafe)
+  default: return v
+  }
+}
+
+/// Prints rows as columns as wide as their widest cell, two spaces apart (numbers never run into
+/// each other, however large); `right`: the columns aligned right.
+func printColumns(_ rows: [[String]], right: Set<Int> = []) {
+  guard let n = rows.map(\.count).max() else { return }
+  let widths = (0..<n).map { c in rows.map { c < $0.count ? $0[c].count : 0 }.max() ?? 0 }
+  for r in rows {
+    let cells = r.enumerated().map { c, s in
+      let fill = String(repeating: " ", count: widths[c] - s.count)
+      return right.contains(c) ? fill + s : s + (c == r.count - 1 ? "" : fill)
+    }
+    print(cells.joined(separator: "  "))
+  }
 }

@@ -16,10 +16,20 @@ struct TrainCommand: ParsableCommand {
       (decoded on --workers threads); the held-out split is evaluated after every epoch. The run
       folder gets config.json, metrics.jsonl, last.safetensors / best.safetensors (atomic) and
       state.json; --resume continues from last.safetensors with the same next batches.
+
+      Memory: the run's plan counts the step, the loader's batches in flight ((--prefetch + 1) ×
+      batch images) and a runtime reserve (code, threads, allocator: \(runtimeReserveBytes >> 20) MiB); it
+      must fit --budget, or, without one, the memory this machine (or its cgroup) has available.
+
+      Run folders: an existing run is never replaced silently: --resume continues it (refusing a
+      change of model, classes, image size or policy; other changes are recorded in config.json),
+      --overwrite replaces it. A second train on the same folder is refused while the first runs.
+      Ctrl-C or SIGTERM finishes the current update, saves last.safetensors with the position in the
+      epoch and exits 130; --resume continues from the next batch. A second Ctrl-C stops at once.
       """)
 
-  @Option(help: "Image folder DIR/<class>/<images> (split --test by the seed).") var data: String?
-  @Option(help: "A CSV manifest path,label,split (from `tessera split`).") var manifest: String?
+  @Option(help: "Image folder DIR/<class>/<images> (split --test by the seed); with --manifest, the folder its paths are relative to.") var data: String?
+  @Option(help: "A CSV manifest path,label[,split] (from `tessera split`); paths relative to --data, else to its '# root:' line, else to its folder.") var manifest: String?
   @Option(help: "Zoo model or spec file.") var model = "fcn-large"
   @Option(help: "Input side in pixels.") var imageSize = 256
   @Option(help: "fit, fill or stretch.") var policy = "fit"
@@ -39,15 +49,22 @@ struct TrainCommand: ParsableCommand {
   @Option(help: "Held-out share when splitting --data.") var test = 0.3
   @Option(help: "Seed of the split, initialisation, shuffles and augmentation.") var seed: UInt64 = 0
   @Option(help: "Loader threads.") var workers = 2
+  @Option(help: "Batches the loader decodes ahead (each counted in the plan).") var prefetch = 2
+  @Option(help: "Fail an epoch in which more than this share of the training images cannot be read (0–1).")
+  var maxSkipped = 0.1
   @Flag(help: "Flips and brightness/contrast jitter; random crops with --policy fill.") var augment = false
   @Option(help: "skip or fail.") var onBadFile = "skip"
   @Option(help: "Run folder.") var out: String
   @Flag(help: "Continue from <out>/last.safetensors.") var resume = false
+  @Flag(help: "Replace the run already in --out.") var overwrite = false
   @Flag(help: "Print a JSON summary at the end.") var json = false
   @OptionGroup var global: GlobalOptions
 
   func validate() throws {
-    guard (data == nil) != (manifest == nil) else { throw ValidationError("give --data DIR or --manifest CSV") }
+    guard data != nil || manifest != nil else { throw ValidationError("give --data DIR or --manifest CSV") }
+    guard !(resume && overwrite) else { throw ValidationError("--resume and --overwrite contradict each other; choose one") }
+    try checkRange(prefetch, 1...64, "--prefetch")
+    guard maxSkipped >= 0, maxSkipped <= 1 else { throw ValidationError("--max-skipped must be between 0 and 1, got \(maxSkipped)") }
     guard ["fit", "fill", "stretch"].contains(policy) else { throw ValidationError("--policy must be fit, fill or stretch") }
     guard batch == "auto" || (Int(batch) ?? 0) >= 1 else { throw ValidationError("--batch must be a positive number or auto") }
     guard batch != "auto" || budget != nil else { throw ValidationError("--batch auto needs --budget, e.g. --budget 4GiB") }
@@ -58,17 +75,38 @@ struct TrainCommand: ParsableCommand {
     }
     guard StoragePrecision(rawValue: precision ?? "fp32") != nil else { throw ValidationError("--precision must be fp32, fp16 or bf16") }
     guard BadFilePolicy(rawValue: onBadFile) != nil else { throw ValidationError("--on-bad-file must be skip or fail") }
-    guard epochs >= 1, accumulate >= 1, imageSize >= 1 else { throw ValidationError("--epochs, --accumulate and --image-size must be positive") }
+    try checkRange(epochs, 1...1_000_000, "--epochs")
+    try checkRange(accumulate, 1...1_000_000, "--accumulate")
+    try checkRange(imageSize, 1...Limits.maxSide, "--image-size")
+    try checkRange(warmup, 0...1_000_000_000, "--warmup")
+    try checkRange(workers, 1...256, "--workers")
+    if let b = Int(batch) { try checkRange(b, 1...Limits.maxBatch, "--batch") }
+    guard lr.isFinite, lr >= 0 else { throw ValidationError("--lr must be a number ≥ 0, got \(lr)") }
+    guard test >= 0, test < 1 else { throw ValidationError("--test must be in [0, 1), got \(test)") }
   }
 
   func run() throws {
     try global.apply()
+    // The folder is locked first, so two runs never interleave; a folder this run created is
+    // removed again if it is refused before training starts.
+    let outURL = URL(fileURLWithPath: out)
+    let existed = FileManager.default.fileExists(atPath: outURL.path)
+    let lock = try RunLock(outURL)
+    var started = false
+    defer {
+      if !started && !existed { try? FileManager.default.removeItem(at: outURL) }
+      withExtendedLifetime(lock) {}
+    }
+    try train(outURL, started: &started)
+  }
+
+  func train(_ outURL: URL, started: inout Bool) throws {
     ActivationStorage.precision = StoragePrecision(rawValue: precision ?? "fp32")!
     // Data: train and held-out indices.
     let ds: ImageDataset
     var trainIdx = [Int](), valIdx = [Int]()
     if let m = manifest {
-      ds = try ImageDataset.manifest(URL(fileURLWithPath: m))
+      ds = try ImageDataset.manifest(URL(fileURLWithPath: m), root: data.map { URL(fileURLWithPath: $0) })
       let hasVal = ds.samples.contains { $0.split == "val" }
       for (i, s) in ds.samples.enumerated() {
         switch s.split {
@@ -87,9 +125,9 @@ struct TrainCommand: ParsableCommand {
     let classes = ds.classes.count
     let (name, loaded, channels) = try ModelLoader.load(model, classes: classes)
     let input = [channels, imageSize, imageSize]
+    try checkHead(loaded, input: input, classes: classes, model: model)
     let opt = OptimizerKind(rawValue: optimizer)!
     // The loader's batches in flight count beside the step's own peak.
-    let prefetch = 2
     func loaderBytes(_ batch: Int) -> Int { BatchLoader.bytesInFlight(batch: batch, imageShape: input, prefetch: prefetch) }
     var ckptPolicy = CheckpointingPolicy(checkpointing ?? "none")!
     var chosenBatch: Int? = nil
@@ -119,7 +157,7 @@ struct TrainCommand: ParsableCommand {
     }
     let net = ckptPolicy.apply(to: base)
 
-    // Plan: the batch and the predicted peak (step + loader) against the budget.
+    // Plan: the batch and the predicted peak (step + loader + runtime) against the budget.
     let budgetBytes = try budget.map { try ByteSize.parse($0) }
     var b = Int(batch) ?? 1
     if batch == "auto" {
@@ -127,14 +165,18 @@ struct TrainCommand: ParsableCommand {
       guard var mb = chosenBatch ?? advice.maxTrainingBatch else { throw refusal(net, input: input, batch: 1, opt: opt, budget: budgetBytes!) }
       mb = min(mb, trainIdx.count)
       while mb > 1, try Planner.plan(net, name: name, input: input, batch: mb, optimizer: opt).peakTrainingBytes
-        + loaderBytes(mb) > budgetBytes! { mb -= 1 }
+        + loaderBytes(mb) + runtimeReserveBytes > budgetBytes! { mb -= 1 }
       b = mb
     }
     let plan = try Planner.plan(net, name: name, input: input, batch: b, optimizer: opt)
     let predicted = plan.peakTrainingBytes + loaderBytes(b)
-    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(plan.inputBytes / b)) per image, batch \(b), predicted peak \(ByteSize.format(predicted)) (step \(ByteSize.format(plan.peakTrainingBytes)) + \(prefetch + 1) batches in the loader)" + (budgetBytes.map { " of \(ByteSize.format($0))" } ?? ""))
-    if let bb = budgetBytes, predicted > bb { throw refusal(net, input: input, batch: b, opt: opt, budget: bb) }
-    if let bb = budgetBytes { limitBlockCache(budget: bb, planned: predicted) }
+    let machine = MachineMemory.availableBytes()
+    let ceiling = budgetBytes ?? machine
+    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(plan.inputBytes / b)) per image, batch \(b), predicted peak \(ByteSize.format(predicted + runtimeReserveBytes)) (step \(ByteSize.format(plan.peakTrainingBytes)) + \(prefetch + 1) batches in the loader \(ByteSize.format(loaderBytes(b))) + runtime \(ByteSize.format(runtimeReserveBytes))) of \(ByteSize.format(ceiling))" + (budgetBytes == nil ? " available (no --budget)" : ""))
+    if predicted + runtimeReserveBytes > ceiling {
+      throw refusal(net, input: input, batch: b, opt: opt, budget: ceiling, what: budgetBytes == nil ? "the memory this machine has available" : nil)
+    }
+    limitBlockCache(budget: ceiling, planned: predicted)
 
     // Model, optimizer, schedule; resume.
     net.initializeParameters(seed: seed)
@@ -152,25 +194,45 @@ struct TrainCommand: ParsableCommand {
     }
     if warmup > 0 { sched = .warmup(steps: warmup, then: sched) }
     let trainer = Trainer(model: net, optimizer: optimizerObj, schedule: sched, classes: classes, accumulate: accumulate)
-    let outURL = URL(fileURLWithPath: out)
     var startEpoch = 0, best = -1.0
-    let lastURL = outURL.appendingPathComponent("last.safetensors")
-    if resume, FileManager.default.fileExists(atPath: lastURL.path) {
-      if let st = try Checkpoint.load(lastURL, into: net, optimizer: optimizerObj) {
-        startEpoch = st.epoch
-        trainer.step = st.step
-        best = st.bestAccuracy
-        note("resuming from \(lastURL.path): epoch \(st.epoch) done, step \(st.step)")
-      }
-    }
-    let config: [String: Any] = [
+    var resumed: TrainingState? = nil
+    var config: [String: Any] = [
       "model": model, "data": data as Any? ?? NSNull(), "manifest": manifest as Any? ?? NSNull(), "classes": ds.classes,
-      "imageSize": imageSize, "policy": policy, "batch": b, "epochs": epochs, "optimizer": optimizer, "lr": Double(lr),
+      "imageSize": imageSize, "policy": policy, "batch": b, "epochs": epochs, "optimizer": optimizer, "lr": Double("\(lr)") ?? Double(lr),
       "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": "\(ckptPolicy)", "precision": ActivationStorage.precision.rawValue, "test": test, "seed": seed, "augment": augment,
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
-      "predictedPeakBytes": predicted,
+      "predictedPeakBytes": predicted + runtimeReserveBytes, "prefetch": prefetch, "workers": workers,
     ]
-    let folder = try RunFolder(outURL, config: config, seed: seed, bestAccuracy: best)
+    // What a resume may not change: what the weights were trained to take and to say.
+    let fixed = ["model", "classes", "imageSize", "policy"]
+    if let old = try RunFolder.check(outURL, config: config, resume: resume, overwrite: overwrite, fixed: fixed) {
+      let lastURL = outURL.appendingPathComponent("last.safetensors")
+      guard let st = try Checkpoint.load(lastURL, into: net, optimizer: optimizerObj) else {
+        throw CLIError("\(lastURL.path) holds no training state; it is not a tessera checkpoint to resume")
+      }
+      startEpoch = st.epoch
+      trainer.step = st.step
+      best = st.bestAccuracy
+      resumed = st
+      // Allowed changes are kept in the config's history.
+      var changed = [String: String]()
+      for (k, v) in config where !fixed.contains(k) && !["predictedPeakBytes", "threads"].contains(k) {
+        let a = old[k].map { "\($0)" } ?? "none", b = "\(v)"
+        if a != b { changed[k] = "\(a) → \(b)" }
+      }
+      var history = old["resumes"] as? [Any] ?? []
+      history.append(["atEpoch": st.epoch, "atBatch": st.batchesDone ?? 0, "changed": changed])
+      config["resumes"] = history
+      if !changed.isEmpty { note("resuming with changes: " + changed.keys.sorted().map { "\($0) \(changed[$0]!)" }.joined(separator: "; ")) }
+      note("resuming from \(lastURL.path): epoch \(st.epoch) done" + (st.batchesDone.map { ", and \($0) batches of epoch \(st.epoch + 1)" } ?? "") + ", step \(st.step)")
+      guard startEpoch < epochs || st.batchesDone != nil else {
+        throw CLIError("\(out) already trained \(st.epoch) epochs; give --epochs above \(st.epoch) to train more")
+      }
+    }
+    started = true
+    let folder = try RunFolder(outURL, config: config, seed: seed, bestAccuracy: best, overwrite: overwrite)
+    folder.heldOut = !valIdx.isEmpty
+    if let st = resumed { try folder.keepMetrics(through: st.epoch) }
     try ds.saveClassMap(to: outURL.appendingPathComponent("classes.json"))
 
     let pipeline = ImagePipeline(size: imageSize, policy: ResizePolicy(rawValue: policy)!, channels: channels)
@@ -178,6 +240,7 @@ struct TrainCommand: ParsableCommand {
     trainLoader.seed = seed
     trainLoader.workers = workers
     trainLoader.prefetch = prefetch
+    trainer.maxSkippedShare = maxSkipped
     trainLoader.badFilePolicy = BadFilePolicy(rawValue: onBadFile)!
     trainLoader.onWarning = { note("warning: " + $0) }
     if augment { trainLoader.augmentation = Augmentation(horizontalFlip: true, brightness: 0.1, contrast: 0.1) }
@@ -186,28 +249,44 @@ struct TrainCommand: ParsableCommand {
       let v = BatchLoader(dataset: ds, indices: valIdx, pipeline: pipeline, batchSize: b)
       v.shuffle = false
       v.workers = workers
+      v.prefetch = prefetch
       v.onWarning = { note("warning: " + $0) }
       valLoader = v
     }
-    let logs = try trainer.fit(train: trainLoader, validation: valLoader, epochs: epochs, startEpoch: startEpoch,
-                               callbacks: [ProgressPrinter(epochs: epochs), folder])
+    let interrupt = Interrupt.install()
+    trainer.interruptRequested = { interrupt.requested }
+    var callbacks: [TrainingCallback] = [ProgressPrinter(epochs: epochs), folder]
+    // Test hook: a real SIGINT to this process after N batches (tests Ctrl-C deterministically).
+    if let n = ProcessInfo.processInfo.environment["TESSERA_TEST_SIGINT_AFTER_BATCHES"].flatMap(Int.init) {
+      callbacks.append(RaiseAfter(batches: n))
+    }
+    let logs: [EpochLog]
+    do {
+      logs = try trainer.fit(train: trainLoader, validation: valLoader, epochs: epochs, startEpoch: startEpoch,
+                             resumeFrom: resumed, callbacks: callbacks)
+    } catch let e as TrainingInterrupted {
+      note("\(e); saved \(folder.last.path)")
+      throw ExitCode(130)
+    }
     let lastLog = logs.last
     let summary: [String: Any] = [
       "out": out, "epochs": epochs, "batch": b, "steps": trainer.step, "bestAccuracy": folder.bestAccuracy,
+      "heldOut": !valIdx.isEmpty,
       "accuracy": lastLog?.validation?.accuracy ?? lastLog?.train.accuracy ?? NSNull(),
       "loss": lastLog?.train.loss ?? NSNull(), "predictedPeakBytes": predicted,
       "peakBytes": logs.map(\.peakBytes).max() ?? 0, "maxRSSBytes": maxRSSBytes(),
     ]
     if json { printJSON(summary) } else {
-      print("trained \(name): best held-out accuracy \(String(format: "%.3f", folder.bestAccuracy)); run folder \(out)")
+      let which = valIdx.isEmpty ? "training accuracy (no held-out images)" : "held-out accuracy"
+      print("trained \(name): best \(which) \(String(format: "%.3f", folder.bestAccuracy)); run folder \(out)")
     }
   }
 
   func budgetBytesForChoice() -> Int { (try? budget.map { try ByteSize.parse($0) } ?? nil) ?? Int.max }
 
-  func refusal(_ net: Layer, input: [Int], batch: Int, opt: OptimizerKind, budget: Int) -> Error {
-    let advice = try? Planner.advise(net, input: input, batch: batch, optimizer: opt, budget: budget)
-    var lines = ["does not fit the \(ByteSize.format(budget)) budget at batch \(batch) and input \(input.map(String.init).joined(separator: "×"))"]
+  func refusal(_ net: Layer, input: [Int], batch: Int, opt: OptimizerKind, budget: Int, what: String? = nil) -> Error {
+    let advice = try? Planner.advise(net, input: input, batch: batch, optimizer: opt, budget: budget - runtimeReserveBytes)
+    var lines = ["does not fit \(what.map { "\($0) (\(ByteSize.format(budget)))" } ?? "the \(ByteSize.format(budget)) budget") at batch \(batch) and input \(input.map(String.init).joined(separator: "×")); nothing was started"]
     for s in advice?.suggestions ?? [] {
       lines.append("  try: batch \(s.batch), input \(s.input.map(String.init).joined(separator: "×")) (peak \(ByteSize.format(s.peakTrainingBytes)))")
     }
@@ -220,4 +299,45 @@ struct TrainCommand: ParsableCommand {
 struct CLIError: Error, CustomStringConvertible {
   let description: String
   init(_ d: String) { description = d }
+}
+
+/// Checks that a model maps (C, size, size) images to one score per class, before anything runs.
+func checkHead(_ net: Layer, input: [Int], classes: Int, model: String) throws {
+  let out: [Int]
+  do { out = try net.outputShape(for: [1] + input) } catch {
+    throw CLIError("\(model) cannot take \(input.map(String.init).joined(separator: "×")) images: \(error)")
+  }
+  guard out.count == 2, out[1] == classes else {
+    throw CLIError("\(model): the head gives \(out.count == 2 ? "\(out[1]) scores" : "output \(out.dropFirst().map(String.init).joined(separator: "×"))") per image but the data has \(classes) classes; give the last layer \(classes) outputs")
+  }
+}
+
+/// SIGINT/SIGTERM: the first asks training to stop after the current update (and save); a second
+/// SIGINT ends the process at once.
+final class Interrupt: @unchecked Sendable {
+  nonisolated(unsafe) static var flag: sig_atomic_t = 0
+  static let message = Array("\nstopping after this update and saving (Ctrl-C again to stop now)…\n".utf8)
+  var requested: Bool { Interrupt.flag != 0 }
+
+  static func install() -> Interrupt {
+    let handler: @convention(c) (Int32) -> Void = { sig in
+      if Interrupt.flag != 0 && sig == SIGINT { _exit(130) }
+      Interrupt.flag = 1
+      _ = Interrupt.message.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count) }
+    }
+    _ = message.count  // initialised here, not inside the handler
+    signal(SIGINT, handler)
+    signal(SIGTERM, handler)
+    return Interrupt()
+  }
+}
+
+/// Raises SIGINT after a number of batches (the test hook TESSERA_TEST_SIGINT_AFTER_BATCHES).
+final class RaiseAfter: TrainingCallback {
+  var left: Int
+  init(batches: Int) { left = batches }
+  func onBatchEnd(_ epoch: Int, batch: Int, of batches: Int, running: ClassificationMetrics, imagesPerSecond: Double) {
+    left -= 1
+    if left == 0 { raise(SIGINT) }
+  }
 }

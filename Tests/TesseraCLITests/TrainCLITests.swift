@@ -110,12 +110,12 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
     r = try CLI.run(trainArgs(data, dir.appendingPathComponent("r2"), epochs: 1) + ["--budget", "1MiB"])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("does not fit"), r.stderr)
-    r = try CLI.run(["train", "--data", data.path, "--image-size", "32", "--epochs", "1", "--batch", "auto", "--budget", "64MiB",
+    r = try CLI.run(["train", "--data", data.path, "--image-size", "32", "--epochs", "1", "--batch", "auto", "--budget", "160MiB",
                      "--out", dir.appendingPathComponent("r3").path, "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
     let s = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
-    XCTAssertLessThanOrEqual(s["predictedPeakBytes"] as? Int ?? .max, 64 << 20)
-    XCTAssertLessThanOrEqual(s["peakBytes"] as? Int ?? .max, 64 << 20, "the real run stayed within the budget")
+    XCTAssertLessThanOrEqual(s["predictedPeakBytes"] as? Int ?? .max, 160 << 20)
+    XCTAssertLessThanOrEqual(s["peakBytes"] as? Int ?? .max, 160 << 20, "the real run stayed within the budget")
     XCTAssert(r.stderr.contains("mode: ") && r.stderr.contains("the fastest that fits"), r.stderr)
   }
 
