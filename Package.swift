@@ -45,6 +45,9 @@ let package = Package(
       name: "tessera",
       dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTraining", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: targetFlags),
+    // Fuzz targets (scripts/fuzz.sh builds them with libFuzzer; a plain build replays inputs).
+    .executableTarget(name: "tessera-fuzz", dependencies: ["Tessera", "TesseraData", "TesseraTraining"],
+                      swiftSettings: targetFlags),
     .target(name: "TestSupport", dependencies: ["Tessera"], path: "Tests/TestSupport",
             swiftSettings: targetFlags),
     .testTarget(name: "TesseraKernelsTests", dependencies: ["TesseraKernels", "TestSupport"],

@@ -65,8 +65,10 @@ public struct BudgetAdvice: Sendable, Codable {
 
 extension Planner {
   /// Peak bytes for (input, batch), or nil when the model cannot take that input.
-  static func peaks(_ model: Layer, input: [Int], batch: Int, optimizer: OptimizerKind, threads: Int) -> (Int, Int)? {
-    guard let p = try? plan(model, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads) else {
+  static func peaks(_ model: Layer, input: [Int], batch: Int, optimizer: OptimizerKind, threads: Int,
+                    inputResident: Bool = true) -> (Int, Int)? {
+    guard let p = try? plan(model, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
+                            inputResident: inputResident) else {
       return nil
     }
     return (p.peakTrainingBytes, p.peakInferenceBytes)
@@ -89,9 +91,12 @@ extension Planner {
   /// settings that would: a smaller batch, or a smaller input of the same aspect ratio.
   public static func advise(
     _ model: Layer, input: [Int], batch: Int, optimizer: OptimizerKind = .momentum, budget: Int,
-    threads: Int = Parallel.threadCount
+    threads: Int = Parallel.threadCount, inputResident: Bool = true, resolutionAdvice: Bool = true
   ) throws -> BudgetAdvice {
-    _ = try plan(model, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads)
+    _ = try plan(model, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads, inputResident: inputResident)
+    func peaks(_ model: Layer, input: [Int], batch: Int, optimizer: OptimizerKind, threads: Int) -> (Int, Int)? {
+      Self.peaks(model, input: input, batch: batch, optimizer: optimizer, threads: threads, inputResident: inputResident)
+    }
     let limit = 1 << 16
     let maxTrain = largest(upTo: limit) {
       (peaks(model, input: input, batch: $0, optimizer: optimizer, threads: threads)?.0 ?? .max) <= budget
@@ -111,7 +116,7 @@ extension Planner {
     }
     // (Inputs too small for the model count as fitting during the search, so that the predicate
     // stays monotone; the answer must then be a valid input.)
-    if let s = largest(upTo: fits ? 8000 : 999, { permille in
+    if resolutionAdvice, let s = largest(upTo: fits ? 8000 : 999, { permille in
       (peaks(model, input: scaled(permille), batch: batch, optimizer: optimizer, threads: threads)?.0 ?? 0) <= budget
     }), let p = peaks(model, input: scaled(s), batch: batch, optimizer: optimizer, threads: threads), p.0 <= budget {
       suggestions.append(Suggestion(

@@ -156,9 +156,7 @@ extension Planner {
       }
     }
     // Crops of one size cost alike: each size once, times how many tiles have it.
-    var sizes = [[Int]: Double]()
-    for t in geo.tiles { sizes[[t.crop.rows.count, t.crop.cols.count], default: 0] += 1 }
-    for (hw, n) in sizes {
+    for (hw, n) in geo.tiles.cropSizeCounts().mapValues(Double.init) {
       var one = [Double](repeating: 0, count: L)
       try macs([input[0], input[1]] + hw, into: &one)
       for i in 0..<L { crop[i] += one[i] * n }

@@ -77,8 +77,10 @@ struct PlanCommand: ParsableCommand {
     }
     let model = CheckpointingPolicy(checkpointing)!.apply(to: base)
     let plan = try Planner.plan(model, name: name, input: input, batch: batch, optimizer: opt, inputResident: !streamedInput)
+    // (A streamed model's advice is about the batch: its tiles answer the resolution question.)
     let advice = try budget.map { try Planner.advise(model, input: input, batch: batch, optimizer: opt,
-                                                    budget: try ByteSize.parse($0)) }
+                                                    budget: try ByteSize.parse($0), inputResident: !streamedInput,
+                                                    resolutionAdvice: streamChoice == nil) }
     // What a training run holds beside the step: the same count `train` uses to choose.
     func loaderBytes(_ b: Int) -> Int { streamedInput ? 0 : BatchLoader.bytesInFlight(batch: b, imageShape: input, prefetch: prefetch) }
     let modes = try budget.map { Planner.chooseMode(loaded, input: input, batch: batch, optimizer: opt, budget: try ByteSize.parse($0),

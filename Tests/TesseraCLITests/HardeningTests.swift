@@ -87,9 +87,9 @@ final class HardeningTests: TemporaryDirectoryTestCase {
 
     // Small tiles on a large image plan quickly (the tile layout is shared across the planner's tries).
     let t1 = Date()
-    let r = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x4096x4096", "--tile", "64", "--budget", "2GiB", "--json"])
+    let r = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x16384x16384", "--tile", "64", "--budget", "2GiB", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
-    XCTAssertLessThan(Date().timeIntervalSince(t1), 30, "debug build")
+    XCTAssertLessThan(Date().timeIntervalSince(t1), 60, "a hang guard (it took over 60 s in release before; 0.2 s now)")
   }
 
   func testStepRefusesNaNAndZeroChannelBatches() throws {

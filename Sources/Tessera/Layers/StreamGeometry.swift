@@ -79,7 +79,9 @@ public struct StreamGeometry {
   public internal(set) var input: [Int], output: [Int]
   /// Input pixels per output cell, and the halo (input pixels, a multiple of the stride) around a tile.
   public let stride: Int, halo: Int
-  public let tiles: [Tile]
+  /// Row by row, left to right; made on access from the per-axis spans (a 16384² image in 64-px
+  /// tiles has 65,536 tiles but only 256 row spans and 256 column spans).
+  public let tiles: TileGrid
   /// Elements per channel of each layer's whole output map (N·H·W), for BatchNorm's means.
   var counts: [Int]
 
@@ -91,6 +93,52 @@ public struct StreamGeometry {
     g.input[0] = n
     g.output[0] = n
     return g
+  }
+
+  /// The tiles of a layout: every row span with every column span.
+  public struct TileGrid: RandomAccessCollection {
+    /// One axis of a run of tiles.
+    public struct Span {
+      let crop: Range<Int>, out: Range<Int>
+      let owned: [Range<Int>], local: [Int]
+    }
+    let rows: [Span], cols: [Span]
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { rows.count * cols.count }
+    public subscript(i: Int) -> Tile {
+      let r = rows[i / cols.count], c = cols[i % cols.count]
+      return Tile(crop: MapRegion(rows: r.crop, cols: c.crop), out: MapRegion(rows: r.out, cols: c.out),
+                  owned: zip(r.owned, c.owned).map { MapRegion(rows: $0, cols: $1) },
+                  local: zip(r.local, c.local).map { ($0, $1) })
+    }
+
+    /// How many tiles have each crop size [rows, cols].
+    public func cropSizeCounts() -> [[Int]: Int] {
+      var rc = [Int: Int](), cc = [Int: Int]()
+      for r in rows { rc[r.crop.count, default: 0] += 1 }
+      for c in cols { cc[c.crop.count, default: 0] += 1 }
+      var out = [[Int]: Int]()
+      for (r, nr) in rc { for (c, nc) in cc { out[[r, c]] = nr * nc } }
+      return out
+    }
+
+    /// One tile of each shape (crop size and every layer's local size): a tile's shape is its row
+    /// span's with its column span's, so only distinct spans are combined. In a dry run every tile
+    /// starts from and returns to the same count, and tiles of one shape allocate alike, so the
+    /// planner's peak over these is the peak over all.
+    public func distinct() -> [Tile] {
+      func firsts(_ spans: [Span]) -> [Span] {
+        var seen = Set<[Int]>()
+        return spans.filter { seen.insert([$0.crop.count] + $0.local).inserted }
+      }
+      let rs = firsts(rows), cs = firsts(cols)
+      return rs.flatMap { r in
+        cs.map { c in
+          Tile(crop: MapRegion(rows: r.crop, cols: c.crop), out: MapRegion(rows: r.out, cols: c.out),
+               owned: zip(r.owned, c.owned).map { MapRegion(rows: $0, cols: $1) }, local: zip(r.local, c.local).map { ($0, $1) })
+        }
+      }
+    }
   }
 
   public struct Tile {
@@ -118,7 +166,7 @@ public struct StreamGeometry {
 /// Layout cache key: the segment's layers, its tile and the image's (C, H, W).
 struct GeometryKey: Hashable {
   let leaves: [ObjectIdentifier], tile: Int, image: [Int]
-  static let cache = Locked([GeometryKey: ([Layer], StreamGeometry, [StreamGeometry.Tile])]())
+  static let cache = Locked([GeometryKey: ([Layer], StreamGeometry)]())
 }
 
 /// A value behind a lock.
@@ -144,25 +192,9 @@ extension Streamed {
     let g = try makeGeometry(for: input)
     GeometryKey.cache.withLock {
       if $0.count >= 64 { $0.removeAll() }
-      // One tile of each crop shape, for the planner's dry runs. The layers are held, so their
-      // identifiers are not reused.
-      var seen = Set<[Int]>()
-      let distinct = g.tiles.filter { t in
-        seen.insert([t.crop.rows.count, t.crop.cols.count] + t.local.flatMap { [$0.0, $0.1] }).inserted
-      }
-      $0[key] = (leaves, g, distinct)
+      $0[key] = (leaves, g)  // the layers are held, so their identifiers are not reused
     }
     return g
-  }
-
-  /// One tile of each crop shape of the layout for `input`: in a dry run every tile starts from and
-  /// returns to the same count, and tiles of one shape allocate alike, so the peak over these is the
-  /// peak over all (thousands of tiles plan in milliseconds).
-  func distinctTiles(_ input: [Int]) throws -> [StreamGeometry.Tile] {
-    _ = try geometry(for: input)
-    let key = GeometryKey(leaves: leaves.map(ObjectIdentifier.init), tile: tile, image: Array(input.dropFirst()))
-    if let d = GeometryKey.cache.withLock({ $0[key]?.2 }) { return d }
-    return try geometry(for: input).tiles
   }
 
   func makeGeometry(for input: [Int]) throws -> StreamGeometry {
@@ -191,31 +223,34 @@ extension Streamed {
     }
     guard tile % S == 0 else { throw StreamingError.tileNotMultiple(tile: tile, stride: S) }
     halo = (halo + S - 1) / S * S
-    let (H, W) = (input[2], input[3]), (Ho, Wo) = (shape[2], shape[3]), t = tile / S
+    let t = tile / S
 
-    func crop(_ c0: Int, _ c1: Int, _ n: Int) -> Range<Int> { StreamGeometry.crop(c0, c1, n, stride: S, halo: halo) }
-    var tiles = [StreamGeometry.Tile]()
-    for r0 in stride(from: 0, to: Ho, by: t) {
-      let r1 = min(Ho, r0 + t), rows = crop(r0, r1, H)
-      for c0 in stride(from: 0, to: Wo, by: t) {
-        let c1 = min(Wo, c0 + t), cols = crop(c0, c1, W)
-        var owned = [MapRegion](), local = [(Int, Int)]()
-        var ls = [input[0], input[1], rows.count, cols.count]
+    // Along one axis (rows: axis 2, columns: axis 3; the other axis at its whole size, which every
+    // layer takes): each span's crop, owned cells and local size per layer. Tiles are row span ×
+    // column span, as the layers act on each axis independently.
+    func spans(_ axis: Int) throws -> [StreamGeometry.TileGrid.Span] {
+      let n = input[axis], no = shape[axis]
+      var out = [StreamGeometry.TileGrid.Span]()
+      for a0 in stride(from: 0, to: no, by: t) {
+        let a1 = min(no, a0 + t), span = StreamGeometry.crop(a0, a1, n, stride: S, halo: halo)
+        var owned = [Range<Int>](), local = [Int]()
+        var ls = input
+        ls[axis] = span.count
         for (i, l) in leaves.enumerated() {
           ls = try l.outputShape(for: ls)
-          let f = S / strides[i], oy = rows.lowerBound / strides[i], ox = cols.lowerBound / strides[i]
-          let gr = (r0 * f)..<(r1 == Ho ? sizes[i].0 : r1 * f), gc = (c0 * f)..<(c1 == Wo ? sizes[i].1 : c1 * f)
-          let o = MapRegion(rows: (gr.lowerBound - oy)..<(gr.upperBound - oy), cols: (gc.lowerBound - ox)..<(gc.upperBound - ox))
-          precondition(o.rows.lowerBound >= 0 && o.rows.upperBound <= ls[2] && o.cols.lowerBound >= 0
-                       && o.cols.upperBound <= ls[3], "streamed tile geometry: owned cells outside the crop")
-          owned.append(o)
-          local.append((ls[2], ls[3]))
+          let f = S / strides[i], o = span.lowerBound / strides[i], size = axis == 2 ? sizes[i].0 : sizes[i].1
+          let g = (a0 * f)..<(a1 == no ? size : a1 * f)
+          let r = (g.lowerBound - o)..<(g.upperBound - o)
+          precondition(r.lowerBound >= 0 && r.upperBound <= ls[axis], "streamed tile geometry: owned cells outside the crop")
+          owned.append(r)
+          local.append(ls[axis])
         }
-        tiles.append(.init(crop: MapRegion(rows: rows, cols: cols), out: MapRegion(rows: r0..<r1, cols: c0..<c1),
-                           owned: owned, local: local))
+        out.append(StreamGeometry.TileGrid.Span(crop: span, out: a0..<a1, owned: owned, local: local))
       }
+      return out
     }
-    return StreamGeometry(input: input, output: shape, stride: S, halo: halo, tiles: tiles,
+    let grid = StreamGeometry.TileGrid(rows: try spans(2), cols: try spans(3))
+    return StreamGeometry(input: input, output: shape, stride: S, halo: halo, tiles: grid,
                           counts: sizes.map { input[0] * $0.0 * $0.1 })
   }
 

@@ -269,7 +269,7 @@ public final class Streamed: Layer {
 
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     let geo = try geometry(for: x.shape)
-    let tiles = (try? distinctTiles(geo.input)) ?? geo.tiles
+    let tiles = geo.tiles.distinct()
     reset()
     if training && !frozenBatchNorm {
       for k in batchNorms {
@@ -309,7 +309,7 @@ public final class Streamed: Layer {
     }
     let L = leaves.count
     let dx: SimTensor? = needInputGradient ? sim.allocate(geo.input) : nil
-    let tiles = (try? distinctTiles(geo.input)) ?? geo.tiles
+    let tiles = geo.tiles.distinct()
     for pass in passes() {
       let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
