@@ -12,6 +12,8 @@ import TesseraPlanner
 /// whole-image computation.
 public struct TiledInference {
   public let body: Sequential
+  /// The whole model (body + global average pooling), as the planner takes it.
+  public let model: Sequential
   public let classes: Int
   /// Total output stride (input pixels per score-map cell) and halo (input pixels), both multiples
   /// of the stride.
@@ -24,6 +26,7 @@ public struct TiledInference {
   public init(model: Sequential, channels: Int) throws {
     guard let last = model.layers.last, last.1 is GlobalAvgPool2D else { throw NotFullyConvolutional() }
     body = Sequential(Array(model.layers.dropLast()))
+    self.model = model
     // Receptive field and stride of the score map, from the planner's walk.
     let probe = try Planner.plan(model, name: "", input: [channels, 1024, 1024], batch: 1, optimizer: .sgd)
     guard let rf = probe.layers.dropLast().last?.receptiveField, !rf.global else { throw NotFullyConvolutional() }
@@ -31,6 +34,29 @@ public struct TiledInference {
     let reach = (max(rf.size[0], rf.size[1]) + 1) / 2 + stride
     halo = (reach + stride - 1) / stride * stride
     classes = try body.outputShape(for: [1, channels, 1024, 1024])[1]
+  }
+
+  /// Bytes a pass holds at its peak on an H × W image in tiles of `tile`: the parameters, the
+  /// score map, and the largest crop's forward (its decoded pixels counted twice: the 8-bit decode
+  /// and the float tensor) — the planner's figure for the crop, so it matches the ledger's counting.
+  public func plannedPeakBytes(tile: Int, height: Int, width: Int, channels: Int) throws -> Int {
+    let out = try body.outputShape(for: [1, channels, height, width])
+    let map = out[1] * out[2] * out[3] * 4
+    let side = { (n: Int) in min(n, tile + 2 * halo + stride) }
+    let crop = [channels, side(height), side(width)]
+    let p = try Planner.plan(model, name: "", input: crop, batch: 1, optimizer: .sgd)
+    return p.peakInferenceBytes + map + crop.reduce(1, *) * 4
+  }
+
+  /// The largest tile (a power of two times the stride, up to 4096 px) whose pass fits `budget`,
+  /// or nil when not even the smallest does.
+  public func largestTile(fitting budget: Int, height: Int, width: Int, channels: Int) -> (tile: Int, bytes: Int)? {
+    var t = max(stride, 4096 / stride * stride)
+    while t >= stride {
+      if let b = try? plannedPeakBytes(tile: t, height: height, width: width, channels: channels), b <= budget { return (t, b) }
+      t = t / 2 / stride * stride
+    }
+    return nil
   }
 
   /// Score map (classes, Ho, Wo) of the whole image, `tile` input pixels (a multiple of the stride)

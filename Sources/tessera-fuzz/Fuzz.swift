@@ -68,6 +68,18 @@ public func fuzzOne(_ bytes: UnsafePointer<UInt8>, _ count: Int) -> CInt {
   Fuzz.run(target, Data(bytes: bytes, count: count))
   return 0
 }
+
+/// SwiftPM links an executable's entry as `main`; under libFuzzer it hands over to libFuzzer's driver.
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+  _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+  _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt) -> CInt
+
+@_cdecl("tessera_fuzz_main")
+public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+  var c = argc, v = argv
+  return LLVMFuzzerRunDriver(&c, &v) { fuzzOne($0, $1) }
+}
 #else
 @main
 struct Replay {

@@ -165,7 +165,7 @@ struct TrainBench: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "train",
     abstract: "Training steps of a zoo model on synthetic data: images/s, GFLOP/s, ledger peak, max RSS.",
-    discussion: """
+    discussion: prose("""
       SGD with momentum 0.9 and learning rate 0.01, as peers/keras_bench.py. GFLOP/s counts a training
       step as 3× the forward convolution/linear FLOPs (2·MACs), as the peer does. peak_bytes is the
       memory ledger's peak over the whole run (parameters, gradients, optimizer state, the batch,
@@ -174,7 +174,7 @@ struct TrainBench: ParsableCommand {
       Streamed training: --tile N (with --stream-blocks, --frozen-bn); --streamed-input generates the
       input region by region (deterministic noise) so an image larger than memory is never held.
       --budget refuses a run whose planned peak exceeds it, before allocating.
-      """)
+      """))
 
   @Option(help: "Model name (\(Zoo.names.joined(separator: ", "))).") var model = "fcn-large"
   @Option(help: "Input C×H×W or H×W.") var input = "3x1024x1024"

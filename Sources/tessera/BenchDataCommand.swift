@@ -8,11 +8,11 @@ struct DataBench: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "data",
     abstract: "Images/s of decode + resize to the model's input, with and without JPEG DCT scaling.",
-    discussion: """
+    discussion: prose("""
       Runs the streaming loader (fit policy, area filter, batches of 8) over --data, or over
       --generate N synthetic 4000×3000 JPEGs written to a temporary folder. With --pillow PYTHON, runs
       benchmarks/pillow_pipeline.py (the same pipeline in Pillow) on the same files in the same run.
-      """)
+      """))
 
   @Option(help: "Image folder (DIR/<class>/<images>).") var data: String?
   @Option(help: "Generate this many 4000×3000 JPEGs instead of --data.") var generate: Int?

@@ -10,13 +10,13 @@ struct DemoCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "demo",
     abstract: "The seed's warning, measured: train at full resolution vs on images shrunk to 112×112.",
-    discussion: """
+    discussion: prose("""
       Generates (seeded, cached under $TESSERA_CACHE_DIR or ~/.cache/tessera, regenerated when missing
       or damaged) 1024×1024 textured images whose class is decided only by the shape of eight 16-pixel
       marks: crosses or hollow squares. Trains the fully convolutional fcn-large at full resolution
       within --budget (the plan is printed first), then the same net on the images shrunk to 112×112,
       and prints both held-out accuracies with time and peak memory. `--quick` runs a tiny version.
-      """)
+      """))
 
   @Option(help: "Epochs for each run.") var epochs = 6
   @Option(help: "Learning rate (cosine schedule, SGD momentum 0.9).") var lr: Float = 0.01

@@ -76,18 +76,41 @@ struct EvalCommand: ParsableCommand {
   @Option(help: "Image folder DIR/<class>/<images> (class names as in training); default with --run: the run's held-out split.")
   var data: String?
   @Option(help: "Images per batch.") var batch = 16
-  @Option(help: "Run the network's streamable first blocks tile by tile, N input pixels of output per tile (exact; for images whose activations do not fit).")
-  var tile: Int?
+  @Option(help: "Run the network's streamable first blocks tile by tile, N input pixels of output per tile, or auto (the planner's tile within --budget); exact, for images whose activations do not fit.")
+  var tile: String?
+  @Option(help: "Memory budget, e.g. 2GiB (default: what this machine has available); refused before anything runs when the evaluation does not fit.")
+  var budget: String?
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
+
+  func validate() throws {
+    try checkRange(batch, 1...Limits.maxBatch, "--batch")
+    if let t = tile, t != "auto", !(1...Limits.maxSide).contains(Int(t) ?? 0) {
+      throw ValidationError("--tile must be a number of pixels from 1 to \(Limits.maxSide) or auto, got '\(t)'")
+    }
+  }
 
   func run() throws {
     try global.apply()
     var (net, names, pipeline) = try trained.load()
+    let input = [pipeline.channels, pipeline.height, pipeline.width]
+    let ceiling = try budget.map { try ByteSize.parse($0) } ?? MachineMemory.availableBytes()
+    func needs(_ m: Sequential, _ b: Int) throws -> Int {
+      try Planner.plan(m, name: "", input: input, batch: b, optimizer: .sgd).peakInferenceBytes
+        + BatchLoader.bytesInFlight(batch: b, imageShape: input, prefetch: 2) + runtimeReserveBytes
+    }
     if let t = tile {
-      guard t >= 1 else { throw ValidationError("--tile must be positive, got \(t)") }
-      net = try Streamed.apply(to: net, blocks: max(1, Streamed.streamableBlocks(of: net)), tile: t)
-      _ = try net.outputShape(for: [1, pipeline.channels, pipeline.height, pipeline.width])  // a tile off the stride fails here
+      if t == "auto" && (try? needs(net, 1)).map({ $0 <= ceiling }) == true {
+        note("--tile auto: the images fit without tiles")
+      } else if t == "auto" {
+        let c = try Planner.applyStreaming(net, StreamingSettings(tile: 0), input: input, batch: 1,
+                                           budget: ceiling - runtimeReserveBytes, optimizer: .sgd)
+        net = c.model
+        note(describe(c, StreamingSettings(tile: c.tile)))
+      } else {
+        net = try Streamed.apply(to: net, blocks: max(1, Streamed.streamableBlocks(of: net)), tile: Int(t)!)
+        _ = try net.outputShape(for: [1] + input)  // a tile off the stride fails here
+      }
     }
     var ds: ImageDataset
     var indices: [Int]? = nil
@@ -120,7 +143,13 @@ struct EvalCommand: ParsableCommand {
     }
     remapped.classes = names
     let cfgBatch = (try? trained.runConfig())?["batch"] as? Int
-    let loader = BatchLoader(dataset: remapped, indices: indices, pipeline: pipeline, batchSize: data == nil ? (cfgBatch ?? batch) : batch)
+    let b = data == nil ? (cfgBatch ?? batch) : batch
+    // The evaluation's plan: inference at this batch, the loader's batches, the runtime.
+    let needed = try needs(net, b)
+    guard needed <= ceiling else {
+      throw CLIError("evaluating \(b) images of \(input.map(String.init).joined(separator: "×")) at a time needs \(ByteSize.format(needed)), more than \(budget == nil ? "this machine has available" : "--budget") (\(ByteSize.format(ceiling))); use a smaller --batch or --tile auto")
+    }
+    let loader = BatchLoader(dataset: remapped, indices: indices, pipeline: pipeline, batchSize: b)
     loader.shuffle = false
     loader.onWarning = { note("warning: " + $0) }
     let trainer = Trainer(model: net, optimizer: SGD(), schedule: .constant(0), classes: names.count)
@@ -145,16 +174,26 @@ struct PredictCommand: ParsableCommand {
   @Argument(help: "Images.") var images: [String]
   @Option(help: "Classes to show per image.") var top = 3
   @Flag(help: "Print one JSON object.") var json = false
-  @Flag(help: "Print CSV: path,class,probability per row.") var csv = false
-  @Option(help: "Exact tiled inference at native resolution, this many input pixels of output per tile (fully convolutional models).")
-  var tile: Int?
-  @Option(help: "With --tile: folder for one heatmap PNG per class (probability per score-map cell).") var heatmaps: String?
+  @Flag(help: "Print CSV: path,rank,class,probability, one row per class shown.") var csv = false
+  @Option(help: "Exact tiled inference at native resolution (fully convolutional models): N input pixels of output per tile, or auto (the largest that fits --budget).")
+  var tile: String?
+  @Option(help: "With --tile: memory budget, e.g. 2GiB (default: what this machine has available).") var budget: String?
+  @Option(help: "With --tile: folder for one heatmap PNG per class (probability per score-map cell), named <image>.<class>.png.") var heatmaps: String?
   @OptionGroup var global: GlobalOptions
+
+  func validate() throws {
+    try checkRange(top, 1...(1 << 20), "--top")
+    guard !(json && csv) else { throw ValidationError("--json and --csv: choose one") }
+    if let t = tile, t != "auto", !(1...Limits.maxSide).contains(Int(t) ?? 0) {
+      throw ValidationError("--tile must be a number of pixels from 1 to \(Limits.maxSide) or auto, got '\(t)'")
+    }
+    if tile == nil && (heatmaps != nil || budget != nil) { throw ValidationError("--heatmaps and --budget go with --tile") }
+  }
 
   func run() throws {
     try global.apply()
     let (net, names, pipeline) = try trained.load()
-    if let t = tile { return try runTiled(net, names: names, tile: t, channels: pipeline.channels) }
+    if let t = tile { return try runTiled(net, names: names, tile: t, channels: pipeline.channels, trainedSize: pipeline.height) }
     var results = [[String: Any]]()
     var failed = 0
     if csv { print("path,rank,class,probability") }
@@ -183,12 +222,39 @@ struct PredictCommand: ParsableCommand {
 
   /// Whole images at native resolution, read region by region: the score map tile by tile (exact),
   /// its mean as the class scores, and per-class probability heatmaps.
-  func runTiled(_ net: Sequential, names: [String], tile: Int, channels: Int) throws {
+  func runTiled(_ net: Sequential, names: [String], tile tileText: String, channels: Int, trainedSize: Int) throws {
     let tiled = try TiledInference(model: net, channels: channels)
-    let reader = ImageReader()
+    // Tiled paths read regions, so the whole-image pixel limit does not apply; the score map and
+    // each tile's pass are checked against the budget instead.
+    let reader = ImageReader(maxPixels: 1 << 40)
+    let ceiling = try budget.map { try ByteSize.parse($0) } ?? MachineMemory.availableBytes()
     var results = [[String: Any]]()
-    for path in images {
+    if csv { print("path,rank,class,probability") }
+    // Heatmaps of images with the same file name go to distinct files.
+    let stems = images.map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent }
+    var seen = [String: Int]()
+    let unique = stems.map { s -> String in
+      seen[s, default: 0] += 1
+      return stems.filter({ $0 == s }).count > 1 ? "\(s)-\(seen[s]!)" : s
+    }
+    for (index, path) in images.enumerated() {
       let file = try reader.open(URL(fileURLWithPath: path))
+      let tile: Int
+      if tileText == "auto" {
+        guard let t = tiled.largestTile(fitting: ceiling - runtimeReserveBytes, height: file.info.height, width: file.info.width, channels: channels) else {
+          throw CLIError("\(path): no tile fits \(budget == nil ? "this machine's available memory" : "--budget") (\(ByteSize.format(ceiling))); the score map alone needs more")
+        }
+        tile = t.tile
+      } else {
+        tile = Int(tileText)!
+        let need = try tiled.plannedPeakBytes(tile: tile, height: file.info.height, width: file.info.width, channels: channels) + runtimeReserveBytes
+        guard need <= ceiling else {
+          throw CLIError("\(path): tiles of \(tile) px need \(ByteSize.format(need)), more than \(budget == nil ? "this machine has available" : "--budget") (\(ByteSize.format(ceiling))); use a smaller --tile or --tile auto")
+        }
+      }
+      if max(file.info.width, file.info.height) > 2 * trainedSize {
+        note("note: \(path) is scored at its native \(file.info.width)×\(file.info.height) pixels; the model was trained on images brought to \(trainedSize) px. If objects appear at another size in pixels than in training, resize the image first (tessera preview --size) or train at native resolution.")
+      }
       // The score map (classes × cells) is held whole: checked before it is allocated.
       let cells = Limits.product([names.count, (file.info.height + tiled.stride - 1) / tiled.stride,
                                   (file.info.width + tiled.stride - 1) / tiled.stride, 4 * 2])
@@ -213,7 +279,7 @@ struct PredictCommand: ParsableCommand {
           let ez = z.map { Foundation.exp($0 - zm) }, sz = ez.reduce(0, +)
           for c in 0..<k { cellProb[c][i] = UInt8((255 * ez[c] / sz).rounded()) }
         }
-        let stem = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+        let stem = unique[index]
         for c in 0..<k {
           let u = URL(fileURLWithPath: dir).appendingPathComponent("\(stem).\(names[c]).png")
           try writePNG(bytes: cellProb[c], width: w, height: h, to: u)
@@ -221,9 +287,11 @@ struct PredictCommand: ParsableCommand {
         }
       }
       results.append(["path": path, "size": [file.info.width, file.info.height], "scoreMap": [k, h, w],
-                      "stride": tiled.stride, "halo": tiled.halo,
+                      "stride": tiled.stride, "halo": tiled.halo, "tile": tile, "trainedImageSize": trainedSize,
                       "top": ranked.map { ["class": names[$0], "probability": probs[$0]] }, "heatmaps": maps])
-      if !json {
+      if csv {
+        for (r, c) in ranked.enumerated() { print("\(path),\(r + 1),\(names[c]),\(probs[c])") }
+      } else if !json {
         print("\(path) (\(file.info.width)×\(file.info.height), \(h)×\(w) score map, tiles of \(tile) px + \(tiled.halo) px halo): "
               + ranked.map { String(format: "%@ %.3f", names[$0], probs[$0]) }.joined(separator: ", "))
       }

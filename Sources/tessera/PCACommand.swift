@@ -16,14 +16,14 @@ struct PCAFit: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "fit",
     abstract: "Fit a PCA to whole images (--size) or native-resolution patches (--patch), streaming.",
-    discussion: """
+    discussion: prose("""
       Whole images are brought to --size × --size by --policy (fit, fill or stretch); patches are
       --patches-per-image random squares of --patch pixels per image (or every non-overlapping one
       with --grid), decoded by region. The data set is never held in memory: --method exact streams
       the covariance (dimension² numbers) and eigendecomposes it; randomized (Halko et al.) streams
       the data a few times keeping dimension × (components + 10) numbers. auto: exact up to 1024
       dimensions. Writes the model (safetensors) and a PNG grid of the components.
-      """)
+      """))
 
   @Option(help: "Image folder (DIR/<class>/<images> or images under DIR/<any>/).") var data: String
   @Option(help: "Whole images at this side (pixels).") var size: Int?

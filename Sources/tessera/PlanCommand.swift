@@ -24,14 +24,14 @@ struct PlanCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "plan",
     abstract: "Predict a run's memory, MACs and receptive field before it runs, and the batch a budget allows.",
-    discussion: """
+    discussion: prose("""
       Bytes are predicted by dry-running every layer's forward and backward allocations (outputs, what
       each layer keeps for backward, kernel workspaces) — the same numbers the memory ledger measures
       in a real step (tests hold them equal to the byte). Peak training = parameters + gradients +
       optimizer state + the batch + the activation/workspace peak of one step; peak inference =
       parameters + the batch + the forward peak. Sizes print in binary units (1 MiB = 2^20 bytes);
       --budget takes B/KB/MB/GB (10^n) or KiB/MiB/GiB (2^n).
-      """)
+      """))
 
   @OptionGroup var modelOptions: ModelOptions
   @Option(help: "Images per batch.") var batch = 1

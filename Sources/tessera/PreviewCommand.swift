@@ -7,11 +7,11 @@ struct PreviewCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "preview",
     abstract: "Write what the network will see of an image (PNG), and say how it got there.",
-    discussion: """
+    discussion: prose("""
       Reads the header, decodes at the smallest JPEG DCT scale that still covers the target (1/2, 1/4,
       1/8), resizes by the policy and writes an 8-bit PNG. Policies keep the aspect ratio: fit
       (letterbox), fill (cover, centre crop), none (native size); stretch distorts and must be named.
-      """)
+      """))
 
   @Argument(help: "The image (JPEG, PNG, PPM/PGM).") var image: String
   @Option(help: "Target side in pixels (square input).") var size = 512

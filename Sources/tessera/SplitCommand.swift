@@ -6,13 +6,13 @@ struct SplitCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "split",
     abstract: "Deterministic, stratified train/val/test split of an image folder, saved as a CSV manifest.",
-    discussion: """
+    discussion: prose("""
       DIR holds one folder per class (DIR/<class>/<images>). Within each class the files are sorted,
       shuffled from --seed (the same split on any machine) and round(n·test) go to test,
       round(n·val) to val, the rest to train. The manifest lists path,label,split with paths
       relative to DIR; when the manifest is written outside DIR its first line is `# root: DIR` (relative
       to the manifest), so `tessera train --manifest` reads the same files back (or give --data DIR).
-      """)
+      """))
 
   @Option(help: "Image folder: DIR/<class>/<images>.") var data: String
   @Option(help: "Test share.") var test = 0.3

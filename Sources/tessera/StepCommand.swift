@@ -8,13 +8,13 @@ struct StepCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "step",
     abstract: "One training-mode forward and backward (no update), written to safetensors.",
-    discussion: """
+    discussion: prose("""
       Reads `input` (N, C, H, W; F32, F16 or BF16) and `labels` (N; I64 or I32) from --batch, runs the
       model in training mode (batch statistics in BatchNorm), computes the mean softmax cross-entropy
       and writes `loss` (shape [1]), `logits` (N, classes) and `grad.<parameter>` for every trainable
       parameter to --out. Without --weights the model gets a seeded He-normal initialisation.
       This is how to check Tessera against another framework on the same numbers.
-      """
+      """)
   )
 
   @Option(help: "Model name (\(Zoo.names.joined(separator: ", "))).") var model = "fcn-large"

@@ -25,17 +25,21 @@ struct TesseraCLI: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "tessera",
     abstract: "Train and run convolutional networks on images too large for memory.",
-    discussion: """
+    discussion: prose("""
       Quick start:
-        swift run -c release tessera demo      train a small model on built-in synthetic data
-        tessera plan --model resnet50 --input 3x2400x2400 --budget 16GiB   will it fit? what batch?
-        tessera rf --model vgg16               receptive field layer by layer
-        tessera step --model fcn-large ...     one forward+backward on a batch, gradients to safetensors
-        tessera bench train --json             training throughput and memory of a zoo model
+        swift run -c release tessera demo
+            full resolution vs the seed's 112×112, on built-in large images
+        tessera plan --model resnet50 --input 3x2400x2400 --budget 16GiB
+            will it fit? what batch? which memory mode?
+        tessera split --data photos/ --out split.csv
+        tessera train --manifest split.csv --image-size 512 --out runs/a
+        tessera eval --run runs/a          the run's held-out images
+        tessera predict --run runs/a photo.jpg
 
-      Threads: --threads N on any command, or TESSERA_THREADS=N (default: all cores).
-      Results go to stdout, progress and warnings to stderr; --json prints one JSON object.
-      """,
+      Threads: --threads N on any command, or TESSERA_THREADS=N (default: all cores). Results go
+      to stdout, progress and warnings to stderr; --json prints one JSON object. Every command has
+      --help.
+      """),
     subcommands: [DemoCommand.self, PlanCommand.self, RFCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, PreviewCommand.self, SplitCommand.self, PCACommand.self, StepCommand.self, BenchCommand.self]
   )
 }
@@ -185,4 +189,19 @@ func printColumns(_ rows: [[String]], right: Set<Int> = []) {
     }
     print(cells.joined(separator: "  "))
   }
+}
+
+/// Help text written as wrapped paragraphs in the source, unwrapped so ArgumentParser can wrap it
+/// to the terminal: lines of a paragraph are joined; blank lines and indented lines (examples,
+/// lists) stay as they are.
+func prose(_ text: String) -> String {
+  var out = [String]()
+  for line in text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init) {
+    if let last = out.last, !last.isEmpty, !line.isEmpty, !line.hasPrefix(" "), !last.hasPrefix(" ") {
+      out[out.count - 1] = last + " " + line
+    } else {
+      out.append(line)
+    }
+  }
+  return out.joined(separator: "\n")
 }

@@ -10,7 +10,7 @@ struct TrainCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "train",
     abstract: "Train a model on a folder of images (or a split manifest), within a memory budget.",
-    discussion: """
+    discussion: prose("""
       Prints the plan first (bytes per image, the batch, predicted peak against --budget) and refuses,
       with the nearest settings that fit, when it cannot fit. Images stream from disk each epoch
       (decoded on --workers threads); the held-out split is evaluated after every epoch. The run
@@ -26,7 +26,7 @@ struct TrainCommand: ParsableCommand {
       --overwrite replaces it. A second train on the same folder is refused while the first runs.
       Ctrl-C or SIGTERM finishes the current update, saves last.safetensors with the position in the
       epoch and exits 130; --resume continues from the next batch. A second Ctrl-C stops at once.
-      """)
+      """))
 
   @Option(help: "Image folder DIR/<class>/<images> (split --test by the seed); with --manifest, the folder its paths are relative to.") var data: String?
   @Option(help: "A CSV manifest path,label[,split] (from `tessera split`); paths relative to --data, else to its '# root:' line, else to its folder.") var manifest: String?

@@ -288,4 +288,41 @@ final class HardeningTests: TemporaryDirectoryTestCase {
     XCTAssertLessThanOrEqual(rss, budget, "max RSS \(rss >> 20) MiB")
     XCTAssertEqual(s["heldOut"] as? Bool, true)
   }
+
+  /// eval and predict: a damaged or missing run, a budget, --tile auto, CSV and heatmap names.
+  func testEvalAndPredictCheckBeforeTheyRun() throws {
+    let data = try makeData(classes: ["a", "b"], perClass: 4, side: 24)
+    let run = dir.appendingPathComponent("run")
+    var r = try CLI.run(["train", "--data", data.path, "--image-size", "32", "--epochs", "1", "--batch", "2", "--out", run.path])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    try assertRefused(["eval", "--run", dir.appendingPathComponent("nowhere").path], "not a run folder (no readable config.json)")
+    try assertRefused(["eval", "--run", run.path, "--budget", "20MiB"], "more than --budget")
+    let img = data.appendingPathComponent("a/0.ppm").path, img2 = data.appendingPathComponent("b/0.ppm").path
+    try assertRefused(["predict", "--run", run.path, img, "--tile", "64", "--budget", "10MiB"], "tiles of 64 px need")
+    r = try CLI.run(["predict", "--run", run.path, img, img2, "--tile", "auto", "--csv", "--heatmaps", dir.appendingPathComponent("hm").path])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertEqual(r.stdout.split(separator: "\n").first, "path,rank,class,probability")
+    XCTAssertEqual(r.stdout.split(separator: "\n").count, 5)
+    // Two images named 0.ppm: two sets of heatmaps.
+    let maps = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("hm").path).sorted()
+    XCTAssertEqual(maps, ["0-1.a.png", "0-1.b.png", "0-2.a.png", "0-2.b.png"])
+    // A huge header scored tile by tile: refused before the score map is allocated.
+    let huge = dir.appendingPathComponent("huge.ppm")
+    try (Data("P6 99999999 99999999 255\n".utf8) + Data(count: 64)).write(to: huge)
+    try assertRefused(["predict", "--run", run.path, huge.path, "--tile", "64"], "more than this machine has available")
+    try assertRefused(["predict", "--run", run.path, huge.path, "--tile", "auto"], "no tile fits")
+    // A hand-edited config.json: values that would size allocations are refused by name.
+    let cfgURL = run.appendingPathComponent("config.json")
+    var cfg = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: cfgURL)) as? [String: Any])
+    for (k, v) in [("policy", "none" as Any), ("imageSize", 1 << 40 as Any)] {
+      var c = cfg
+      c[k] = v
+      try JSONSerialization.data(withJSONObject: c).write(to: cfgURL)
+      try assertRefused(["eval", "--run", run.path], "\(k) must be")
+    }
+    cfg["imageSize"] = 32
+    try JSONSerialization.data(withJSONObject: cfg).write(to: cfgURL)
+    r = try CLI.run(["eval", "--run", run.path, "--tile", "auto", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+  }
 }
