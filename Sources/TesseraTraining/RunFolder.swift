@@ -65,7 +65,7 @@ public final class RunFolder: TrainingCallback {
     }
     let last = url.appendingPathComponent("last.safetensors")
     guard FileManager.default.fileExists(atPath: last.path) else {
-      throw RunFolderError("\(url.path): nothing to resume (no last.safetensors\(exists ? "; the run never finished an epoch" : "")); run without --resume to start it")
+      throw RunFolderError("\(url.path): nothing to resume (no last.safetensors\(exists ? "; the run never finished an epoch" : "")); \(exists ? "--overwrite starts it again" : "run without --resume to start it")")
     }
     guard let data = try? Data(contentsOf: url.appendingPathComponent("config.json")),
           let old = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]

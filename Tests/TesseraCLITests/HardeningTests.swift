@@ -325,4 +325,25 @@ final class HardeningTests: TemporaryDirectoryTestCase {
     r = try CLI.run(["eval", "--run", run.path, "--tile", "auto", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
   }
+
+  /// plan --budget and train --batch auto count the same things (step, loader, runtime) and so choose
+  /// the same mode and batch.
+  func testPlanAndTrainChooseTheSameMode() throws {
+    let data = try makeData(classes: ["a", "b"], perClass: 12, side: 40)
+    for budget in ["140MiB", "200MiB"] {
+      var r = try CLI.run(["plan", "--model", "fcn-large", "--classes", "2", "--input", "3x128x128", "--budget", budget, "--json"])
+      XCTAssertEqual(r.status, 0, r.stderr)
+      let p = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+      let chosen = try XCTUnwrap(p["chosenMode"] as? [String: Any])
+      r = try CLI.run(["train", "--data", data.path, "--image-size", "128", "--epochs", "1", "--batch", "auto", "--budget", budget,
+                       "--test", "0", "--out", dir.appendingPathComponent("run-\(budget)").path, "--json"])
+      XCTAssertEqual(r.status, 0, r.stderr)
+      let description = try XCTUnwrap(chosen["description"] as? String)
+      XCTAssert(r.stderr.contains("mode: \(description) —"), "plan chose \(description); train said: \(r.stderr)")
+      let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
+      XCTAssertEqual(s["batch"] as? Int, min(24, chosen["maxBatch"] as? Int ?? 0), "\(budget)")
+      XCTAssertEqual(s["heldOut"] as? Bool, false)
+      XCTAssert(r.stdout.isEmpty || !r.stdout.contains("held-out accuracy"))
+    }
+  }
 }
