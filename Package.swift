@@ -24,6 +24,7 @@ let package = Package(
     .library(name: "Tessera", targets: ["Tessera"]),
     .library(name: "TesseraPlanner", targets: ["TesseraPlanner"]),
     .library(name: "TesseraData", targets: ["TesseraData"]),
+    .library(name: "TesseraTIFF", targets: ["TesseraTIFF"]),
     .library(name: "TesseraTraining", targets: ["TesseraTraining"]),
     .executable(name: "tessera", targets: ["tessera"]),
   ],
@@ -40,10 +41,13 @@ let package = Package(
     .target(name: "CTesseraImage", cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]),
     .target(name: "TesseraData", dependencies: ["Tessera", "CTesseraImage"], swiftSettings: kernelFlags),
-    .target(name: "TesseraTraining", dependencies: ["Tessera", "TesseraData", "TesseraPlanner"], swiftSettings: targetFlags),
+    // libtiff, loaded at run time (dlopen): nothing to install for the default build.
+    .target(name: "CTesseraTIFF", cSettings: [.unsafeFlags(["-O2"])], linkerSettings: [.linkedLibrary("dl")]),
+    .target(name: "TesseraTIFF", dependencies: ["Tessera", "TesseraData", "CTesseraTIFF"], swiftSettings: kernelFlags),
+    .target(name: "TesseraTraining", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTIFF"], swiftSettings: targetFlags),
     .executableTarget(
       name: "tessera",
-      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTraining", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTIFF", "TesseraTraining", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: targetFlags),
     // Fuzz targets (scripts/fuzz.sh builds them with libFuzzer; a plain build replays inputs).
     .executableTarget(name: "tessera-fuzz", dependencies: ["Tessera", "TesseraData", "TesseraTraining"],
@@ -58,6 +62,7 @@ let package = Package(
                 swiftSettings: targetFlags),
     .testTarget(name: "TesseraDataTests", dependencies: ["TesseraData", "CTesseraImage", "TestSupport"],
                 exclude: ["Fixtures"], swiftSettings: targetFlags),
+    .testTarget(name: "TesseraTIFFTests", dependencies: ["TesseraTIFF", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraTrainingTests", dependencies: ["TesseraTraining", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "TesseraData", "TesseraTraining"], swiftSettings: targetFlags),
   ],

@@ -225,6 +225,93 @@ int ti_jpeg_decode(const unsigned char *data, unsigned long size, int denom, int
   return 0;
 }
 
+struct ti_jpeg_stream {
+  struct jpeg_decompress_struct cinfo;
+  ti_jpeg_error err;
+  JSAMPLE *row;
+  int out_components, cmyk, inverted;
+};
+
+ti_jpeg_stream *ti_jpeg_stream_open(const unsigned char *data, unsigned long size, int out_components, int *width,
+                                    int *height, char *error) {
+  ti_jpeg_stream *s = calloc(1, sizeof *s);
+  if (!s) {
+    set_error(error, "out of memory");
+    return NULL;
+  }
+  s->cinfo.err = jpeg_std_error(&s->err.mgr);
+  s->err.mgr.error_exit = ti_jpeg_error_exit;
+  s->err.mgr.emit_message = ti_jpeg_emit_message;
+  s->err.mgr.output_message = ti_jpeg_output_message;
+  s->err.message[0] = 0;
+  if (setjmp(s->err.jump)) {
+    set_error(error, s->err.message[0] ? s->err.message : "corrupt JPEG data");
+    jpeg_destroy_decompress(&s->cinfo);
+    free(s->row);
+    free(s);
+    return NULL;
+  }
+  jpeg_create_decompress(&s->cinfo);
+  jpeg_mem_src(&s->cinfo, data, size);
+  jpeg_read_header(&s->cinfo, TRUE);
+  if (setup_output(&s->cinfo, 1, out_components, error) != 0) {
+    jpeg_destroy_decompress(&s->cinfo);
+    free(s);
+    return NULL;
+  }
+  jpeg_start_decompress(&s->cinfo);
+  s->out_components = out_components;
+  s->cmyk = s->cinfo.out_color_space == JCS_CMYK;
+  s->inverted = s->cinfo.saw_Adobe_marker;
+  s->row = malloc((size_t)s->cinfo.output_width * (size_t)s->cinfo.output_components);
+  if (!s->row) {
+    jpeg_destroy_decompress(&s->cinfo);
+    free(s);
+    set_error(error, "out of memory");
+    return NULL;
+  }
+  *width = (int)s->cinfo.output_width;
+  *height = (int)s->cinfo.output_height;
+  return s;
+}
+
+int ti_jpeg_stream_read(ti_jpeg_stream *s, int rows, unsigned char *out, char *error) {
+  if (setjmp(s->err.jump)) {
+    set_error(error, s->err.message[0] ? s->err.message : "corrupt JPEG data");
+    return -1;
+  }
+  size_t w = s->cinfo.output_width;
+  for (int r = 0; r < rows; r++) {
+    JSAMPROW rp = s->row;
+    if (jpeg_read_scanlines(&s->cinfo, &rp, 1) != 1) {
+      set_error(error, "premature end of JPEG data");
+      return -1;
+    }
+    unsigned char *o = out + (size_t)r * w * (size_t)s->out_components;
+    if (!s->cmyk) {
+      memcpy(o, s->row, w * (size_t)s->out_components);
+      continue;
+    }
+    const JSAMPLE *p = s->row;
+    for (size_t i = 0; i < w; i++, p += 4) {
+      unsigned c = p[0], m = p[1], yy = p[2], k = p[3];
+      if (!s->inverted) { c = 255 - c; m = 255 - m; yy = 255 - yy; k = 255 - k; }
+      unsigned rr = (c * k + 127) / 255, gg = (m * k + 127) / 255, bb = (yy * k + 127) / 255;
+      if (s->out_components == 1) o[i] = (unsigned char)((299 * rr + 587 * gg + 114 * bb + 500) / 1000);
+      else { o[3 * i] = (unsigned char)rr; o[3 * i + 1] = (unsigned char)gg; o[3 * i + 2] = (unsigned char)bb; }
+    }
+  }
+  return 0;
+}
+
+void ti_jpeg_stream_close(ti_jpeg_stream *s) {
+  if (!s) return;
+  jpeg_abort_decompress(&s->cinfo);
+  jpeg_destroy_decompress(&s->cinfo);
+  free(s->row);
+  free(s);
+}
+
 int ti_jpeg_encode(const unsigned char *pixels, int width, int height, int components, int quality,
                    unsigned char **out, unsigned long *out_size, char *error) {
   struct jpeg_compress_struct cinfo;

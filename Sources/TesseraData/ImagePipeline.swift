@@ -71,6 +71,19 @@ public struct ImagePipeline: Sendable {
     }
   }
 
+  /// Brings decoded pixels (C, H, W) to the target by the policy (the centre crop for `.fill`).
+  public func resize(_ pixels: Tensor) -> Tensor {
+    let (rw, rh) = resizedSize(width: pixels.shape[2], height: pixels.shape[1])
+    var img = pixels
+    if rw != img.shape[2] || rh != img.shape[1] { img = Resample.resize(img, height: rh, width: rw, filter: filter) }
+    switch policy {
+    case .fit: img = letterbox(img)
+    case .fill: img = crop(img, x: (rw - width) / 2, y: (rh - height) / 2, width: width, height: height)
+    case .none, .stretch: break
+    }
+    return img
+  }
+
   /// Reads and prepares one file. `cropOrigin` picks the crop of `.fill` (default: centred).
   public func prepare(_ url: URL, cropOrigin: ((Int, Int) -> (Int, Int))? = nil) throws -> PreparedImage {
     let file = try reader.open(url)

@@ -25,6 +25,15 @@ int ti_jpeg_scaled_size(const unsigned char *data, unsigned long size, int denom
 int ti_jpeg_decode(const unsigned char *data, unsigned long size, int denom, int x, int y, int w, int h,
                    int out_components, unsigned char *out, char *error);
 
+// Sequential decoding of a whole JPEG, rows in order, each decoded once (for converting images far
+// larger than memory): open, then read rows until all are read, then close. out_components 1 or 3.
+typedef struct ti_jpeg_stream ti_jpeg_stream;
+ti_jpeg_stream *ti_jpeg_stream_open(const unsigned char *data, unsigned long size, int out_components, int *width,
+                                    int *height, char *error);
+// Reads the next `rows` rows (rows × width × out_components bytes) into out; 0, or −1 with the reason.
+int ti_jpeg_stream_read(ti_jpeg_stream *s, int rows, unsigned char *out, char *error);
+void ti_jpeg_stream_close(ti_jpeg_stream *s);
+
 // Encodes 8-bit gray (1) or RGB (3) pixels, or CMYK (4; stored as given, with libjpeg's Adobe
 // marker; 5: CMYK written as YCCK); *out is malloc'ed, release with ti_free.
 int ti_jpeg_encode(const unsigned char *pixels, int width, int height, int components, int quality,

@@ -1,0 +1,384 @@
+#include "tessera_tiff.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// The few libtiff declarations used (libtiff 4.5+, soname 6: tdir_t is uint32_t).
+typedef struct tiff TIFF;
+typedef void (*TIFFErrorHandler)(const char *module, const char *fmt, va_list ap);
+
+enum {
+  TAG_SUBFILETYPE = 254, TAG_IMAGEWIDTH = 256, TAG_IMAGELENGTH = 257, TAG_BITSPERSAMPLE = 258, TAG_COMPRESSION = 259,
+  TAG_PHOTOMETRIC = 262, TAG_IMAGEDESCRIPTION = 270, TAG_SAMPLESPERPIXEL = 277, TAG_ROWSPERSTRIP = 278,
+  TAG_PLANARCONFIG = 284, TAG_TILEWIDTH = 322, TAG_TILELENGTH = 323, TAG_SUBIFD = 330, TAG_SAMPLEFORMAT = 339,
+  TAG_YCBCRSUBSAMPLING = 530, TAG_JPEGQUALITY = 65537, TAG_JPEGCOLORMODE = 65538,
+};
+
+static struct {
+  TIFF *(*Open)(const char *, const char *);
+  void (*Close)(TIFF *);
+  int (*GetField)(TIFF *, uint32_t, ...);
+  int (*GetFieldDefaulted)(TIFF *, uint32_t, ...);
+  int (*SetField)(TIFF *, uint32_t, ...);
+  int (*SetDirectory)(TIFF *, uint32_t);
+  int (*SetSubDirectory)(TIFF *, uint64_t);
+  uint32_t (*NumberOfDirectories)(TIFF *);
+  uint64_t (*CurrentDirOffset)(TIFF *);
+  int (*IsTiled)(TIFF *);
+  int (*IsBigTIFF)(TIFF *);
+  int64_t (*TileSize)(TIFF *);
+  int64_t (*StripSize)(TIFF *);
+  uint32_t (*ComputeTile)(TIFF *, uint32_t, uint32_t, uint32_t, uint16_t);
+  uint32_t (*ComputeStrip)(TIFF *, uint32_t, uint16_t);
+  uint32_t (*NumberOfTiles)(TIFF *);
+  uint32_t (*NumberOfStrips)(TIFF *);
+  int64_t (*ReadEncodedTile)(TIFF *, uint32_t, void *, int64_t);
+  int64_t (*ReadEncodedStrip)(TIFF *, uint32_t, void *, int64_t);
+  int64_t (*WriteEncodedTile)(TIFF *, uint32_t, void *, int64_t);
+  int (*WriteDirectory)(TIFF *);
+  TIFFErrorHandler (*SetErrorHandler)(TIFFErrorHandler);
+  TIFFErrorHandler (*SetWarningHandler)(TIFFErrorHandler);
+  int (*IsCODECConfigured)(uint16_t);
+} lib;
+
+static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+static char load_error[TI_TIFF_ERROR_SIZE];
+static int loaded = 0;
+
+// libtiff reports errors through a process-wide handler: the message goes to the calling thread's
+// buffer (each thread works on its own handle), and is picked up by the call that failed.
+static _Thread_local char last_error[TI_TIFF_ERROR_SIZE];
+
+static void on_error(const char *module, const char *fmt, va_list ap) {
+  char msg[TI_TIFF_ERROR_SIZE];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  snprintf(last_error, sizeof last_error, "%s%s%s", module ? module : "", module ? ": " : "", msg);
+}
+
+// Warnings are kept too: a loop in the IFD chain is only a warning to libtiff, an error here.
+static _Thread_local char last_warning[TI_TIFF_ERROR_SIZE];
+
+static void on_warning(const char *module, const char *fmt, va_list ap) {
+  char msg[TI_TIFF_ERROR_SIZE];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  snprintf(last_warning, sizeof last_warning, "%s%s%s", module ? module : "", module ? ": " : "", msg);
+}
+
+static void set_error(char *error, const char *msg) {
+  if (error) {
+    strncpy(error, msg, TI_TIFF_ERROR_SIZE - 1);
+    error[TI_TIFF_ERROR_SIZE - 1] = 0;
+  }
+}
+
+static void lib_error(char *error, const char *fallback) { set_error(error, last_error[0] ? last_error : fallback); }
+
+static void load(void) {
+  void *h = dlopen("libtiff.so.6", RTLD_NOW | RTLD_LOCAL);
+  if (!h) h = dlopen("libtiff.so", RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    snprintf(load_error, sizeof load_error,
+             "libtiff.so.6 is not installed (TIFF support loads it at run time; Debian: apt-get install libtiff6)");
+    return;
+  }
+#define SYM(field, name)                                                                                  \
+  if (!(*(void **)&lib.field = dlsym(h, name))) {                                                         \
+    snprintf(load_error, sizeof load_error, "libtiff.so.6 lacks %s (libtiff 4.5 or later is needed)", name); \
+    return;                                                                                               \
+  }
+  SYM(Open, "TIFFOpen") SYM(Close, "TIFFClose") SYM(GetField, "TIFFGetField")
+  SYM(GetFieldDefaulted, "TIFFGetFieldDefaulted") SYM(SetField, "TIFFSetField") SYM(SetDirectory, "TIFFSetDirectory")
+  SYM(SetSubDirectory, "TIFFSetSubDirectory") SYM(NumberOfDirectories, "TIFFNumberOfDirectories")
+  SYM(CurrentDirOffset, "TIFFCurrentDirOffset") SYM(IsTiled, "TIFFIsTiled") SYM(IsBigTIFF, "TIFFIsBigTIFF")
+  SYM(TileSize, "TIFFTileSize") SYM(StripSize, "TIFFStripSize") SYM(ComputeTile, "TIFFComputeTile")
+  SYM(ComputeStrip, "TIFFComputeStrip") SYM(NumberOfTiles, "TIFFNumberOfTiles") SYM(NumberOfStrips, "TIFFNumberOfStrips")
+  SYM(ReadEncodedTile, "TIFFReadEncodedTile") SYM(ReadEncodedStrip, "TIFFReadEncodedStrip")
+  SYM(WriteEncodedTile, "TIFFWriteEncodedTile") SYM(WriteDirectory, "TIFFWriteDirectory")
+  SYM(SetErrorHandler, "TIFFSetErrorHandler") SYM(SetWarningHandler, "TIFFSetWarningHandler")
+  SYM(IsCODECConfigured, "TIFFIsCODECConfigured")
+#undef SYM
+  lib.SetErrorHandler(on_error);
+  lib.SetWarningHandler(on_warning);
+  loaded = 1;
+}
+
+int ti_tiff_load(char *error) {
+  pthread_once(&load_once, load);
+  if (!loaded) {
+    set_error(error, load_error);
+    return -1;
+  }
+  return 0;
+}
+
+int ti_tiff_codec_configured(int compression) {
+  return loaded && lib.IsCODECConfigured((uint16_t)compression);
+}
+
+struct ti_tiff {
+  TIFF *tif;
+  uint64_t current;  // offset of the directory read last
+};
+
+ti_tiff *ti_tiff_open(const char *path, char *error) {
+  if (ti_tiff_load(error) != 0) return NULL;
+  last_error[0] = 0;
+  TIFF *tif = lib.Open(path, "rm");  // m: read through the file, not a memory map of all of it
+  if (!tif) {
+    lib_error(error, "not a TIFF file");
+    return NULL;
+  }
+  ti_tiff *t = calloc(1, sizeof *t);
+  if (!t) {
+    lib.Close(tif);
+    set_error(error, "out of memory");
+    return NULL;
+  }
+  t->tif = tif;
+  t->current = 0;  // the first read selects its directory (and sets JPEG's RGB output)
+  return t;
+}
+
+void ti_tiff_close(ti_tiff *t) {
+  if (!t) return;
+  lib.Close(t->tif);
+  free(t);
+}
+
+int ti_tiff_is_bigtiff(ti_tiff *t) { return lib.IsBigTIFF(t->tif); }
+
+static void read_dir(TIFF *tif, ti_tiff_dir *d) {
+  uint32_t u32 = 0;
+  uint16_t u16 = 0, v16 = 0;
+  memset(d, 0, sizeof *d);
+  d->offset = lib.CurrentDirOffset(tif);
+  lib.GetField(tif, TAG_IMAGEWIDTH, &u32); d->width = u32; u32 = 0;
+  lib.GetField(tif, TAG_IMAGELENGTH, &u32); d->height = u32; u32 = 0;
+  d->tiled = lib.IsTiled(tif);
+  if (d->tiled) {
+    lib.GetField(tif, TAG_TILEWIDTH, &u32); d->tile_width = u32; u32 = 0;
+    lib.GetField(tif, TAG_TILELENGTH, &u32); d->tile_height = u32; u32 = 0;
+  } else {
+    d->tile_width = d->width;
+    u32 = d->height;
+    lib.GetFieldDefaulted(tif, TAG_ROWSPERSTRIP, &u32);
+    d->tile_height = u32 == 0 || u32 > d->height ? d->height : u32;
+    u32 = 0;
+  }
+  u16 = 1; lib.GetFieldDefaulted(tif, TAG_BITSPERSAMPLE, &u16); d->bits = u16;
+  u16 = 1; lib.GetFieldDefaulted(tif, TAG_SAMPLESPERPIXEL, &u16); d->samples = u16;
+  u16 = 1; lib.GetFieldDefaulted(tif, TAG_SAMPLEFORMAT, &u16); d->sample_format = u16;
+  u16 = 1; lib.GetFieldDefaulted(tif, TAG_PLANARCONFIG, &u16); d->planar = u16;
+  u16 = 0; if (lib.GetField(tif, TAG_PHOTOMETRIC, &u16)) d->photometric = u16; else d->photometric = -1;
+  u16 = 1; lib.GetFieldDefaulted(tif, TAG_COMPRESSION, &u16); d->compression = u16;
+  u32 = 0; lib.GetFieldDefaulted(tif, TAG_SUBFILETYPE, &u32); d->subfile_type = u32;
+  u16 = 0; uint64_t *offs = NULL;
+  if (lib.GetField(tif, TAG_SUBIFD, &u16, &offs)) d->n_subifds = u16;
+  u16 = 2; v16 = 2;
+  if (d->photometric == 6) lib.GetFieldDefaulted(tif, TAG_YCBCRSUBSAMPLING, &u16, &v16);
+  d->ycbcr_h = u16; d->ycbcr_v = v16;
+}
+
+// Selects a directory by offset and sets what reading it needs (JPEG's RGB output).
+static int select_dir(ti_tiff *t, const ti_tiff_dir *d, char *error) {
+  if (t->current != d->offset) {
+    last_error[0] = 0;
+    if (!lib.SetSubDirectory(t->tif, d->offset)) {
+      lib_error(error, "cannot read the directory");
+      t->current = 0;
+      return -1;
+    }
+    t->current = d->offset;
+    if (d->compression == 7 && d->photometric == 6) lib.SetField(t->tif, TAG_JPEGCOLORMODE, 1);
+  }
+  return 0;
+}
+
+int ti_tiff_list(ti_tiff *t, ti_tiff_dir *out, int max, char *error) {
+  last_error[0] = 0;
+  last_warning[0] = 0;
+  uint32_t pages = lib.NumberOfDirectories(t->tif);  // stops at a loop in the IFD chain
+  if (last_error[0]) {  // a next-IFD offset past the end: the chain is damaged
+    lib_error(error, "damaged directory chain");
+    return -1;
+  }
+  if (strstr(last_warning, "loop") || strstr(last_warning, "Loop")) {
+    snprintf(error, TI_TIFF_ERROR_SIZE, "the chain of image directories loops (%s)", last_warning);
+    return -1;
+  }
+  int n = 0;
+  for (uint32_t p = 0; p < pages && n < max; p++) {
+    if (!lib.SetDirectory(t->tif, p)) {
+      lib_error(error, "cannot read a directory");
+      t->current = 0;
+      return -1;
+    }
+    ti_tiff_dir d;
+    read_dir(t->tif, &d);
+    d.page = (int)p;
+    out[n++] = d;
+    if (d.n_subifds > 0) {
+      uint16_t count = 0;
+      uint64_t *offs = NULL;
+      if (!lib.GetField(t->tif, TAG_SUBIFD, &count, &offs) || !offs) continue;
+      uint64_t copy[64];
+      int c = count < 64 ? count : 64;
+      memcpy(copy, offs, sizeof(uint64_t) * (size_t)c);
+      for (int i = 0; i < c && n < max; i++) {
+        if (!lib.SetSubDirectory(t->tif, copy[i])) {
+          lib_error(error, "cannot read a SubIFD");
+          t->current = 0;
+          return -1;
+        }
+        read_dir(t->tif, &out[n]);
+        out[n].is_subifd = 1;
+        out[n].page = (int)p;
+        n++;
+      }
+      lib.SetDirectory(t->tif, p);
+    }
+  }
+  t->current = lib.CurrentDirOffset(t->tif);
+  // The current directory must be re-selected (and its JPEG mode set) before reading.
+  t->current = 0;
+  return n;
+}
+
+int ti_tiff_read_block(ti_tiff *t, const ti_tiff_dir *d, uint32_t bx, uint32_t by, unsigned char *out, size_t size,
+                       char *error) {
+  if (select_dir(t, d, error) != 0) return -1;
+  int jpeg_rgb = d->compression == 7 && d->photometric == 6;
+  int samples = jpeg_rgb ? 3 : d->samples, bytes = d->bits / 8;
+  size_t need = (size_t)d->tile_width * d->tile_height * (size_t)samples * (size_t)bytes;
+  if (size < need) {
+    set_error(error, "block buffer too small");
+    return -1;
+  }
+  memset(out, 0, need);
+  int planes = d->planar == 2 ? samples : 1;
+  size_t plane_bytes = (size_t)d->tile_width * d->tile_height * (size_t)bytes * (size_t)(planes == 1 ? samples : 1);
+  int64_t lib_size = d->tiled ? lib.TileSize(t->tif) : lib.StripSize(t->tif);
+  if (lib_size <= 0) {
+    lib_error(error, "the directory has no data size");
+    return -1;
+  }
+  size_t buf_size = (size_t)lib_size > plane_bytes ? (size_t)lib_size : plane_bytes;
+  unsigned char *buf = planes == 1 && (size_t)lib_size <= need ? out : malloc(buf_size);
+  if (!buf) {
+    set_error(error, "out of memory");
+    return -1;
+  }
+  for (int s = 0; s < planes; s++) {
+    last_error[0] = 0;
+    int64_t got;
+    if (d->tiled) {
+      uint32_t index = lib.ComputeTile(t->tif, bx * d->tile_width, by * d->tile_height, 0, (uint16_t)s);
+      got = lib.ReadEncodedTile(t->tif, index, buf, (int64_t)buf_size);
+    } else {
+      uint32_t index = lib.ComputeStrip(t->tif, by * d->tile_height, (uint16_t)s);
+      got = lib.ReadEncodedStrip(t->tif, index, buf, (int64_t)buf_size);
+    }
+    if (got < 0) {
+      lib_error(error, "cannot decode the block");
+      if (buf != out) free(buf);
+      return -1;
+    }
+    if (planes == 1) {
+      if (buf != out) memcpy(out, buf, need < (size_t)got ? need : (size_t)got);
+    } else {
+      // Separate planes: interleave plane s into the output.
+      size_t px = (size_t)d->tile_width * d->tile_height, avail = (size_t)got / (size_t)bytes;
+      for (size_t i = 0; i < px && i < avail; i++)
+        memcpy(out + (i * (size_t)samples + (size_t)s) * (size_t)bytes, buf + i * (size_t)bytes, (size_t)bytes);
+    }
+  }
+  if (buf != out) free(buf);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- writing */
+
+struct ti_tiff_writer {
+  TIFF *tif;
+  uint32_t tile;
+  int samples;
+};
+
+ti_tiff_writer *ti_tiff_writer_open(const char *path, int bigtiff, char *error) {
+  if (ti_tiff_load(error) != 0) return NULL;
+  last_error[0] = 0;
+  TIFF *tif = lib.Open(path, bigtiff ? "w8" : "w");
+  if (!tif) {
+    lib_error(error, "cannot create the file");
+    return NULL;
+  }
+  ti_tiff_writer *w = calloc(1, sizeof *w);
+  if (!w) {
+    lib.Close(tif);
+    set_error(error, "out of memory");
+    return NULL;
+  }
+  w->tif = tif;
+  return w;
+}
+
+int ti_tiff_writer_begin(ti_tiff_writer *w, uint32_t width, uint32_t height, int samples, uint32_t tile,
+                         int compression, int quality, int reduced, const char *description, char *error) {
+  TIFF *tif = w->tif;
+  last_error[0] = 0;
+  int ok = lib.SetField(tif, TAG_IMAGEWIDTH, width) && lib.SetField(tif, TAG_IMAGELENGTH, height) &&
+           lib.SetField(tif, TAG_BITSPERSAMPLE, 8) && lib.SetField(tif, TAG_SAMPLESPERPIXEL, samples) &&
+           lib.SetField(tif, TAG_PLANARCONFIG, 1) && lib.SetField(tif, TAG_TILEWIDTH, tile) &&
+           lib.SetField(tif, TAG_TILELENGTH, tile) && lib.SetField(tif, TAG_COMPRESSION, compression);
+  if (ok && reduced) ok = lib.SetField(tif, TAG_SUBFILETYPE, (uint32_t)1);
+  if (ok && description) ok = lib.SetField(tif, TAG_IMAGEDESCRIPTION, description);
+  if (ok) {
+    if (compression == 7) {
+      ok = lib.SetField(tif, TAG_JPEGQUALITY, quality);
+      if (ok && samples == 3)
+        ok = lib.SetField(tif, TAG_PHOTOMETRIC, 6) && lib.SetField(tif, TAG_JPEGCOLORMODE, 1);
+      else if (ok)
+        ok = lib.SetField(tif, TAG_PHOTOMETRIC, 1);
+    } else {
+      ok = lib.SetField(tif, TAG_PHOTOMETRIC, samples == 3 ? 2 : 1);
+    }
+  }
+  if (!ok) {
+    lib_error(error, "cannot set the directory's tags");
+    return -1;
+  }
+  w->tile = tile;
+  w->samples = samples;
+  return 0;
+}
+
+int ti_tiff_writer_tile(ti_tiff_writer *w, uint32_t tx, uint32_t ty, const unsigned char *pixels, char *error) {
+  last_error[0] = 0;
+  uint32_t index = lib.ComputeTile(w->tif, tx * w->tile, ty * w->tile, 0, 0);
+  int64_t n = (int64_t)w->tile * w->tile * w->samples;
+  if (lib.WriteEncodedTile(w->tif, index, (void *)pixels, n) < 0) {
+    lib_error(error, "cannot write a tile");
+    return -1;
+  }
+  return 0;
+}
+
+int ti_tiff_writer_end(ti_tiff_writer *w, char *error) {
+  last_error[0] = 0;
+  if (!lib.WriteDirectory(w->tif)) {
+    lib_error(error, "cannot write the directory");
+    return -1;
+  }
+  return 0;
+}
+
+int ti_tiff_writer_close(ti_tiff_writer *w, char *error) {
+  (void)error;
+  lib.Close(w->tif);
+  free(w);
+  return 0;
+}
