@@ -3,6 +3,7 @@ import Foundation
 import Tessera
 import TesseraKernels
 import TesseraPlanner
+import TesseraTIFF
 
 struct BenchCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -188,13 +189,20 @@ struct TrainBench: ParsableCommand {
   @Option(help: "Storage of kept tensors: fp32, fp16 or bf16.") var precision = "fp32"
   @OptionGroup var streaming: StreamingOptions
   @Flag(help: "With --tile: read the input region by region from a generator instead of holding it.") var streamedInput = false
+  @Option(help: "With --tile: train on this image file (TIFF level 0, JPEG, PNG, PNM), read crop by crop, never held; sets --input.")
+  var image: String?
   @Option(help: "Refuse to run when the planned peak exceeds this (e.g. 2GiB).") var budget: String?
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
   func run() throws {
     try global.apply()
-    let chw = try parseInput(input)
+    let fileSource = try image.map { try FileTileSource(URL(fileURLWithPath: $0)) }
+    if image != nil && (streaming.tile == nil || inference || batch != 1) {
+      throw ValidationError("--image trains one image read crop by crop: it needs --tile and --batch 1 (not --inference)")
+    }
+    let streamedInput = self.streamedInput || fileSource != nil
+    let chw = try fileSource.map { Array($0.shape.dropFirst()) } ?? parseInput(input)
     if streamedInput && streaming.tile == nil { throw ValidationError("--streamed-input needs --tile") }
     if streamedInput && inference { throw ValidationError("--streamed-input is for training steps") }
     let budgetBytes = try budget.map { try ByteSize.parse($0) }
@@ -218,7 +226,8 @@ struct TrainBench: ParsableCommand {
     let shape = [batch] + chw
     _ = try net.checkInput(shape)
     let plan = try Planner.plan(net, name: model, input: chw, batch: batch, optimizer: .momentum, inputResident: !streamedInput)
-    let planned = inference ? plan.peakInferenceBytes : plan.peakTrainingBytes
+    // A file's tile cache lives beside the step.
+    let planned = (inference ? plan.peakInferenceBytes : plan.peakTrainingBytes) + (fileSource?.cacheLimitBytes ?? 0)
     if let b = budgetBytes, planned > b {
       throw ValidationError("planned peak \(ByteSize.format(planned)) exceeds --budget \(ByteSize.format(b)); try --tile, --checkpointing, --precision fp16 or a smaller batch (tessera plan --budget lists what fits)")
     }
@@ -229,7 +238,7 @@ struct TrainBench: ParsableCommand {
     var g = SeededGenerator(seed: 1)
     let x: Tensor? = streamedInput ? nil : Tensor(uninitialized: shape, category: .data)
     if let x { for i in 0..<x.count { x.floats[i] = g.nextNormal() } }
-    let source = SyntheticTileSource(shape: shape, seed: 1)
+    let source: TileSource = fileSource ?? SyntheticTileSource(shape: shape, seed: 1)
     let labels = (0..<batch).map { _ in Int(g.next() % UInt64(classes)) }
     let opt = SGD(momentum: 0.9)
     var losses = [Float]()
@@ -275,6 +284,7 @@ struct TrainBench: ParsableCommand {
       out["halo"] = c.halo
       out["frozen_bn"] = streaming.frozenBn
       out["streamed_input"] = streamedInput
+      if let image { out["image"] = image }
       out["estimated_relative_time"] = (c.relativeTime * 100).rounded() / 100
     }
     if json { printJSON(out) } else {
