@@ -50,7 +50,7 @@ let package = Package(
       dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTIFF", "TesseraTraining", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: targetFlags),
     // Fuzz targets (scripts/fuzz.sh builds them with libFuzzer; a plain build replays inputs).
-    .executableTarget(name: "tessera-fuzz", dependencies: ["Tessera", "TesseraData", "TesseraTraining"],
+    .executableTarget(name: "tessera-fuzz", dependencies: ["Tessera", "TesseraData", "TesseraTIFF", "TesseraTraining"],
                       swiftSettings: targetFlags),
     .target(name: "TestSupport", dependencies: ["Tessera"], path: "Tests/TestSupport",
             swiftSettings: targetFlags),

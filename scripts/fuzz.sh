@@ -2,7 +2,7 @@
 # libFuzzer + AddressSanitizer on one of Tessera's readers of untrusted bytes.
 #   scripts/fuzz.sh TARGET SECONDS [JOBS]
 # TARGET: image (JPEG/PNG/PNM), safetensors, spec (model spec YAML/JSON), manifest (CSV), runjson
-# (run folder config.json / checkpoint state). Seeds come from the repository (test fixtures,
+# (run folder config.json / checkpoint state), tiff (TIFF directories and regions through libtiff). Seeds come from the repository (test fixtures,
 # examples); the corpus grows in .fuzz/corpus/TARGET, crashes land in .fuzz/crashes/ (each is
 # replayed with `swift run tessera-fuzz TARGET FILE` and becomes a regression test).
 set -euo pipefail
@@ -42,7 +42,26 @@ PY
   runjson)
     printf '{"model":"fcn-large","imageSize":32,"classes":["a","b"],"policy":"fit","batch":4}' > "$seeds/a.json"
     printf '{"epoch":1,"step":3,"bestAccuracy":0.5,"seed":0,"batchesDone":2}' > "$seeds/b.json" ;;
-  *) echo "unknown target '$target' (image, safetensors, spec, manifest, runjson)" >&2; exit 2 ;;
+  tiff)
+    python3 - "$seeds" <<'PY'
+import struct, sys
+d = sys.argv[1]
+def tiff(entries, body, tiled=False):
+    out = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+    for t, ty, c, v in sorted(entries):
+        out += struct.pack("<HHI", t, ty, c) + (struct.pack("<HH", v, 0) if ty == 3 else struct.pack("<I", v))
+    out += struct.pack("<I", 0)
+    return out + b"\0" * (200 - len(out)) + body
+strip = [(256, 4, 1, 16), (257, 4, 1, 16), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, 200),
+         (277, 3, 1, 1), (278, 4, 1, 16), (279, 4, 1, 256)]
+open(f"{d}/strip.tif", "wb").write(tiff(strip, bytes(range(256))))
+tile = [(256, 4, 1, 16), (257, 4, 1, 16), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (277, 3, 1, 1),
+        (322, 4, 1, 16), (323, 4, 1, 16), (324, 4, 1, 200), (325, 4, 1, 256)]
+open(f"{d}/tile.tif", "wb").write(tiff(tile, bytes(range(256))))
+PY
+    [ -x .venv-peers/bin/python ] && .venv-peers/bin/python scripts/tiff_reference.py fixtures "$seeds" 2> /dev/null || true
+    find "$seeds" -size +200k -delete ;;
+  *) echo "unknown target '$target' (image, safetensors, spec, manifest, runjson, tiff)" >&2; exit 2 ;;
 esac
 TESSERA_FUZZ_TARGET=$target ASAN_OPTIONS=detect_leaks=0 "$build/debug/tessera-fuzz" "$corpus" "$seeds" \
   -max_total_time="$seconds" -timeout=10 -rss_limit_mb=3072 -max_len=65536 -print_final_stats=1 \

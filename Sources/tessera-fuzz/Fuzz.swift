@@ -1,6 +1,7 @@
 import Foundation
 import Tessera
 import TesseraData
+import TesseraTIFF
 import TesseraTraining
 
 /// Fuzz targets for every reader of untrusted bytes. Built with libFuzzer by `scripts/fuzz.sh TARGET
@@ -8,9 +9,10 @@ import TesseraTraining
 /// `tessera-fuzz TARGET FILE…` runs the inputs once each (how a crash becomes a regression test).
 ///
 /// Targets: image (JPEG/PNG/PNM header, whole decode and a region), safetensors, spec (model spec
-/// YAML/JSON), manifest (CSV), runjson (a run folder's config.json and checkpoint state).
+/// YAML/JSON), manifest (CSV), runjson (a run folder's config.json and checkpoint state), tiff
+/// (directories, levels and a region of each level through libtiff).
 enum Fuzz {
-  static let targets = ["image", "safetensors", "spec", "manifest", "runjson"]
+  static let targets = ["image", "safetensors", "spec", "manifest", "runjson", "tiff"]
   static let scratch: URL = {
     let u = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-fuzz-\(getpid())")
     try? FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
@@ -53,6 +55,13 @@ enum Fuzz {
       _ = try? RunFolder.check(dir, config: ["model": "fcn-large", "imageSize": 32], resume: true, overwrite: false,
                                 fixed: ["model", "classes", "imageSize", "policy"])
       _ = try? JSONDecoder().decode(TrainingState.self, from: data)
+    case "tiff":
+      let u = scratch.appendingPathComponent("input.tif")
+      try? data.write(to: u)
+      guard let f = try? TIFFFile(u, cacheBytes: 4 << 20) else { return }
+      for l in f.levels where l.width * l.height <= 1 << 22 {
+        _ = try? f.read(level: l.index, region: PixelRect(x: 0, y: 0, width: min(l.width, 300), height: min(l.height, 300)))
+      }
     default:
       FileHandle.standardError.write(Data("unknown fuzz target '\(target)'; one of \(targets.joined(separator: ", "))\n".utf8))
       exit(2)
