@@ -64,7 +64,7 @@ let package = Package(
                 exclude: ["Fixtures"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraTIFFTests", dependencies: ["TesseraTIFF", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraTrainingTests", dependencies: ["TesseraTraining", "TestSupport"], swiftSettings: targetFlags),
-    .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "TesseraData", "TesseraTraining"], swiftSettings: targetFlags),
+    .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "TesseraData", "TesseraTIFF", "TesseraTraining"], swiftSettings: targetFlags),
   ],
   swiftLanguageModes: [.v5]
 )

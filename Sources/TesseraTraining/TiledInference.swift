@@ -62,10 +62,17 @@ public struct TiledInference {
   /// Score map (classes, Ho, Wo) of the whole image, `tile` input pixels (a multiple of the stride)
   /// of output at a time.
   public func scoreMap(_ file: ImageReader.File, reader: ImageReader, tile: Int, channels: Int) throws -> Tensor {
+    try scoreMap(height: file.info.height, width: file.info.width, tile: tile, channels: channels) {
+      try reader.read(file, region: $0, channels: channels).pixels
+    }
+  }
+
+  /// The score map of an image of H × W pixels whose regions `read` returns as (C, h, w): any
+  /// source (a TIFF level read tile by tile, a JPEG by region).
+  public func scoreMap(height H: Int, width W: Int, tile: Int, channels: Int, read: (PixelRect) throws -> Tensor) throws -> Tensor {
     guard tile > 0, tile % stride == 0 else {
       throw CLIUsage("--tile must be a multiple of the model's output stride \(stride), e.g. \(max(1, tile / stride) * stride)")
     }
-    let H = file.info.height, W = file.info.width
     let out = try body.outputShape(for: [1, channels, H, W])
     let (K, Ho, Wo) = (out[1], out[2], out[3])
     let map = Tensor(zeros: [K, Ho, Wo], category: .activation)
@@ -80,8 +87,7 @@ public struct TiledInference {
       for c0 in Swift.stride(from: 0, to: Wo, by: t) {
         let c1 = min(Wo, c0 + t)
         let (x0, x1) = crop(c0, c1, W)
-        let img = try reader.read(file, region: PixelRect(x: x0, y: y0, width: x1 - x0, height: y1 - y0),
-                                  channels: channels).pixels
+        let img = try read(PixelRect(x: x0, y: y0, width: x1 - x0, height: y1 - y0))
         let local = body.forward(img.reshaped([1] + img.shape), training: false)
         let lh = local.shape[2], lw = local.shape[3], oy = y0 / stride, ox = x0 / stride
         for k in 0..<K {

@@ -5,6 +5,7 @@ import TesseraData
 import TesseraTraining
 import TesseraKernels
 import TesseraPlanner
+import TesseraTIFF
 
 /// The model of a run folder (config.json + best/last checkpoint) or of an explicit checkpoint.
 struct TrainedModelOptions: ParsableArguments {
@@ -220,6 +221,10 @@ struct PredictCommand: ParsableCommand {
     if failed > 0 { throw ExitCode(1) }
   }
 
+  /// Heatmaps with more cells than this are written as tiled pyramidal TIFF
+  /// (TESSERA_PNG_HEATMAP_CELLS overrides it, for tests).
+  static let pngCells = ProcessInfo.processInfo.environment["TESSERA_PNG_HEATMAP_CELLS"].flatMap(Int.init) ?? 4096 * 4096
+
   /// Whole images at native resolution, read region by region: the score map tile by tile (exact),
   /// its mean as the class scores, and per-class probability heatmaps.
   func runTiled(_ net: Sequential, names: [String], tile tileText: String, channels: Int, trainedSize: Int) throws {
@@ -238,7 +243,16 @@ struct PredictCommand: ParsableCommand {
       return stems.filter({ $0 == s }).count > 1 ? "\(s)-\(seen[s]!)" : s
     }
     for (index, path) in images.enumerated() {
-      let file = try reader.open(URL(fileURLWithPath: path))
+      // TIFF (level 0) reads only the tiles a region touches; other formats read by region.
+      let url = URL(fileURLWithPath: path)
+      let file: (info: (width: Int, height: Int), read: (PixelRect) throws -> Tensor)
+      if TIFFFile.isTIFF(url) {
+        let t = try TIFFFile(url)
+        file = ((t.levels[0].width, t.levels[0].height), { try t.read(level: 0, region: $0, channels: channels) })
+      } else {
+        let f = try reader.open(url)
+        file = ((f.info.width, f.info.height), { try reader.read(f, region: $0, channels: channels).pixels })
+      }
       let tile: Int
       if tileText == "auto" {
         guard let t = tiled.largestTile(fitting: ceiling - runtimeReserveBytes, height: file.info.height, width: file.info.width, channels: channels) else {
@@ -262,7 +276,7 @@ struct PredictCommand: ParsableCommand {
       guard let bytes = cells, bytes <= available / 2 else {
         throw CLIError("\(path): \(file.info.width)×\(file.info.height) pixels give a score map of \(cells.map { ByteSize.format($0) } ?? "more than 2^63 bytes"), more than this machine can hold (\(ByteSize.format(available)) available)")
       }
-      let map = try tiled.scoreMap(file, reader: reader, tile: tile, channels: channels)
+      let map = try tiled.scoreMap(height: file.info.height, width: file.info.width, tile: tile, channels: channels, read: file.read)
       let (k, h, w) = (map.shape[0], map.shape[1], map.shape[2])
       let p = map.floats
       let logits = (0..<k).map { c in (0..<(h * w)).reduce(0.0) { $0 + Double(p[c * h * w + $1]) } / Double(h * w) }
@@ -281,9 +295,16 @@ struct PredictCommand: ParsableCommand {
         }
         let stem = unique[index]
         for c in 0..<k {
-          let u = URL(fileURLWithPath: dir).appendingPathComponent("\(stem).\(names[c]).png")
-          try writePNG(bytes: cellProb[c], width: w, height: h, to: u)
-          maps.append(u.path)
+          // Large maps as tiled pyramidal TIFF (tifffile, OpenSlide and QuPath open them), PNG when small.
+          if h * w > Self.pngCells {
+            let u = URL(fileURLWithPath: dir).appendingPathComponent("\(stem).\(names[c]).tif")
+            _ = try TIFFConverter.convert(BytesRowStream(cellProb[c], width: w, height: h), to: u, tile: 256, compression: 8)
+            maps.append(u.path)
+          } else {
+            let u = URL(fileURLWithPath: dir).appendingPathComponent("\(stem).\(names[c]).png")
+            try writePNG(bytes: cellProb[c], width: w, height: h, to: u)
+            maps.append(u.path)
+          }
         }
       }
       results.append(["path": path, "size": [file.info.width, file.info.height], "scoreMap": [k, h, w],
@@ -297,5 +318,20 @@ struct PredictCommand: ParsableCommand {
       }
     }
     if json { printJSON(["predictions": results]) }
+  }
+}
+
+/// Gray bytes in memory, row by row (a heatmap going to TIFF).
+final class BytesRowStream: RowStream {
+  let bytes: [UInt8], width: Int, height: Int, channels = 1
+  var y = 0
+  init(_ bytes: [UInt8], width: Int, height: Int) {
+    self.bytes = bytes
+    self.width = width
+    self.height = height
+  }
+  func read(rows: Int, into out: UnsafeMutablePointer<UInt8>) throws {
+    bytes.withUnsafeBufferPointer { (out).update(from: $0.baseAddress! + y * width, count: rows * width) }
+    y += rows
   }
 }
