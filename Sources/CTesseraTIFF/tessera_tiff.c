@@ -258,7 +258,8 @@ int ti_tiff_read_block(ti_tiff *t, const ti_tiff_dir *d, uint32_t bx, uint32_t b
     set_error(error, "block buffer too small");
     return -1;
   }
-  memset(out, 0, need);
+  // Edge strips decode short: what they do not fill is zero.
+  if (!d->tiled || d->planar == 2) memset(out, 0, need);
   int planes = d->planar == 2 ? samples : 1;
   size_t plane_bytes = (size_t)d->tile_width * d->tile_height * (size_t)bytes * (size_t)(planes == 1 ? samples : 1);
   int64_t lib_size = d->tiled ? lib.TileSize(t->tif) : lib.StripSize(t->tif);

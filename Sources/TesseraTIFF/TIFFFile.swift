@@ -203,6 +203,17 @@ public final class TIFFFile: @unchecked Sendable {
         let x0 = max(r.x, bx * tw), x1 = min(r.x + r.width, (bx + 1) * tw)
         let y0 = max(r.y, by * th), y1 = min(r.y + r.height, (by + 1) * th)
         let b8 = buf.raw.assumingMemoryBound(to: UInt8.self), b16 = buf.raw.assumingMemoryBound(to: UInt16.self)
+        if !wide && !invert && s == 3 && channels == 3 {
+          // The common case (8-bit RGB): one tight loop per row and channel.
+          for y in y0..<y1 {
+            let src = b8 + ((y - by * th) * tw + (x0 - bx * tw)) * 3, dst = o + (y - r.y) * r.width + (x0 - r.x)
+            for c in 0..<3 {
+              let d = dst + c * plane, sc = src + c
+              for i in 0..<(x1 - x0) { d[i] = Float(sc[3 * i]) * scale }
+            }
+          }
+          continue
+        }
         for y in y0..<y1 {
           let row = ((y - by * th) * tw) * s
           let dst = (y - r.y) * r.width

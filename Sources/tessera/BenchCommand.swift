@@ -9,7 +9,7 @@ struct BenchCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "bench",
     abstract: "Measure kernels and training speed (build with -c release).",
-    subcommands: [GemmBench.self, ConvBench.self, TrainBench.self, DataBench.self]
+    subcommands: [GemmBench.self, ConvBench.self, TrainBench.self, DataBench.self, ReadBench.self]
   )
 }
 
