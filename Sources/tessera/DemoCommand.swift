@@ -40,13 +40,14 @@ struct DemoCommand: ParsableCommand {
     for (key, size, batch) in [("fullResolution", data.side, 4), ("downsampled", quick ? 32 : 112, 16)] {
       let net = Zoo.fcnLarge(classes: 2, bnMomentum: 0.9)
       let plan = try Planner.plan(net, name: "fcn-large", input: [3, size, size], batch: batch)
-      // The step's peak plus the loader's batches in flight.
+      // The step's peak plus the loader's batches in flight and the runtime's reserve.
       let predicted = plan.peakTrainingBytes
-        + BatchLoader.bytesInFlight(batch: batch, imageShape: [3, size, size], prefetch: 2)
+        + BatchLoader.bytesInFlight(batch: batch, imageShape: [3, size, size], prefetch: 2) + runtimeReserveBytes
       note("\(key): fcn-large on \(size)×\(size), batch \(batch), predicted peak \(ByteSize.format(predicted)) of \(ByteSize.format(budgetBytes))")
       guard predicted <= budgetBytes else {
         throw CLIError("the \(key) run needs \(ByteSize.format(predicted)), over the \(ByteSize.format(budgetBytes)) budget")
       }
+      limitBlockCache(budget: budgetBytes, planned: predicted - runtimeReserveBytes)
       net.initializeParameters(seed: seed)
       let pipeline = ImagePipeline(size: size, policy: .fit, filter: .area)
       let train = BatchLoader(dataset: ds, indices: trainIdx, pipeline: pipeline, batchSize: batch)

@@ -158,6 +158,9 @@ struct EvalCommand: ParsableCommand {
     if json {
       var o = m.json
       o["classes"] = names
+      o["plannedPeakBytes"] = needed
+      o["peakBytes"] = MemoryLedger.shared.peakBytes
+      o["maxRSSBytes"] = maxRSSBytes()
       printJSON(o)
       return
     }
@@ -217,7 +220,7 @@ struct PredictCommand: ParsableCommand {
         results.append(["path": path, "error": "\(error)"])
       }
     }
-    if json { printJSON(["predictions": results]) }
+    if json { printJSON(["predictions": results, "peakBytes": MemoryLedger.shared.peakBytes, "maxRSSBytes": maxRSSBytes()]) }
     if failed > 0 { throw ExitCode(1) }
   }
 
@@ -317,7 +320,7 @@ struct PredictCommand: ParsableCommand {
               + ranked.map { String(format: "%@ %.3f", names[$0], probs[$0]) }.joined(separator: ", "))
       }
     }
-    if json { printJSON(["predictions": results]) }
+    if json { printJSON(["predictions": results, "peakBytes": MemoryLedger.shared.peakBytes, "maxRSSBytes": maxRSSBytes()]) }
   }
 }
 

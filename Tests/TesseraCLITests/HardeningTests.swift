@@ -324,6 +324,19 @@ final class HardeningTests: TemporaryDirectoryTestCase {
     try JSONSerialization.data(withJSONObject: cfg).write(to: cfgURL)
     r = try CLI.run(["eval", "--run", run.path, "--tile", "auto", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
+    // With a small budget, eval and predict keep the ledger and the process under it.
+    let budget = 150 << 20
+    r = try CLI.run(["eval", "--run", run.path, "--budget", "150MiB", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    var o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
+    XCTAssertLessThanOrEqual(o["peakBytes"] as? Int ?? .max, o["plannedPeakBytes"] as? Int ?? 0)
+    XCTAssertLessThanOrEqual(o["plannedPeakBytes"] as? Int ?? .max, budget)
+    XCTAssertLessThanOrEqual(o["maxRSSBytes"] as? Int ?? .max, budget)
+    r = try CLI.run(["predict", "--run", run.path, img, "--tile", "auto", "--budget", "150MiB", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
+    XCTAssertLessThanOrEqual(o["peakBytes"] as? Int ?? .max, budget - (96 << 20))
+    XCTAssertLessThanOrEqual(o["maxRSSBytes"] as? Int ?? .max, budget)
   }
 
   /// plan --budget and train --batch auto count the same things (step, loader, runtime) and so choose
