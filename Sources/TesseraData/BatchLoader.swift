@@ -105,6 +105,29 @@ public final class BatchLoader: @unchecked Sendable {
     self.batchSize = batchSize
   }
 
+  /// A patch's rectangle in its level's pixels, inside the level.
+  static func levelRect(_ r: PatchRegion, _ img: RegionImage) -> PixelRect {
+    let ds = img.downsample(r.level), size = img.levelSizes[r.level]
+    let x = min(Int(Double(r.x) / ds), size.width - 1), y = min(Int(Double(r.y) / ds), size.height - 1)
+    let w: Int = max(1, min(size.width - x, Int((Double(r.width) / ds).rounded())))
+    let h: Int = max(1, min(size.height - y, Int((Double(r.height) / ds).rounded())))
+    return PixelRect(x: x, y: y, width: w, height: h)
+  }
+
+  /// Open region images (patch datasets read many patches of one file).
+  private let openLock = NSLock()
+  nonisolated(unsafe) private var open: [URL: RegionImage] = [:]
+
+  func openImage(_ url: URL) throws -> RegionImage {
+    if let i = openLock.withLock({ open[url] }) { return i }
+    let i = try RegionImages.open(url, reader: pipeline.reader)
+    openLock.withLock {
+      if open.count > 64 { open.removeAll() }
+      open[url] = i
+    }
+    return i
+  }
+
   /// The sample order of an epoch (the same for the same seed and epoch).
   public func order(epoch: Int) -> [Int] {
     var o = indices
@@ -130,7 +153,15 @@ public final class BatchLoader: @unchecked Sendable {
     func pick(_ m: Int) -> Int { m > 0 ? Int(rng.next() % UInt64(m + 1)) : 0 }
     let crop: ((Int, Int) -> (Int, Int))?
     if augmentation == nil { crop = nil } else { crop = { mx, my in (pick(mx), pick(my)) } }
-    let p = try pipeline.prepare(dataset.samples[sample].url, cropOrigin: crop).pixels
+    let item = dataset.samples[sample]
+    let p: Tensor
+    if let r = item.region {
+      // A patch: read at its level from the (cached) open file, then brought to the pipeline's size.
+      let img = try openImage(item.url)
+      p = pipeline.resize(try img.read(level: r.level, region: Self.levelRect(r, img), channels: pipeline.channels))
+    } else {
+      p = try pipeline.prepare(item.url, cropOrigin: crop).pixels
+    }
     guard let aug = augmentation else { return p }
     return aug.apply(p, &rng)
   }

@@ -9,6 +9,20 @@ public struct Sample: Sendable, Equatable {
   public var label: Int
   /// "train", "val" or "test" when a manifest says so.
   public var split: String?
+  /// A patch of the file rather than the whole image (patch datasets).
+  public var region: PatchRegion? = nil
+}
+
+/// A patch: x, y, width, height in level-0 pixels, read at `level`.
+public struct PatchRegion: Sendable, Equatable {
+  public var x: Int, y: Int, width: Int, height: Int, level: Int
+  public init(x: Int, y: Int, width: Int, height: Int, level: Int) {
+    self.x = x
+    self.y = y
+    self.width = width
+    self.height = height
+    self.level = level
+  }
 }
 
 /// Why a data set could not be listed, naming the file (and line) at fault.
@@ -21,7 +35,7 @@ public struct DatasetError: Error, CustomStringConvertible {
 /// Images with labels: an ImageFolder tree (`root/<class>/<file>`) or a CSV manifest
 /// (`path,label[,split]`). Classes are sorted by name; their index is the label.
 public struct ImageDataset: Sendable {
-  public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png", "ppm", "pgm"]
+  public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png", "ppm", "pgm", "tif", "tiff", "svs"]
   public var root: URL
   public var classes: [String]
   public var samples: [Sample]

@@ -86,6 +86,7 @@ public struct ImagePipeline: Sendable {
 
   /// Reads and prepares one file. `cropOrigin` picks the crop of `.fill` (default: centred).
   public func prepare(_ url: URL, cropOrigin: ((Int, Int) -> (Int, Int))? = nil) throws -> PreparedImage {
+    if let img = try RegionImages.registered(url) { return try prepare(img, url: url, cropOrigin: cropOrigin) }
     let file = try reader.open(url)
     let info = file.info
     let (rw, rh) = resizedSize(width: info.width, height: info.height)
@@ -103,6 +104,33 @@ public struct ImagePipeline: Sendable {
     }
     return PreparedImage(pixels: img, originalWidth: info.width, originalHeight: info.height,
                          decodeScale: decoded.scale, resizedWidth: rw, resizedHeight: rh)
+  }
+
+  /// A registered format (pyramidal TIFF): the smallest level at least as large as the resized
+  /// size, read whole, then resampled with the pipeline's filter.
+  func prepare(_ img: RegionImage, url: URL, cropOrigin: ((Int, Int) -> (Int, Int))?) throws -> PreparedImage {
+    let l0 = img.levelSizes[0]
+    let (rw, rh) = resizedSize(width: l0.width, height: l0.height)
+    var level = 0
+    if policy != .none {
+      for (i, s) in img.levelSizes.enumerated() where s.width >= rw && s.height >= rh { level = i }
+    }
+    let s = img.levelSizes[level]
+    guard s.width * s.height <= reader.maxPixels else {
+      throw ImageError(path: url.path, .tooLarge(width: s.width, height: s.height, limit: reader.maxPixels))
+    }
+    var pixels = try img.read(level: level, region: PixelRect(x: 0, y: 0, width: s.width, height: s.height), channels: channels)
+    if rw != pixels.shape[2] || rh != pixels.shape[1] { pixels = Resample.resize(pixels, height: rh, width: rw, filter: filter) }
+    switch policy {
+    case .fit: pixels = letterbox(pixels)
+    case .fill:
+      let maxX = rw - width, maxY = rh - height
+      let (ox, oy) = cropOrigin?(maxX, maxY) ?? (maxX / 2, maxY / 2)
+      pixels = crop(pixels, x: min(max(ox, 0), maxX), y: min(max(oy, 0), maxY), width: width, height: height)
+    case .none, .stretch: break
+    }
+    return PreparedImage(pixels: pixels, originalWidth: l0.width, originalHeight: l0.height,
+                         decodeScale: Int(img.downsample(level).rounded()), resizedWidth: rw, resizedHeight: rh)
   }
 
   func letterbox(_ t: Tensor) -> Tensor {

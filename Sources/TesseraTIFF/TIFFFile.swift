@@ -294,3 +294,17 @@ public final class TileCache: @unchecked Sendable {
     }
   }
 }
+
+extension TIFFFile: RegionImage {
+  public var levelSizes: [(width: Int, height: Int)] { levels.map { ($0.width, $0.height) } }
+
+  public func read(level: Int, region: PixelRect, channels: Int) throws -> Tensor {
+    try read(level: level, region: Optional(region), channels: channels)
+  }
+
+  /// Makes TIFF readable wherever TesseraData opens images by region or prepares whole files
+  /// (patch datasets, folders of slides): call once at startup.
+  public static func registerWithTesseraData() {
+    RegionImages.register { url in TIFFFile.isTIFF(url) ? try TIFFFile(url) : nil }
+  }
+}

@@ -120,7 +120,12 @@ struct EvalCommand: ParsableCommand {
     } else {
       // The run's own held-out images, rebuilt exactly as `tessera train` split them.
       let cfg = try trained.runConfig()
-      if let m = cfg["manifest"] as? String {
+      if let p = cfg["patches"] as? String {
+        ds = try ImageDataset.patches(URL(fileURLWithPath: p), root: (cfg["data"] as? String).map { URL(fileURLWithPath: $0) })
+        let splits = ds.samples.contains { $0.split != nil } ? ds.samples.map { $0.split ?? "train" }
+          : DatasetSplit.assignByFile(ds.samples, test: cfg["test"] as? Double ?? 0.3, seed: UInt64(cfg["seed"] as? Int ?? 0))
+        indices = splits.indices.filter { splits[$0] != "train" }
+      } else if let m = cfg["manifest"] as? String {
         ds = try ImageDataset.manifest(URL(fileURLWithPath: m))
         let hasVal = ds.samples.contains { $0.split == "val" }
         indices = ds.samples.indices.filter { ds.samples[$0].split == (hasVal ? "val" : "test") }

@@ -30,6 +30,8 @@ struct TrainCommand: ParsableCommand {
 
   @Option(help: "Image folder DIR/<class>/<images> (split --test by the seed); with --manifest, the folder its paths are relative to.") var data: String?
   @Option(help: "A CSV manifest path,label[,split] (from `tessera split`); paths relative to --data, else to its '# root:' line, else to its folder.") var manifest: String?
+  @Option(help: "A patch list path,x,y,w,h,level,label (from `tessera patches`): each patch is read from its file; whole files are split into train and test by --test and --seed.")
+  var patches: String?
   @Option(help: "Zoo model or spec file.") var model = "fcn-large"
   @Option(help: "Input side in pixels.") var imageSize = 256
   @Option(help: "fit, fill or stretch.") var policy = "fit"
@@ -61,7 +63,8 @@ struct TrainCommand: ParsableCommand {
   @OptionGroup var global: GlobalOptions
 
   func validate() throws {
-    guard data != nil || manifest != nil else { throw ValidationError("give --data DIR or --manifest CSV") }
+    guard data != nil || manifest != nil || patches != nil else { throw ValidationError("give --data DIR, --manifest CSV or --patches CSV") }
+    guard manifest == nil || patches == nil else { throw ValidationError("--manifest or --patches, not both") }
     guard !(resume && overwrite) else { throw ValidationError("--resume and --overwrite contradict each other; choose one") }
     try checkRange(prefetch, 1...64, "--prefetch")
     guard maxSkipped >= 0, maxSkipped <= 1 else { throw ValidationError("--max-skipped must be between 0 and 1, got \(maxSkipped)") }
@@ -105,7 +108,12 @@ struct TrainCommand: ParsableCommand {
     // Data: train and held-out indices.
     let ds: ImageDataset
     var trainIdx = [Int](), valIdx = [Int]()
-    if let m = manifest {
+    if let p = patches {
+      ds = try ImageDataset.patches(URL(fileURLWithPath: p), root: data.map { URL(fileURLWithPath: $0) })
+      let given = ds.samples.contains { $0.split != nil }
+      let splits = given ? ds.samples.map { $0.split ?? "train" } : DatasetSplit.assignByFile(ds.samples, test: test, seed: seed)
+      for (i, s) in splits.enumerated() { if s == "train" { trainIdx.append(i) } else { valIdx.append(i) } }
+    } else if let m = manifest {
       ds = try ImageDataset.manifest(URL(fileURLWithPath: m), root: data.map { URL(fileURLWithPath: $0) })
       let hasVal = ds.samples.contains { $0.split == "val" }
       for (i, s) in ds.samples.enumerated() {
@@ -197,7 +205,8 @@ struct TrainCommand: ParsableCommand {
     var startEpoch = 0, best = -1.0
     var resumed: TrainingState? = nil
     var config: [String: Any] = [
-      "model": model, "data": data as Any? ?? NSNull(), "manifest": manifest as Any? ?? NSNull(), "classes": ds.classes,
+      "model": model, "data": data as Any? ?? NSNull(), "manifest": manifest as Any? ?? NSNull(),
+      "patches": patches as Any? ?? NSNull(), "classes": ds.classes,
       "imageSize": imageSize, "policy": policy, "batch": b, "epochs": epochs, "optimizer": optimizer, "lr": Double("\(lr)") ?? Double(lr),
       "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": "\(ckptPolicy)", "precision": ActivationStorage.precision.rawValue, "test": test, "seed": seed, "augment": augment,
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
