@@ -74,11 +74,19 @@ public struct ImagePipeline: Sendable {
   /// Brings decoded pixels (C, H, W) to the target by the policy (the centre crop for `.fill`).
   public func resize(_ pixels: Tensor) -> Tensor {
     let (rw, rh) = resizedSize(width: pixels.shape[2], height: pixels.shape[1])
+    return fitToTarget(pixels, rw, rh, nil)
+  }
+
+  /// Resampled to rw × rh, then letterboxed (`fit`) or cropped (`fill`, at `cropOrigin` or centred).
+  func fitToTarget(_ pixels: Tensor, _ rw: Int, _ rh: Int, _ cropOrigin: ((Int, Int) -> (Int, Int))?) -> Tensor {
     var img = pixels
     if rw != img.shape[2] || rh != img.shape[1] { img = Resample.resize(img, height: rh, width: rw, filter: filter) }
     switch policy {
     case .fit: img = letterbox(img)
-    case .fill: img = crop(img, x: (rw - width) / 2, y: (rh - height) / 2, width: width, height: height)
+    case .fill:
+      let maxX = rw - width, maxY = rh - height
+      let (ox, oy) = cropOrigin?(maxX, maxY) ?? (maxX / 2, maxY / 2)
+      img = crop(img, x: min(max(ox, 0), maxX), y: min(max(oy, 0), maxY), width: width, height: height)
     case .none, .stretch: break
     }
     return img
@@ -92,16 +100,7 @@ public struct ImagePipeline: Sendable {
     let (rw, rh) = resizedSize(width: info.width, height: info.height)
     let decoded = try reader.read(file, minimumSize: policy == .none || !useDCTScaling ? nil : (rw, rh),
                                   channels: channels)
-    var img = decoded.pixels
-    if rw != img.shape[2] || rh != img.shape[1] { img = Resample.resize(img, height: rh, width: rw, filter: filter) }
-    switch policy {
-    case .fit: img = letterbox(img)
-    case .fill:
-      let maxX = rw - width, maxY = rh - height
-      let (ox, oy) = cropOrigin?(maxX, maxY) ?? (maxX / 2, maxY / 2)
-      img = crop(img, x: min(max(ox, 0), maxX), y: min(max(oy, 0), maxY), width: width, height: height)
-    case .none, .stretch: break
-    }
+    let img = fitToTarget(decoded.pixels, rw, rh, cropOrigin)
     return PreparedImage(pixels: img, originalWidth: info.width, originalHeight: info.height,
                          decodeScale: decoded.scale, resizedWidth: rw, resizedHeight: rh)
   }
@@ -119,16 +118,8 @@ public struct ImagePipeline: Sendable {
     guard s.width * s.height <= reader.maxPixels else {
       throw ImageError(path: url.path, .tooLarge(width: s.width, height: s.height, limit: reader.maxPixels))
     }
-    var pixels = try img.read(level: level, region: PixelRect(x: 0, y: 0, width: s.width, height: s.height), channels: channels)
-    if rw != pixels.shape[2] || rh != pixels.shape[1] { pixels = Resample.resize(pixels, height: rh, width: rw, filter: filter) }
-    switch policy {
-    case .fit: pixels = letterbox(pixels)
-    case .fill:
-      let maxX = rw - width, maxY = rh - height
-      let (ox, oy) = cropOrigin?(maxX, maxY) ?? (maxX / 2, maxY / 2)
-      pixels = crop(pixels, x: min(max(ox, 0), maxX), y: min(max(oy, 0), maxY), width: width, height: height)
-    case .none, .stretch: break
-    }
+    let whole = try img.read(level: level, region: PixelRect(x: 0, y: 0, width: s.width, height: s.height), channels: channels)
+    let pixels = fitToTarget(whole, rw, rh, cropOrigin)
     return PreparedImage(pixels: pixels, originalWidth: l0.width, originalHeight: l0.height,
                          decodeScale: Int(img.downsample(level).rounded()), resizedWidth: rw, resizedHeight: rh)
   }

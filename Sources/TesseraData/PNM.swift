@@ -9,21 +9,9 @@ enum PNM {
     let bytes = [UInt8](d.prefix(4096))
     var i = 2
     func token() throws -> Int {
-      while i < bytes.count {
-        if bytes[i] == UInt8(ascii: "#") {
-          while i < bytes.count && bytes[i] != 10 { i += 1 }
-        } else if bytes[i] == 32 || (9...13).contains(bytes[i]) {
-          i += 1
-        } else { break }
+      guard let v = try number(bytes, &i, maxDigits: 9, path: path) else {
+        throw ImageError(path: path, .corrupt("PNM header is incomplete"))
       }
-      var v = 0, digits = 0
-      while i < bytes.count, (48...57).contains(bytes[i]) {
-        v = v * 10 + Int(bytes[i] - 48)
-        digits += 1
-        i += 1
-        guard digits <= 9 else { throw ImageError(path: path, .corrupt("PNM header number too long")) }
-      }
-      guard digits > 0 else { throw ImageError(path: path, .corrupt("PNM header is incomplete")) }
       return v
     }
     let channels = bytes[1] == UInt8(ascii: "6") || bytes[1] == UInt8(ascii: "3") ? 3 : 1
@@ -35,6 +23,27 @@ enum PNM {
     return Header(width: w, height: h, channels: channels, maxval: maxval, offset: ascii ? i : i + 1, ascii: ascii)
   }
 
+  /// The next decimal number after whitespace and #-comments, or nil at the end or before a
+  /// non-digit; more than `maxDigits` digits is damage.
+  static func number<B: RandomAccessCollection>(_ b: B, _ i: inout Int, maxDigits: Int, path: String) throws -> Int?
+  where B.Element == UInt8, B.Index == Int {
+    while i < b.endIndex {
+      if b[i] == UInt8(ascii: "#") {
+        while i < b.endIndex && b[i] != 10 { i += 1 }
+      } else if b[i] == 32 || (9...13).contains(b[i]) {
+        i += 1
+      } else { break }
+    }
+    var v = 0, digits = 0
+    while i < b.endIndex, (48...57).contains(b[i]) {
+      v = v * 10 + Int(b[i] - 48)
+      digits += 1
+      i += 1
+      guard digits <= maxDigits else { throw ImageError(path: path, .corrupt("PNM number too long")) }
+    }
+    return digits > 0 ? v : nil
+  }
+
   /// ASCII samples (P2/P3) of rows 0..<y+h, whitespace- and comment-separated, checked against maxval.
   static func asciiSamples(_ d: Data, _ hd: Header, rows: Int, path: String) throws -> [UInt16] {
     let need = hd.width * hd.channels * rows
@@ -44,22 +53,10 @@ enum PNM {
       let b = raw.bindMemory(to: UInt8.self)
       var i = hd.offset
       while out.count < need {
-        while i < b.count, b[i] == 32 || (9...13).contains(b[i]) || b[i] == UInt8(ascii: "#") {
-          if b[i] == UInt8(ascii: "#") { while i < b.count && b[i] != 10 { i += 1 } } else { i += 1 }
+        guard let v = try number(b, &i, maxDigits: 5, path: path) else {
+          throw ImageError(path: path, .corrupt(i >= b.count ? "PNM data is truncated: \(out.count) of \(need) samples" : "PNM sample is not a number"))
         }
-        guard i < b.count else {
-          throw ImageError(path: path, .corrupt("PNM data is truncated: \(out.count) of \(need) samples"))
-        }
-        var v = 0, digits = 0
-        while i < b.count, (48...57).contains(b[i]) {
-          v = v * 10 + Int(b[i] - 48)
-          digits += 1
-          i += 1
-          guard digits <= 5 else { throw ImageError(path: path, .corrupt("PNM sample too long")) }
-        }
-        guard digits > 0, v <= hd.maxval else {
-          throw ImageError(path: path, .corrupt(digits == 0 ? "PNM sample is not a number" : "PNM sample \(v) is above maxval \(hd.maxval)"))
-        }
+        guard v <= hd.maxval else { throw ImageError(path: path, .corrupt("PNM sample \(v) is above maxval \(hd.maxval)")) }
         out.append(UInt16(v))
       }
     }

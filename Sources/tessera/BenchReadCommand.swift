@@ -119,15 +119,3 @@ struct ReadBench: ParsableCommand {
           + theirs.keys.sorted().map { String(format: "; %@: %.0f patches/s (tessera %.2f×)", $0, Double(rects.count) / median(theirs[$0]!), median(theirs[$0]!) / median(mine)) }.joined())
   }
 }
-
-/// A value behind a lock.
-final class Locked<T>: @unchecked Sendable {
-  private var v: T
-  private let l = NSLock()
-  init(_ v: T) { self.v = v }
-  func withLock<R>(_ body: (inout T) -> R) -> R {
-    l.lock()
-    defer { l.unlock() }
-    return body(&v)
-  }
-}

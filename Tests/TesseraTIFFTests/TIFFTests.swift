@@ -303,15 +303,3 @@ final class TIFFTests: TemporaryDirectoryTestCase {
     XCTAssertThrowsError(try f.read(level: 0)) { XCTAssert("\($0)".contains("huge.tif"), "\($0)") }
   }
 }
-
-/// A value behind a lock (tests).
-final class Locked<T>: @unchecked Sendable {
-  private var v: T
-  private let l = NSLock()
-  init(_ v: T) { self.v = v }
-  func withLock<R>(_ body: (inout T) -> R) -> R {
-    l.lock()
-    defer { l.unlock() }
-    return body(&v)
-  }
-}

@@ -170,11 +170,11 @@ struct GeometryKey: Hashable {
 }
 
 /// A value behind a lock.
-final class Locked<T>: @unchecked Sendable {
+public final class Locked<T>: @unchecked Sendable {
   private var value: T
   private let lock = NSLock()
-  init(_ v: T) { value = v }
-  func withLock<R>(_ body: (inout T) throws -> R) rethrows -> R {
+  public init(_ v: T) { value = v }
+  public func withLock<R>(_ body: (inout T) throws -> R) rethrows -> R {
     lock.lock()
     defer { lock.unlock() }
     return try body(&value)
