@@ -69,6 +69,9 @@ public struct Batch {
   public var urls: [URL]
   /// Position of the batch in its epoch.
   public var index: Int
+  /// Native resolution, read crop by crop (`BatchLoader.streamFromFiles`): the image as a source;
+  /// `images` is then empty.
+  public var source: TileSource? = nil
 }
 
 /// Streams batches: worker threads decode, resize and augment while the model computes, with at most
@@ -87,6 +90,9 @@ public final class BatchLoader: @unchecked Sendable {
   public var prefetch = 2
   public var badFilePolicy = BadFilePolicy.skip
   public var augmentation: Augmentation?
+  /// Images at native resolution, one per batch, each handed to the model as a file read crop by
+  /// crop (`Batch.source`), never decoded whole: for streamed training on images larger than memory.
+  public var streamFromFiles = false
   /// Called (from worker threads) with one line per skipped file.
   public var onWarning: @Sendable (String) -> Void = { _ in }
 
@@ -208,6 +214,29 @@ public final class EpochIterator: @unchecked Sendable {
   }
 
   public var batchCount: Int { groups.count }
+
+  /// The next file as a source (streamFromFiles); a file that cannot be opened follows the policy.
+  private func nextFile() throws -> Batch? {
+    if !started {
+      started = true
+      startTime = Date().timeIntervalSince1970
+    }
+    while nextToTake < groups.count {
+      let b = nextToTake
+      nextToTake += 1
+      let sample = groups[b][0], s = loader.dataset.samples[sample]
+      do {
+        let src = try RegionTileSource(s.url, channels: loader.pipeline.channels)
+        imagesDelivered += 1
+        return Batch(images: Tensor(zeros: [1, loader.pipeline.channels, 0, 0]), labels: [s.label], urls: [s.url], index: b, source: src)
+      } catch {
+        if loader.badFilePolicy == .fail { throw error }
+        skipped.append((s.url.path, "\(error)"))
+        loader.onWarning("skipping \(error)")
+      }
+    }
+    return nil
+  }
   /// Images in this epoch's batches.
   public var imageCount: Int { groups.reduce(0) { $0 + $1.count } }
 
@@ -273,6 +302,7 @@ public final class EpochIterator: @unchecked Sendable {
 
   /// The next batch of the epoch, or nil at its end. Throws a bad file's error under `.fail`.
   public func next() throws -> Batch? {
+    if loader.streamFromFiles { return try nextFile() }
     cond.lock()
     defer { cond.unlock() }
     if !started { startWorkers() }

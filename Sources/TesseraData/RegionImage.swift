@@ -10,9 +10,13 @@ public protocol RegionImage: AnyObject {
   var levelSizes: [(width: Int, height: Int)] { get }
   /// `region` (in the level's pixels) as (channels, h, w) floats in [0, 1].
   func read(level: Int, region: PixelRect, channels: Int) throws -> Tensor
+  /// Bytes kept between reads (a tile cache), at most.
+  var cacheLimitBytes: Int { get }
 }
 
 extension RegionImage {
+  public var cacheLimitBytes: Int { 0 }
+
   /// Level-0 pixels per pixel of a level.
   public func downsample(_ level: Int) -> Double {
     let l0 = levelSizes[0], l = levelSizes[level]

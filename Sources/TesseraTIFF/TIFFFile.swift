@@ -297,6 +297,7 @@ public final class TileCache: @unchecked Sendable {
 
 extension TIFFFile: RegionImage {
   public var levelSizes: [(width: Int, height: Int)] { levels.map { ($0.width, $0.height) } }
+  public var cacheLimitBytes: Int { cache.limitBytes }
 
   public func read(level: Int, region: PixelRect, channels: Int) throws -> Tensor {
     try read(level: level, region: Optional(region), channels: channels)

@@ -119,9 +119,12 @@ public final class Trainer {
       while let batch = try it.next() {
         lr = schedule.learningRate(at: step)
         let last = micro == accumulate - 1
-        let r = try model.trainingStep(input: batch.images, labels: batch.labels, optimizer: nil,
-                                       lr: lr, labelSmoothing: labelSmoothing, accumulate: micro > 0,
-                                       gradientScale: 1 / Float(accumulate))
+        let r = try batch.source.map {
+          try model.trainingStep(source: $0, labels: batch.labels, optimizer: nil, lr: lr, labelSmoothing: labelSmoothing,
+                                 accumulate: micro > 0, gradientScale: 1 / Float(accumulate))
+        } ?? model.trainingStep(input: batch.images, labels: batch.labels, optimizer: nil,
+                                lr: lr, labelSmoothing: labelSmoothing, accumulate: micro > 0,
+                                gradientScale: 1 / Float(accumulate))
         guard r.loss.isFinite else {
           let names = batch.urls.prefix(3).map(\.lastPathComponent).joined(separator: ", ")
           throw TrainingError("the loss is \(r.loss) in epoch \(epoch + 1), batch \(b + 1) (\(names)\(batch.urls.count > 3 ? ", …" : "")) at learning rate \(lr): training diverged. Nothing of this epoch was saved; the run folder holds the last complete epoch. Lower --lr (or add --warmup) and start again, or --resume")
@@ -211,7 +214,7 @@ public final class Trainer {
     var m = ClassificationMetrics(classes: classes)
     let it = loader.epoch(0)
     while let b = try it.next() {
-      let logits = try model.predict(b.images)
+      let logits = try b.source.map { try model.predict(source: $0) } ?? model.predict(b.images)
       let loss = try SoftmaxCrossEntropy.compute(logits: logits, labels: b.labels).loss
       m.add(logits: logits, labels: b.labels, loss: loss)
     }

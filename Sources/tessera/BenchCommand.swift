@@ -3,6 +3,7 @@ import Foundation
 import Tessera
 import TesseraKernels
 import TesseraPlanner
+import TesseraData
 import TesseraTIFF
 
 struct BenchCommand: ParsableCommand {
@@ -197,7 +198,7 @@ struct TrainBench: ParsableCommand {
 
   func run() throws {
     try global.apply()
-    let fileSource = try image.map { try FileTileSource(URL(fileURLWithPath: $0)) }
+    let fileSource = try image.map { try RegionTileSource(URL(fileURLWithPath: $0)) }
     if image != nil && (streaming.tile == nil || inference || batch != 1) {
       throw ValidationError("--image trains one image read crop by crop: it needs --tile and --batch 1 (not --inference)")
     }
@@ -227,7 +228,7 @@ struct TrainBench: ParsableCommand {
     _ = try net.checkInput(shape)
     let plan = try Planner.plan(net, name: model, input: chw, batch: batch, optimizer: .momentum, inputResident: !streamedInput)
     // A file's tile cache lives beside the step.
-    let planned = (inference ? plan.peakInferenceBytes : plan.peakTrainingBytes) + (fileSource?.cacheLimitBytes ?? 0)
+    let planned = (inference ? plan.peakInferenceBytes : plan.peakTrainingBytes) + (fileSource?.cacheBytes ?? 0)
     if let b = budgetBytes, planned > b {
       throw ValidationError("planned peak \(ByteSize.format(planned)) exceeds --budget \(ByteSize.format(b)); try --tile, --checkpointing, --precision fp16 or a smaller batch (tessera plan --budget lists what fits)")
     }

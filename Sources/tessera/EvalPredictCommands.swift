@@ -94,24 +94,17 @@ struct EvalCommand: ParsableCommand {
   func run() throws {
     try global.apply()
     var (net, names, pipeline) = try trained.load()
-    let input = [pipeline.channels, pipeline.height, pipeline.width]
+    let cfg0 = (try? trained.runConfig()) ?? [:]
+    // A run trained at native resolution is evaluated so: one image per batch, read crop by crop
+    // from its file when it was streamed (its --tile, unless another is given).
+    let native = cfg0["native"] as? Bool ?? false
+    if native { pipeline = ImagePipeline(size: pipeline.height, policy: .none, channels: pipeline.channels) }
+    let tile = self.tile ?? (native ? (cfg0["tile"] as? String) : nil)
+    var input = [pipeline.channels, pipeline.height, pipeline.width]
     let ceiling = try budget.map { try ByteSize.parse($0) } ?? MachineMemory.availableBytes()
     func needs(_ m: Sequential, _ b: Int) throws -> Int {
       try Planner.plan(m, name: "", input: input, batch: b, optimizer: .sgd).peakInferenceBytes
         + BatchLoader.bytesInFlight(batch: b, imageShape: input, prefetch: 2) + runtimeReserveBytes
-    }
-    if let t = tile {
-      if t == "auto" && (try? needs(net, 1)).map({ $0 <= ceiling }) == true {
-        note("--tile auto: the images fit without tiles")
-      } else if t == "auto" {
-        let c = try Planner.applyStreaming(net, StreamingSettings(tile: 0), input: input, batch: 1,
-                                           budget: ceiling - runtimeReserveBytes, optimizer: .sgd)
-        net = c.model
-        note(describe(c, StreamingSettings(tile: c.tile)))
-      } else {
-        net = try Streamed.apply(to: net, blocks: max(1, Streamed.streamableBlocks(of: net)), tile: Int(t)!)
-        _ = try net.outputShape(for: [1] + input)  // a tile off the stride fails here
-      }
     }
     var ds: ImageDataset
     var indices: [Int]? = nil
@@ -138,6 +131,27 @@ struct EvalCommand: ParsableCommand {
         throw CLIError("give --data DIR (or --run of a run whose config names its data)")
       }
     }
+    if native {
+      var (h, w) = (1, 1)
+      for i in indices ?? Array(ds.samples.indices) {
+        let img = try RegionImages.open(ds.samples[i].url, reader: ImageReader(maxPixels: 1 << 40, maxFileBytes: 1 << 40))
+        (h, w) = (max(h, img.levelSizes[0].height), max(w, img.levelSizes[0].width))
+      }
+      input = [pipeline.channels, h, w]
+    }
+    if let t = tile {
+      if t == "auto" && (try? needs(net, 1)).map({ $0 <= ceiling }) == true {
+        note("--tile auto: the images fit without tiles")
+      } else if t == "auto" {
+        let c = try Planner.applyStreaming(net, StreamingSettings(tile: 0), input: input, batch: 1,
+                                           budget: ceiling - runtimeReserveBytes, optimizer: .sgd)
+        net = c.model
+        note(describe(c, StreamingSettings(tile: c.tile)))
+      } else {
+        net = try Streamed.apply(to: net, blocks: max(1, Streamed.streamableBlocks(of: net)), tile: Int(t)!)
+        _ = try net.outputShape(for: [1] + input)  // a tile off the stride fails here
+      }
+    }
     let label = data ?? "held-out split"
     // Map this folder's labels onto the model's classes by name.
     var remapped = ds
@@ -149,13 +163,14 @@ struct EvalCommand: ParsableCommand {
     }
     remapped.classes = names
     let cfgBatch = (try? trained.runConfig())?["batch"] as? Int
-    let b = data == nil ? (cfgBatch ?? batch) : batch
+    let b = native ? 1 : data == nil ? (cfgBatch ?? batch) : batch
     // The evaluation's plan: inference at this batch, the loader's batches, the runtime.
     let needed = try needs(net, b)
     guard needed <= ceiling else {
       throw CLIError("evaluating \(b) images of \(input.map(String.init).joined(separator: "×")) at a time needs \(ByteSize.format(needed)), more than \(budget == nil ? "this machine has available" : "--budget") (\(ByteSize.format(ceiling))); use a smaller --batch or --tile auto")
     }
     let loader = BatchLoader(dataset: remapped, indices: indices, pipeline: pipeline, batchSize: b)
+    loader.streamFromFiles = native && tile != nil
     loader.shuffle = false
     loader.onWarning = { note("warning: " + $0) }
     let trainer = Trainer(model: net, optimizer: SGD(), schedule: .constant(0), classes: names.count)

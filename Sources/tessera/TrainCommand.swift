@@ -34,6 +34,8 @@ struct TrainCommand: ParsableCommand {
   var patches: String?
   @Option(help: "Zoo model or spec file.") var model = "fcn-large"
   @Option(help: "Input side in pixels.") var imageSize = 256
+  @Flag(help: "Images at their native resolution, one per batch (--image-size is ignored); with --tile each is read from its file crop by crop and never held (gigapixel TIFF pyramids, large JPEGs).")
+  var native = false
   @Option(help: "fit, fill or stretch.") var policy = "fit"
   @Option(help: "Images per batch, or auto (largest that fits --budget).") var batch = "8"
   @Option(help: "Memory budget, e.g. 4GiB.") var budget: String?
@@ -70,6 +72,8 @@ struct TrainCommand: ParsableCommand {
     guard maxSkipped >= 0, maxSkipped <= 1 else { throw ValidationError("--max-skipped must be between 0 and 1, got \(maxSkipped)") }
     guard ["fit", "fill", "stretch"].contains(policy) else { throw ValidationError("--policy must be fit, fill or stretch") }
     guard batch == "auto" || (Int(batch) ?? 0) >= 1 else { throw ValidationError("--batch must be a positive number or auto") }
+    guard !native || (batch == "8" || batch == "1") else { throw ValidationError("--native trains one image per batch; leave --batch out") }
+    guard !native || patches == nil else { throw ValidationError("--native trains on whole images; --patches lists patches") }
     guard batch != "auto" || budget != nil else { throw ValidationError("--batch auto needs --budget, e.g. --budget 4GiB") }
     guard OptimizerKind(rawValue: optimizer) != nil else { throw ValidationError("--optimizer must be sgd, momentum or adamw") }
     guard ["constant", "cosine", "step"].contains(schedule) else { throw ValidationError("--schedule must be constant, cosine or step") }
@@ -132,15 +136,33 @@ struct TrainCommand: ParsableCommand {
     guard !trainIdx.isEmpty else { throw ValidationError("no training images") }
     let classes = ds.classes.count
     let (name, loaded, channels) = try ModelLoader.load(model, classes: classes)
-    let input = [channels, imageSize, imageSize]
+    // Native resolution: planned for the largest image (each file's header only).
+    var input = [channels, imageSize, imageSize]
+    var cacheBytes = 0
+    if native {
+      var (h, w) = (0, 0)
+      for s in ds.samples {
+        let img = try RegionImages.open(s.url, reader: ImageReader(maxPixels: 1 << 40, maxFileBytes: 1 << 40))
+        (h, w) = (max(h, img.levelSizes[0].height), max(w, img.levelSizes[0].width))
+        cacheBytes = max(cacheBytes, img.cacheLimitBytes)
+      }
+      input = [channels, h, w]
+      try Limits.check([1] + input, "the largest image")
+      note("native resolution: planned for the largest image, \(w)×\(h)" + (streaming.tile == nil ? "" : ", read from its file crop by crop"))
+    }
+    let streamedFiles = native && streaming.tile != nil
     try checkHead(loaded, input: input, classes: classes, model: model)
     let opt = OptimizerKind(rawValue: optimizer)!
     // The loader's batches in flight count beside the step's own peak.
-    func loaderBytes(_ batch: Int) -> Int { BatchLoader.bytesInFlight(batch: batch, imageShape: input, prefetch: prefetch) }
+    // (Files read crop by crop hold no batch; their reader's tile cache counts instead.)
+    func loaderBytes(_ batch: Int) -> Int {
+      streamedFiles ? cacheBytes : BatchLoader.bytesInFlight(batch: batch, imageShape: input, prefetch: prefetch)
+    }
     var ckptPolicy = CheckpointingPolicy(checkpointing ?? "none")!
     var chosenBatch: Int? = nil
     var base = loaded
-    if let s = streaming.settings() {
+    let batch = native ? "1" : self.batch
+    if let s = streaming.settings(inputResident: !streamedFiles) {
       let c = try Planner.applyStreaming(loaded, s, input: input, batch: Int(batch) ?? 1,
                                          budget: try budget.map { try ByteSize.parse($0) - runtimeReserveBytes - loaderBytes(Int(batch) ?? 1) },
                                          optimizer: opt)
@@ -176,11 +198,11 @@ struct TrainCommand: ParsableCommand {
         + loaderBytes(mb) + runtimeReserveBytes > budgetBytes! { mb -= 1 }
       b = mb
     }
-    let plan = try Planner.plan(net, name: name, input: input, batch: b, optimizer: opt)
+    let plan = try Planner.plan(net, name: name, input: input, batch: b, optimizer: opt, inputResident: !streamedFiles)
     let predicted = plan.peakTrainingBytes + loaderBytes(b)
     let machine = MachineMemory.availableBytes()
     let ceiling = budgetBytes ?? machine
-    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(plan.inputBytes / b)) per image, batch \(b), predicted peak \(ByteSize.format(predicted + runtimeReserveBytes)) (step \(ByteSize.format(plan.peakTrainingBytes)) + \(prefetch + 1) batches in the loader \(ByteSize.format(loaderBytes(b))) + runtime \(ByteSize.format(runtimeReserveBytes))) of \(ByteSize.format(ceiling))" + (budgetBytes == nil ? " available (no --budget)" : ""))
+    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(input.reduce(4, *))) per image, batch \(b), predicted peak \(ByteSize.format(predicted + runtimeReserveBytes)) (step \(ByteSize.format(plan.peakTrainingBytes)) + \(streamedFiles ? "the file reader's tile cache" : "\(prefetch + 1) batches in the loader") \(ByteSize.format(loaderBytes(b))) + runtime \(ByteSize.format(runtimeReserveBytes))) of \(ByteSize.format(ceiling))" + (budgetBytes == nil ? " available (no --budget)" : ""))
     if predicted + runtimeReserveBytes > ceiling {
       throw refusal(net, input: input, batch: b, opt: opt, budget: ceiling, what: budgetBytes == nil ? "the memory this machine has available" : nil)
     }
@@ -211,6 +233,7 @@ struct TrainCommand: ParsableCommand {
       "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": "\(ckptPolicy)", "precision": ActivationStorage.precision.rawValue, "test": test, "seed": seed, "augment": augment,
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
       "predictedPeakBytes": predicted + runtimeReserveBytes, "prefetch": prefetch, "workers": workers,
+      "native": native, "tile": streaming.tile as Any? ?? NSNull(),
     ]
     // What a resume may not change: what the weights were trained to take and to say.
     let fixed = ["model", "classes", "imageSize", "policy"]
@@ -244,11 +267,12 @@ struct TrainCommand: ParsableCommand {
     if let st = resumed { try folder.keepMetrics(through: st.epoch) }
     try ds.saveClassMap(to: outURL.appendingPathComponent("classes.json"))
 
-    let pipeline = ImagePipeline(size: imageSize, policy: ResizePolicy(rawValue: policy)!, channels: channels)
+    let pipeline = ImagePipeline(size: imageSize, policy: native ? .none : ResizePolicy(rawValue: policy)!, channels: channels)
     let trainLoader = BatchLoader(dataset: ds, indices: trainIdx, pipeline: pipeline, batchSize: b)
     trainLoader.seed = seed
     trainLoader.workers = workers
     trainLoader.prefetch = prefetch
+    trainLoader.streamFromFiles = streamedFiles
     trainer.maxSkippedShare = maxSkipped
     trainLoader.badFilePolicy = BadFilePolicy(rawValue: onBadFile)!
     trainLoader.onWarning = { note("warning: " + $0) }
@@ -259,6 +283,7 @@ struct TrainCommand: ParsableCommand {
       v.shuffle = false
       v.workers = workers
       v.prefetch = prefetch
+      v.streamFromFiles = streamedFiles
       v.onWarning = { note("warning: " + $0) }
       valLoader = v
     }

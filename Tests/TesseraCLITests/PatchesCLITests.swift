@@ -91,4 +91,36 @@ final class PatchesCLITests: TemporaryDirectoryTestCase {
     for (s, sp) in zip(ds.samples, splits) { where_[s.relativePath, default: []].insert(sp) }
     XCTAssert(where_.values.allSatisfy { $0.count == 1 })
   }
+
+  /// train --native --tile: each slide read from its file crop by crop (never decoded whole) gives the
+  /// same losses as decoding each slide whole (lr 0, so both see the same weights), and eval of the
+  /// run reads the held-out slides the same way.
+  func testNativeStreamedTrainingFromFilesEqualsWholeImages() throws {
+    let data = dir.appendingPathComponent("slides")
+    for (c, tint) in [("pink", (UInt8(200), UInt8(60), UInt8(140))), ("blue", (UInt8(60), UInt8(80), UInt8(200)))] {
+      try FileManager.default.createDirectory(at: data.appendingPathComponent(c), withIntermediateDirectories: true)
+      for i in 0..<3 {
+        let rows = SlideRows(width: 192 + 16 * i, height: 160, cx: 90, cy: 80, radius: 50 + 5 * i, tint: tint)
+        _ = try TIFFConverter.convert(rows, to: data.appendingPathComponent("\(c)/s\(i).tif"), tile: 64, compression: 8)
+      }
+    }
+    func losses(_ out: URL, _ extra: [String]) throws -> [Double] {
+      let r = try CLI.run(["train", "--data", data.path, "--native", "--epochs", "2", "--lr", "0", "--test", "0.34", "--seed", "2",
+                           "--out", out.path] + extra)
+      XCTAssertEqual(r.status, 0, r.stderr)
+      if !extra.isEmpty { XCTAssert(r.stderr.contains("read from its file crop by crop"), r.stderr) }
+      return try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n").flatMap { l -> [Double] in
+        let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any])
+        return [o["loss"] as? Double ?? .nan, o["val_loss"] as? Double ?? .nan]
+      }
+    }
+    let whole = try losses(dir.appendingPathComponent("whole"), [])
+    let streamed = try losses(dir.appendingPathComponent("streamed"), ["--tile", "64", "--stream-blocks", "2"])
+    XCTAssertEqual(whole.count, 4)
+    for (a, b) in zip(streamed, whole) { XCTAssertEqual(a, b, accuracy: 1e-5 * max(1, abs(b)), "\(streamed) vs \(whole)") }
+    let r = try CLI.run(["eval", "--run", dir.appendingPathComponent("streamed").path, "--last", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last!.utf8)) as? [String: Any])
+    XCTAssertEqual(o["loss"] as? Double ?? .nan, whole[3], accuracy: 1e-5 * max(1, abs(whole[3])))
+  }
 }

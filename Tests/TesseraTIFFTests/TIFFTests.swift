@@ -221,7 +221,8 @@ final class TIFFTests: TemporaryDirectoryTestCase {
   func testStreamedStepFromATIFFEqualsTheWholeImageStep() throws {
     let url = dir.appendingPathComponent("step.tif")
     _ = try TIFFConverter.convert(PatternRows(width: 144, height: 160), to: url, tile: 32, compression: 8)
-    let source = try FileTileSource(url, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25], cacheBytes: 32 * 32 * 3 * 6)
+    TIFFFile.registerWithTesseraData()
+    let source = try RegionTileSource(url, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25])
     XCTAssertEqual(source.shape, [1, 3, 160, 144])
     let whole = try source.read(MapRegion(rows: 0..<160, cols: 0..<144))
     func model() -> Sequential {

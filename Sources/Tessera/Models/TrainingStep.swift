@@ -82,4 +82,15 @@ extension Sequential {
     return try finishStep(logits: h, labels: labels, optimizer: optimizer, lr: lr, labelSmoothing: labelSmoothing,
                           gradientScale: gradientScale)
   }
+
+  /// Inference on an input read region by region (the first layer must be `Streamed`).
+  public func predict(source: TileSource) throws -> Tensor {
+    guard let streamed = layers.first?.1 as? Streamed else {
+      throw BatchError("an input read region by region needs a model whose first layer is Streamed (use --tile)")
+    }
+    _ = try checkInput(source.shape)
+    var h = try streamed.forward(source: source, training: false)
+    for (_, l) in layers.dropFirst() { h = l.forward(h, training: false) }
+    return h
+  }
 }
