@@ -74,6 +74,14 @@ final class HardeningTests: TemporaryDirectoryTestCase {
     try assertRefused(["plan", "--model", try write(bomb, "bomb.yaml")], "values once aliases are expanded")
     XCTAssertLessThan(Date().timeIntervalSince(t0), 10, "the alias bomb is refused quickly")
 
+    // Found by fuzzing: YAML 1.1 base-60 integers overflowed inside the YAML library (a trap).
+    XCTAssertThrowsError(try ModelSpec.parse(yaml: "::0:3:34:30:3:34:30:3:340:3:34:3"))
+    XCTAssertThrowsError(try ModelSpec.parse(yaml: "layers:\n  - conv: {filters: 1:30:00:00:00:00:00:00:00:00:00:00, kernel: 3}\n").build()) {
+      XCTAssert("\($0)".contains("'filters' must be a whole number"), "\($0)")
+    }
+    try assertRefused(["plan", "--model", try write("layers:\n  - conv: {filters: 9:9:9:9:9:9:9:9:9:9:9:9:9:9, kernel: 3}\n", "b60.yaml")],
+                      "b60.yaml:2: layer 0: 'filters' must be a whole number")
+
     // A head of 5 outputs on 3 classes: refused before training (it once died in the metrics).
     let five = try write("layers:\n  - conv: {filters: 5, kernel: 3}\n  - gap: {}\n", "five.yaml")
     try assertRefused(["train", "--data", data.path, "--model", five, "--image-size", "16", "--epochs", "1", "--out", out],

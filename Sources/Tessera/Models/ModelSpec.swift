@@ -356,8 +356,9 @@ public indirect enum SpecValue {
       if sc.style == .plain || sc.style == .any {
         if node.null != nil { self = .null; return }
         if let b = node.bool { self = .bool(b); return }
-        if let i = node.int { self = .number(Double(i)); return }
-        if let d = node.float { self = .number(d); return }
+        // Numbers are read here, not by Yams: its YAML 1.1 base-60 integers ("1:30:00") overflow
+        // and trap on long inputs (found by fuzzing). A spec's numbers are decimal.
+        if let d = Self.decimal(sc.string) { self = .number(d); return }
       }
       self = .string(sc.string)
     case .sequence(let sq):
@@ -381,6 +382,12 @@ public indirect enum SpecValue {
       }
       self = .object(out, line: m.mark?.line)
     }
+  }
+
+  /// A plain decimal number (digits, optional sign, point and exponent), or nil.
+  static func decimal(_ s: String) -> Double? {
+    guard !s.isEmpty, s.count <= 64, s.allSatisfy({ "0123456789+-.eE_".contains($0) }), s.contains(where: \.isNumber) else { return nil }
+    return Double(s.replacingOccurrences(of: "_", with: ""))
   }
 
   func decodeLayer(_ path: String) throws -> LayerSpec {
