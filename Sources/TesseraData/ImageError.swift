@@ -23,7 +23,7 @@ public struct ImageError: Error, CustomStringConvertible, Equatable {
     switch reason {
     case .unreadable(let why): "\(path): cannot read the file: \(why)"
     case .empty: "\(path): the file is empty"
-    case .unknownFormat: "\(path): not a JPEG, PNG or PPM/PGM image (unrecognised first bytes)"
+    case .unknownFormat: "\(path): not a JPEG, PNG, PPM/PGM or TIFF image (unrecognised first bytes)"
     case .corrupt(let why): "\(path): corrupt or truncated image: \(why)"
     case let .tooLarge(w, h, limit):
       "\(path): \(w)×\(h) = \(w * h) pixels is over the \(limit)-pixel limit; read a region or a reduced scale, or raise maxPixels"

@@ -70,7 +70,7 @@ public final class TIFFFile: @unchecked Sendable {
     self.url = url
     let path = url.path
     var err = [CChar](repeating: 0, count: Int(TI_TIFF_ERROR_SIZE))
-    guard let h = ti_tiff_open(path, &err) else { throw TIFFError(path, String(cString: err)) }
+    guard let h = ti_tiff_open(path, &err) else { throw TIFFError(path, "damaged, truncated or not a TIFF: \(String(cString: err))") }
     defer { ti_tiff_close(h) }
     bigTIFF = ti_tiff_is_bigtiff(h) != 0
     var all = [ti_tiff_dir](repeating: ti_tiff_dir(), count: 256)

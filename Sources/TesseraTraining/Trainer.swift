@@ -160,7 +160,8 @@ public final class Trainer {
       let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
       let val = try validation.map { try evaluate($0) }
       let log = EpochLog(epoch: epoch + 1, train: metrics, validation: val, seconds: seconds,
-                         imagesPerSecond: Double(metrics.samples) / max(seconds, 1e-9), learningRate: lr,
+                         imagesPerSecond: Double(metrics.samples - (resumed?.1.partialMetrics?.samples ?? 0)) / max(seconds, 1e-9),
+                         learningRate: lr,
                          skippedFiles: skippedBefore + it.skipped.count, peakBytes: MemoryLedger.shared.peakBytes,
                          skippedSteps: skippedUpdates)
       logs.append(log)
