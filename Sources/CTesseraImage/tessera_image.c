@@ -230,10 +230,30 @@ struct ti_jpeg_stream {
   ti_jpeg_error err;
   JSAMPLE *row;
   int out_components, cmyk, inverted;
+  FILE *file;
 };
+
+static ti_jpeg_stream *stream_open(const unsigned char *data, unsigned long size, FILE *file, int out_components,
+                                   int *width, int *height, char *error);
 
 ti_jpeg_stream *ti_jpeg_stream_open(const unsigned char *data, unsigned long size, int out_components, int *width,
                                     int *height, char *error) {
+  return stream_open(data, size, NULL, out_components, width, height, error);
+}
+
+ti_jpeg_stream *ti_jpeg_stream_open_file(const char *path, int out_components, int *width, int *height, char *error) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    set_error(error, "cannot open the file");
+    return NULL;
+  }
+  ti_jpeg_stream *s = stream_open(NULL, 0, f, out_components, width, height, error);
+  if (!s) fclose(f);
+  return s;
+}
+
+static ti_jpeg_stream *stream_open(const unsigned char *data, unsigned long size, FILE *file, int out_components,
+                                   int *width, int *height, char *error) {
   ti_jpeg_stream *s = calloc(1, sizeof *s);
   if (!s) {
     set_error(error, "out of memory");
@@ -252,7 +272,8 @@ ti_jpeg_stream *ti_jpeg_stream_open(const unsigned char *data, unsigned long siz
     return NULL;
   }
   jpeg_create_decompress(&s->cinfo);
-  jpeg_mem_src(&s->cinfo, data, size);
+  if (file) jpeg_stdio_src(&s->cinfo, file);
+  else jpeg_mem_src(&s->cinfo, data, size);
   jpeg_read_header(&s->cinfo, TRUE);
   if (setup_output(&s->cinfo, 1, out_components, error) != 0) {
     jpeg_destroy_decompress(&s->cinfo);
@@ -308,6 +329,7 @@ void ti_jpeg_stream_close(ti_jpeg_stream *s) {
   if (!s) return;
   jpeg_abort_decompress(&s->cinfo);
   jpeg_destroy_decompress(&s->cinfo);
+  if (s->file) fclose(s->file);
   free(s->row);
   free(s);
 }

@@ -3,8 +3,8 @@ import Foundation
 import Tessera
 
 /// Rows of an image in order, 8-bit interleaved samples (1 gray or 3 RGB per pixel), each decoded
-/// once: how an image larger than memory is converted. JPEG streams through libjpeg (the file is
-/// memory-mapped, so its bytes are not held either); other formats read bands by region.
+/// once: how an image larger than memory is converted. JPEG streams through libjpeg (the file read through a
+/// small buffer, so its bytes are not held either); other formats read bands by region.
 public protocol RowStream: AnyObject {
   var width: Int { get }
   var height: Int { get }
@@ -13,21 +13,17 @@ public protocol RowStream: AnyObject {
   func read(rows: Int, into out: UnsafeMutablePointer<UInt8>) throws
 }
 
-/// A JPEG decoded row by row.
+/// A JPEG decoded row by row, the file read through a small buffer.
 public final class JPEGRowStream: RowStream {
   public let width: Int, height: Int, channels: Int
-  let data: Data
   let stream: OpaquePointer
   let path: String
 
   public init(_ url: URL, channels: Int = 3) throws {
     path = url.path
-    do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
-      throw ImageError(path: url.path, .unreadable((error as NSError).localizedDescription))
-    }
     var err = [CChar](repeating: 0, count: Int(TI_ERROR_SIZE))
     var w: Int32 = 0, h: Int32 = 0
-    guard let s = data.withUnsafeBytes({ ti_jpeg_stream_open($0.bindMemory(to: UInt8.self).baseAddress, UInt($0.count), Int32(channels), &w, &h, &err) }) else {
+    guard let s = ti_jpeg_stream_open_file(url.path, Int32(channels), &w, &h, &err) else {
       throw ImageError(path: url.path, .corrupt(String(cString: err)))
     }
     stream = s

@@ -169,6 +169,7 @@ struct EvalCommand: ParsableCommand {
     guard needed <= ceiling else {
       throw CLIError("evaluating \(b) images of \(input.map(String.init).joined(separator: "×")) at a time needs \(ByteSize.format(needed)), more than \(budget == nil ? "this machine has available" : "--budget") (\(ByteSize.format(ceiling))); use a smaller --batch or --tile auto")
     }
+    limitBlockCache(budget: ceiling, planned: needed - runtimeReserveBytes)
     let loader = BatchLoader(dataset: remapped, indices: indices, pipeline: pipeline, batchSize: b)
     loader.streamFromFiles = native && tile != nil
     loader.shuffle = false
@@ -269,8 +270,10 @@ struct PredictCommand: ParsableCommand {
       // TIFF (level 0) reads only the tiles a region touches; other formats read by region.
       let url = URL(fileURLWithPath: path)
       let file: (info: (width: Int, height: Int), read: (PixelRect) throws -> Tensor)
+      var readerCache = 0
       if TIFFFile.isTIFF(url) {
         let t = try TIFFFile(url)
+        readerCache = t.cache.limitBytes
         file = ((t.levels[0].width, t.levels[0].height), { try t.read(level: 0, region: $0, channels: channels) })
       } else {
         let f = try reader.open(url)
@@ -278,13 +281,14 @@ struct PredictCommand: ParsableCommand {
       }
       let tile: Int
       if tileText == "auto" {
-        guard let t = tiled.largestTile(fitting: ceiling - runtimeReserveBytes, height: file.info.height, width: file.info.width, channels: channels) else {
+        guard let t = tiled.largestTile(fitting: ceiling - runtimeReserveBytes - readerCache, height: file.info.height, width: file.info.width, channels: channels) else {
           throw CLIError("\(path): no tile fits \(budget == nil ? "this machine's available memory" : "--budget") (\(ByteSize.format(ceiling))); the score map alone needs more")
         }
         tile = t.tile
       } else {
         tile = Int(tileText)!
-        let need = try tiled.plannedPeakBytes(tile: tile, height: file.info.height, width: file.info.width, channels: channels) + runtimeReserveBytes
+        let need = try tiled.plannedPeakBytes(tile: tile, height: file.info.height, width: file.info.width, channels: channels)
+          + runtimeReserveBytes + readerCache
         guard need <= ceiling else {
           throw CLIError("\(path): tiles of \(tile) px need \(ByteSize.format(need)), more than \(budget == nil ? "this machine has available" : "--budget") (\(ByteSize.format(ceiling))); use a smaller --tile or --tile auto")
         }
@@ -299,6 +303,9 @@ struct PredictCommand: ParsableCommand {
       guard let bytes = cells, bytes <= available / 2 else {
         throw CLIError("\(path): \(file.info.width)×\(file.info.height) pixels give a score map of \(cells.map { ByteSize.format($0) } ?? "more than 2^63 bytes"), more than this machine can hold (\(ByteSize.format(available)) available)")
       }
+      // Freed blocks kept for reuse may take only what the plan leaves of the budget.
+      limitBlockCache(budget: ceiling, planned: try tiled.plannedPeakBytes(tile: tile, height: file.info.height, width: file.info.width,
+                                                                            channels: channels) + readerCache)
       let map = try tiled.scoreMap(height: file.info.height, width: file.info.width, tile: tile, channels: channels, read: file.read)
       let (k, h, w) = (map.shape[0], map.shape[1], map.shape[2])
       let p = map.floats

@@ -52,8 +52,8 @@ struct ConvertCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "convert", abstract: "Write an image as a tiled pyramidal TIFF that can be read region by region.",
     discussion: prose("""
-      The image is read once, row band by row band (a JPEG is decoded row by row and memory-mapped, so
-      neither its pixels nor its bytes are held); level 0 is written one band of tiles at a time while
+      The image is read once, row band by row band (a JPEG is decoded row by row from a small read
+      buffer, so neither its pixels nor its bytes are held); level 0 is written one band of tiles at a time while
       its 2×2 means go to a temporary file that becomes the next level, down to one tile. BigTIFF when
       the pixels pass 4 GiB. The output appears only when complete.
       """))

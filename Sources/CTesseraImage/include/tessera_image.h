@@ -30,6 +30,8 @@ int ti_jpeg_decode(const unsigned char *data, unsigned long size, int denom, int
 typedef struct ti_jpeg_stream ti_jpeg_stream;
 ti_jpeg_stream *ti_jpeg_stream_open(const unsigned char *data, unsigned long size, int out_components, int *width,
                                     int *height, char *error);
+// The same, reading the file through a small buffer (stdio) so neither pixels nor file bytes are held.
+ti_jpeg_stream *ti_jpeg_stream_open_file(const char *path, int out_components, int *width, int *height, char *error);
 // Reads the next `rows` rows (rows × width × out_components bytes) into out; 0, or −1 with the reason.
 int ti_jpeg_stream_read(ti_jpeg_stream *s, int rows, unsigned char *out, char *error);
 void ti_jpeg_stream_close(ti_jpeg_stream *s);
