@@ -93,6 +93,16 @@ final class HardeningTests: TemporaryDirectoryTestCase {
                       "does not fit the memory this machine has available")
     XCTAssertFalse(FileManager.default.fileExists(atPath: out))
 
+    // A streamed input is not held: the advice says so (it once said "does NOT fit").
+    var rs = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x4096x4096", "--budget", "300MiB", "--tile", "auto",
+                          "--streamed-input", "--json"])
+    XCTAssertEqual(rs.status, 0, rs.stderr)
+    let pj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(rs.stdout.utf8)) as? [String: Any])
+    XCTAssertEqual(pj["fits"] as? Bool, true)
+    XCTAssertLessThanOrEqual((pj["bytes"] as? [String: Int])?["peakTraining"] ?? .max, (300 - 96) << 20)
+    rs = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x4096x4096", "--budget", "300MiB", "--tile", "auto", "--streamed-input"])
+    XCTAssertFalse(rs.stdout.contains("does NOT fit"), rs.stdout)
+
     // Small tiles on a large image plan quickly (the tile layout is shared across the planner's tries).
     let t1 = Date()
     let r = try CLI.run(["plan", "--model", "fcn-large", "--input", "3x16384x16384", "--tile", "64", "--budget", "2GiB", "--json"])
