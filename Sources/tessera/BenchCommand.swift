@@ -218,7 +218,9 @@ struct TrainBench: ParsableCommand {
     ActivationStorage.precision = storage
     var base = zoo, streamChoice: StreamingChoice?
     if let settings = streaming.settings(inputResident: !streamedInput) {
-      let c = try Planner.applyStreaming(zoo, settings, input: chw, batch: batch, budget: budgetBytes.map { $0 - runtimeReserveBytes })
+      // Within the budget less the runtime's reserve and the file reader's tile cache.
+      let c = try Planner.applyStreaming(zoo, settings, input: chw, batch: batch,
+                                         budget: budgetBytes.map { $0 - runtimeReserveBytes - (fileSource?.cacheBytes ?? 0) })
       streamChoice = c
       base = c.model
       if !json { note(describe(c, settings)) }
@@ -229,8 +231,8 @@ struct TrainBench: ParsableCommand {
     let plan = try Planner.plan(net, name: model, input: chw, batch: batch, optimizer: .momentum, inputResident: !streamedInput)
     // A file's tile cache lives beside the step.
     let planned = (inference ? plan.peakInferenceBytes : plan.peakTrainingBytes) + (fileSource?.cacheBytes ?? 0)
-    if let b = budgetBytes, planned > b {
-      throw ValidationError("planned peak \(ByteSize.format(planned)) exceeds --budget \(ByteSize.format(b)); try --tile, --checkpointing, --precision fp16 or a smaller batch (tessera plan --budget lists what fits)")
+    if let b = budgetBytes, planned + runtimeReserveBytes > b {
+      throw ValidationError("planned peak \(ByteSize.format(planned)) + the runtime's \(ByteSize.format(runtimeReserveBytes)) exceeds --budget \(ByteSize.format(b)); try --tile, --checkpointing, --precision fp16 or a smaller batch (tessera plan --budget lists what fits)")
     }
     if let b = budgetBytes { limitBlockCache(budget: b, planned: planned) }
     net.initializeParameters(seed: 0)
