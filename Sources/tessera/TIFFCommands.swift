@@ -74,12 +74,19 @@ struct ConvertCommand: ParsableCommand {
     guard channels == 1 || channels == 3 else { throw ValidationError("--channels must be 1 or 3") }
   }
 
+  /// By the first bytes only (reading a header through `ImageReader` would load the whole file).
+  static func isJPEG(_ url: URL) -> Bool {
+    guard let h = FileHandle(forReadingAtPath: url.path), let d = try? h.read(upToCount: 3) else { return false }
+    try? h.close()
+    return d == Data([0xFF, 0xD8, 0xFF])
+  }
+
   func run() throws {
     let url = URL(fileURLWithPath: input)
     let source: RowStream
     if TIFFFile.isTIFF(url) {
       source = TIFFRowStream(try TIFFFile(url), channels: channels)
-    } else if (try? ImageReader(maxPixels: 1 << 40, maxFileBytes: 1 << 40).info(url).format) == .jpeg {
+    } else if Self.isJPEG(url) {
       source = try JPEGRowStream(url, channels: channels)
     } else {
       source = try RegionRowStream(url, channels: channels)
