@@ -83,4 +83,25 @@ final class TIFFCLITests: TemporaryDirectoryTestCase {
     let shape = try XCTUnwrap(a["scoreMap"] as? [Int])
     XCTAssertEqual([heat.levels[0].height, heat.levels[0].width], Array(shape.suffix(2)))
   }
+
+  /// convert from a JPEG (decoded row by row, never whole) writes exactly the JPEG's decoded pixels.
+  func testConvertFromAJPEGStreamsRowsExactly() throws {
+    let (w, h) = (333, 210)
+    var px = [UInt8]()
+    for y in 0..<h { for x in 0..<w { px += [UInt8((x * 3) % 256), UInt8((y * 5) % 256), UInt8((x ^ y) % 256)] } }
+    let jpg = dir.appendingPathComponent("p.jpg"), tif = dir.appendingPathComponent("p.tif")
+    try JPEGEncoder.encode(px, width: w, height: h, quality: 92).write(to: jpg)
+    let r = try CLI.run(["convert", jpg.path, "--out", tif.path, "--tile", "64", "--compression", "lzw"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let ours = try TIFFFile(tif).read(level: 0).toArray()
+    let reference = try ImageReader().read(jpg).pixels.toArray()
+    XCTAssertEqual(ours.count, reference.count)
+    XCTAssertLessThanOrEqual(zip(ours, reference).map { abs($0 - $1) }.max() ?? 1, 1e-6)
+    let bad = dir.appendingPathComponent("bad.jpg")
+    try Data([0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2]).write(to: bad)
+    let rb = try CLI.run(["convert", bad.path, "--out", dir.appendingPathComponent("bad.tif").path])
+    XCTAssertEqual(rb.status, 1)
+    XCTAssert(rb.stderr.contains("bad.jpg"), rb.stderr)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("bad.tif").path))
+  }
 }
