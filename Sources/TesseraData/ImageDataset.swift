@@ -94,11 +94,7 @@ public struct ImageDataset: Sendable {
       let line = raw.trimmingCharacters(in: .whitespaces)
       if line.hasPrefix("#") {
         let body = line.dropFirst().trimmingCharacters(in: .whitespaces)
-        if root == nil, !sawData, body.lowercased().hasPrefix("root:") {
-          let dir = body.dropFirst(5).trimmingCharacters(in: .whitespaces)
-          base = (dir.hasPrefix("/") ? URL(fileURLWithPath: dir) : csv.deletingLastPathComponent().appendingPathComponent(dir))
-            .standardizedFileURL
-        }
+        if root == nil, !sawData, let r = rootLine(body, of: csv) { base = r }
         continue
       }
       if line.isEmpty { continue }
@@ -137,17 +133,31 @@ public struct ImageDataset: Sendable {
     var samples = [Sample]()
     let realBase = base.resolvingSymlinksInPath().path
     for r in rows {
-      let url = base.appendingPathComponent(r.0).standardizedFileURL
-      guard !r.0.hasPrefix("/"), url.path.hasPrefix(base.path + "/") else {
-        throw DatasetError(path: "\(csv.path):\(r.3)", message: "path '\(r.0)' leaves the data set root \(base.path)")
-      }
-      let real = url.resolvingSymlinksInPath().path
-      guard real.hasPrefix(realBase + "/") else {
-        throw DatasetError(path: "\(csv.path):\(r.3)", message: "'\(r.0)' is a symbolic link to \(real), outside the data set root \(base.path)")
-      }
+      let url = try inside(r.0, base: base, realBase: realBase, at: "\(csv.path):\(r.3)")
       samples.append(Sample(url: url, relativePath: r.0, label: index[r.1]!, split: r.2))
     }
     return ImageDataset(root: base, classes: classes, samples: samples)
+  }
+
+  /// The folder a `# root: DIR` comment names (relative to the list's folder), or nil.
+  static func rootLine(_ comment: String, of csv: URL) -> URL? {
+    guard comment.lowercased().hasPrefix("root:") else { return nil }
+    let dir = comment.dropFirst(5).trimmingCharacters(in: .whitespaces)
+    return (dir.hasPrefix("/") ? URL(fileURLWithPath: dir) : csv.deletingLastPathComponent().appendingPathComponent(dir)).standardizedFileURL
+  }
+
+  /// A list's relative path as a file under `base`, refused (naming `at`) when it leaves it, by
+  /// `..`, an absolute path or a symbolic link (`realBase`: base with its links resolved).
+  static func inside(_ relative: String, base: URL, realBase: String, at: String) throws -> URL {
+    let url = base.appendingPathComponent(relative).standardizedFileURL
+    guard !relative.hasPrefix("/"), url.path.hasPrefix(base.path + "/") else {
+      throw DatasetError(path: at, message: "path '\(relative)' leaves the data set root \(base.path)")
+    }
+    let real = url.resolvingSymlinksInPath().path
+    guard real.hasPrefix(realBase + "/") else {
+      throw DatasetError(path: at, message: "'\(relative)' is a symbolic link to \(real), outside the data set root \(base.path)")
+    }
+    return url
   }
 
   /// Writes `{"classes": [...]}`: the class-to-index map (index = position).

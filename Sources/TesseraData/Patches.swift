@@ -116,10 +116,7 @@ extension ImageDataset {
       if line.isEmpty { continue }
       if line.hasPrefix("#") {
         let body = line.dropFirst().trimmingCharacters(in: .whitespaces)
-        if root == nil, body.lowercased().hasPrefix("root:") {
-          let dir = body.dropFirst(5).trimmingCharacters(in: .whitespaces)
-          base = (dir.hasPrefix("/") ? URL(fileURLWithPath: dir) : csv.deletingLastPathComponent().appendingPathComponent(dir)).standardizedFileURL
-        }
+        if root == nil, let r = rootLine(body, of: csv) { base = r }
         continue
       }
       let f = CSV.fields(line)
@@ -148,10 +145,7 @@ extension ImageDataset {
     let realBase = base.resolvingSymlinksInPath().path
     var samples = [Sample]()
     for r in rows {
-      let url = base.appendingPathComponent(r.path).standardizedFileURL
-      guard !r.path.hasPrefix("/"), url.path.hasPrefix(base.path + "/"), url.resolvingSymlinksInPath().path.hasPrefix(realBase + "/") else {
-        throw DatasetError(path: "\(csv.path):\(r.line)", message: "path '\(r.path)' leaves the data set root \(base.path)")
-      }
+      let url = try inside(r.path, base: base, realBase: realBase, at: "\(csv.path):\(r.line)")
       var s = Sample(url: url, relativePath: r.path, label: index[r.label]!, split: r.split)
       s.region = r.region
       samples.append(s)

@@ -99,14 +99,15 @@ public final class RunFolder: TrainingCallback {
   public var best: URL { url.appendingPathComponent("best.safetensors") }
   var metrics: URL { url.appendingPathComponent("metrics.jsonl") }
 
-  /// The metrics lines of epochs up to `epoch` (1-based), in order; later ones are dropped.
-  public func keepMetrics(through epoch: Int) throws {
+  /// Keeps the metrics lines of epochs up to `epoch` (1-based), in order, and appends `line`;
+  /// later lines (from a run killed after writing them) are dropped. One atomic write.
+  public func keepMetrics(through epoch: Int, appending line: String? = nil) throws {
     let previous = (try? String(contentsOf: metrics, encoding: .utf8)) ?? ""
     let kept = previous.split(separator: "\n").filter { l in
       guard let d = l.data(using: .utf8), let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
             let e = o["epoch"] as? Int else { return false }
       return e <= epoch
-    }
+    }.map(String.init) + (line.map { [$0] } ?? [])
     try AtomicFile.write(Data(kept.map { $0 + "\n" }.joined().utf8), to: metrics)
   }
 
@@ -130,9 +131,7 @@ public final class RunFolder: TrainingCallback {
     let text = String(decoding: try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]), as: UTF8.self)
     // Rewritten whole (atomically) so a kill never leaves half a line; lines of this epoch or later
     // (from a run killed after writing them) are replaced.
-    try keepMetrics(through: log.epoch - 1)
-    let previous = (try? Data(contentsOf: metrics)) ?? Data()
-    try AtomicFile.write(previous + Data((text + "\n").utf8), to: metrics)
+    try keepMetrics(through: log.epoch - 1, appending: text)
     try Checkpoint.save(trainer.model, optimizer: trainer.optimizer, state: state, to: last)
     if improved { try Checkpoint.save(trainer.model, optimizer: nil, state: state, to: best) }
     try AtomicFile.write(try JSONEncoder().encode(state), to: url.appendingPathComponent("state.json"))

@@ -41,7 +41,9 @@ public struct TiledInference {
   /// and the float tensor) — the planner's figure for the crop, so it matches the ledger's counting.
   public func plannedPeakBytes(tile: Int, height: Int, width: Int, channels: Int) throws -> Int {
     let out = try body.outputShape(for: [1, channels, height, width])
-    let map = out[1] * out[2] * out[3] * 4
+    guard let map = Limits.product([out[1], out[2], out[3], 4]) else {
+      throw SizeError("a \(width)×\(height) image gives a score map too large to count")
+    }
     let side = { (n: Int) in min(n, tile + 2 * halo + stride) }
     let crop = [channels, side(height), side(width)]
     let p = try Planner.plan(model, name: "", input: crop, batch: 1, optimizer: .sgd)

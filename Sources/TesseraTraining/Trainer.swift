@@ -200,12 +200,17 @@ public final class Trainer {
   public func checkHead(_ loader: BatchLoader) throws {
     let p = loader.pipeline
     guard p.policy != .none else { return }
+    try Self.checkHead(model, input: [p.channels, p.height, p.width], classes: classes)
+  }
+
+  /// Refuses a model that does not map (C, H, W) images to one score per class, naming both.
+  public static func checkHead(_ model: Layer, input: [Int], classes: Int) throws {
     let out: [Int]
-    do { out = try model.outputShape(for: [1, p.channels, p.height, p.width]) } catch {
-      throw TrainingError("the model cannot take \(p.channels)×\(p.height)×\(p.width) images: \(error)")
+    do { out = try model.outputShape(for: [1] + input) } catch {
+      throw TrainingError("the model cannot take \(input.map(String.init).joined(separator: "×")) images: \(error)")
     }
     guard out.count == 2, out[1] == classes else {
-      throw TrainingError("the model's head gives \(out.count == 2 ? "\(out[1]) scores" : "output \(out)") per image but the data has \(classes) classes; give the last layer \(classes) outputs")
+      throw TrainingError("the head gives \(out.count == 2 ? "\(out[1]) scores" : "output \(out.dropFirst().map(String.init).joined(separator: "×"))") per image but the data has \(classes) classes; give the last layer \(classes) outputs")
     }
   }
 

@@ -94,7 +94,7 @@ struct EvalCommand: ParsableCommand {
   func run() throws {
     try global.apply()
     var (net, names, pipeline) = try trained.load()
-    let cfg0 = (try? trained.runConfig()) ?? [:]
+    let cfg0 = try trained.runConfig()
     // A run trained at native resolution is evaluated so: one image per batch, read crop by crop
     // from its file when it was streamed (its --tile, unless another is given).
     let native = cfg0["native"] as? Bool ?? false
@@ -112,7 +112,7 @@ struct EvalCommand: ParsableCommand {
       ds = try ImageDataset.folder(URL(fileURLWithPath: d))
     } else {
       // The run's own held-out images, rebuilt exactly as `tessera train` split them.
-      let cfg = try trained.runConfig()
+      let cfg = cfg0
       if let p = cfg["patches"] as? String {
         ds = try ImageDataset.patches(URL(fileURLWithPath: p), root: (cfg["data"] as? String).map { URL(fileURLWithPath: $0) })
         let splits = ds.samples.contains { $0.split != nil } ? ds.samples.map { $0.split ?? "train" }
@@ -162,7 +162,7 @@ struct EvalCommand: ParsableCommand {
       remapped.samples[i].label = idx
     }
     remapped.classes = names
-    let cfgBatch = (try? trained.runConfig())?["batch"] as? Int
+    let cfgBatch = cfg0["batch"] as? Int
     let b = native ? 1 : data == nil ? (cfgBatch ?? batch) : batch
     // The evaluation's plan: inference at this batch, the loader's batches, the runtime.
     let needed = try needs(net, b)
@@ -279,16 +279,18 @@ struct PredictCommand: ParsableCommand {
         let f = try reader.open(url)
         file = ((f.info.width, f.info.height), { try reader.read(f, region: $0, channels: channels).pixels })
       }
-      let tile: Int
+      // The pass's plan (parameters, the whole score map, the largest crop's forward) and the reader's
+      // tile cache, checked before anything is allocated.
+      let tile: Int, planned: Int
       if tileText == "auto" {
         guard let t = tiled.largestTile(fitting: ceiling - runtimeReserveBytes - readerCache, height: file.info.height, width: file.info.width, channels: channels) else {
           throw CLIError("\(path): no tile fits \(budget == nil ? "this machine's available memory" : "--budget") (\(ByteSize.format(ceiling))); the score map alone needs more")
         }
-        tile = t.tile
+        (tile, planned) = (t.tile, t.bytes + readerCache)
       } else {
         tile = Int(tileText)!
-        let need = try tiled.plannedPeakBytes(tile: tile, height: file.info.height, width: file.info.width, channels: channels)
-          + runtimeReserveBytes + readerCache
+        planned = try tiled.plannedPeakBytes(tile: tile, height: file.info.height, width: file.info.width, channels: channels) + readerCache
+        let need = planned + runtimeReserveBytes
         guard need <= ceiling else {
           throw CLIError("\(path): tiles of \(tile) px need \(ByteSize.format(need)), more than \(budget == nil ? "this machine has available" : "--budget") (\(ByteSize.format(ceiling))); use a smaller --tile or --tile auto")
         }
@@ -296,16 +298,8 @@ struct PredictCommand: ParsableCommand {
       if max(file.info.width, file.info.height) > 2 * trainedSize {
         note("note: \(path) is scored at its native \(file.info.width)×\(file.info.height) pixels; the model was trained on images brought to \(trainedSize) px. If objects appear at another size in pixels than in training, resize the image first (tessera preview --size) or train at native resolution.")
       }
-      // The score map (classes × cells) is held whole: checked before it is allocated.
-      let cells = Limits.product([names.count, (file.info.height + tiled.stride - 1) / tiled.stride,
-                                  (file.info.width + tiled.stride - 1) / tiled.stride, 4 * 2])
-      let available = MachineMemory.availableBytes()
-      guard let bytes = cells, bytes <= available / 2 else {
-        throw CLIError("\(path): \(file.info.width)×\(file.info.height) pixels give a score map of \(cells.map { ByteSize.format($0) } ?? "more than 2^63 bytes"), more than this machine can hold (\(ByteSize.format(available)) available)")
-      }
       // Freed blocks kept for reuse may take only what the plan leaves of the budget.
-      limitBlockCache(budget: ceiling, planned: try tiled.plannedPeakBytes(tile: tile, height: file.info.height, width: file.info.width,
-                                                                            channels: channels) + readerCache)
+      limitBlockCache(budget: ceiling, planned: planned)
       let map = try tiled.scoreMap(height: file.info.height, width: file.info.width, tile: tile, channels: channels, read: file.read)
       let (k, h, w) = (map.shape[0], map.shape[1], map.shape[2])
       let p = map.floats

@@ -59,9 +59,12 @@ struct GlobalOptions: ParsableArguments {
 }
 
 /// Prints one JSON object on stdout, keys sorted; a number that is not finite becomes null (JSON has
-/// no NaN), so `--json` always prints one object.
+/// no NaN). A value JSON cannot hold ends the command with an error rather than a partial object.
 func printJSON(_ object: [String: Any]) {
-  let d = (try? JSONSerialization.data(withJSONObject: jsonSafe(object), options: [.sortedKeys])) ?? Data("{}".utf8)
+  guard let d = try? JSONSerialization.data(withJSONObject: jsonSafe(object), options: [.sortedKeys]) else {
+    note("error: the result could not be written as JSON")
+    Foundation.exit(1)
+  }
   print(String(decoding: d, as: UTF8.self))
 }
 

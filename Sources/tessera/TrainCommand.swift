@@ -337,13 +337,7 @@ struct CLIError: Error, CustomStringConvertible {
 
 /// Checks that a model maps (C, size, size) images to one score per class, before anything runs.
 func checkHead(_ net: Layer, input: [Int], classes: Int, model: String) throws {
-  let out: [Int]
-  do { out = try net.outputShape(for: [1] + input) } catch {
-    throw CLIError("\(model) cannot take \(input.map(String.init).joined(separator: "×")) images: \(error)")
-  }
-  guard out.count == 2, out[1] == classes else {
-    throw CLIError("\(model): the head gives \(out.count == 2 ? "\(out[1]) scores" : "output \(out.dropFirst().map(String.init).joined(separator: "×"))") per image but the data has \(classes) classes; give the last layer \(classes) outputs")
-  }
+  do { try Trainer.checkHead(net, input: input, classes: classes) } catch { throw CLIError("\(model): \(error)") }
 }
 
 /// SIGINT/SIGTERM: the first asks training to stop after the current update (and save); a second
