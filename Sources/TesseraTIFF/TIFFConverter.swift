@@ -57,7 +57,7 @@ public enum TIFFConverter {
 
   public static func convert(
     _ source: RowStream, to url: URL, tile: Int = 256, compression: Int = 7, quality: Int = 90, bigTIFF: Bool? = nil,
-    progress: (String) -> Void = { _ in }
+    progress: (String) -> Void = { _ in }, shouldStop: () -> Bool = { false }
   ) throws -> Result {
     guard tile >= 16, tile % 16 == 0, tile <= 4096 else { throw TIFFError(url.path, "--tile must be a multiple of 16 from 16 to 4096") }
     let c = source.channels
@@ -97,6 +97,8 @@ public enum TIFFConverter {
       let b = band.raw.assumingMemoryBound(to: UInt8.self), t = tileBuf.raw.assumingMemoryBound(to: UInt8.self)
       var half = [UInt8](repeating: 0, count: ((W + 1) / 2) * c * (tile / 2 + 1))
       for y0 in stride(from: 0, to: H, by: tile) {
+        // Stopped (Ctrl-C): the temporary files go with the defer above; nothing is left behind.
+        if shouldStop() { throw TIFFError(url.path, "interrupted; nothing was written") }
         let rows = min(tile, H - y0)
         try input.read(rows: rows, into: b)
         for tx in 0..<((W + tile - 1) / tile) {

@@ -92,9 +92,16 @@ struct ConvertCommand: ParsableCommand {
       source = try RegionRowStream(url, channels: channels)
     }
     let t0 = Date()
-    let r = try TIFFConverter.convert(source, to: URL(fileURLWithPath: out), tile: tile,
-                                      compression: TIFFConverter.compressionCode(compression)!, quality: quality,
-                                      progress: { if !json { note($0) } })
+    let interrupt = Interrupt.install()
+    let r: TIFFConverter.Result
+    do {
+      r = try TIFFConverter.convert(source, to: URL(fileURLWithPath: out), tile: tile,
+                                    compression: TIFFConverter.compressionCode(compression)!, quality: quality,
+                                    progress: { if !json { note($0) } }, shouldStop: { interrupt.requested })
+    } catch where interrupt.requested {
+      note("\(error)")
+      throw ExitCode(130)
+    }
     let seconds = Date().timeIntervalSince(t0)
     if json {
       return printJSON(["out": out, "levels": r.levels.map { [$0.width, $0.height] }, "bigTIFF": r.bigTIFF, "bytes": r.bytes,

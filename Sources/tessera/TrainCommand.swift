@@ -344,7 +344,7 @@ func checkHead(_ net: Layer, input: [Int], classes: Int, model: String) throws {
 /// SIGINT ends the process at once.
 final class Interrupt: @unchecked Sendable {
   nonisolated(unsafe) static var flag: sig_atomic_t = 0
-  static let message = Array("\nstopping after this update and saving (Ctrl-C again to stop now)…\n".utf8)
+  static let message = Array("\nstopping at the next safe point (train: after this update, saving; Ctrl-C again to stop now)…\n".utf8)
   var requested: Bool { Interrupt.flag != 0 }
 
   static func install() -> Interrupt {
