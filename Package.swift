@@ -41,8 +41,10 @@ let package = Package(
     .target(name: "CTesseraImage", cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]),
     .target(name: "TesseraData", dependencies: ["Tessera", "CTesseraImage"], swiftSettings: kernelFlags),
-    // libtiff, loaded at run time (dlopen): nothing to install for the default build.
-    .target(name: "CTesseraTIFF", cSettings: [.unsafeFlags(["-O2"])], linkerSettings: [.linkedLibrary("dl")]),
+    // libtiff, loaded at run time (dlopen): nothing to install for the default build; JPEG tiles
+    // read in part are decoded straight with the system libjpeg-turbo.
+    .target(name: "CTesseraTIFF", cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("jpeg")]),
     .target(name: "TesseraTIFF", dependencies: ["Tessera", "TesseraData", "CTesseraTIFF"], swiftSettings: kernelFlags),
     .target(name: "TesseraTraining", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTIFF"], swiftSettings: targetFlags),
     .executableTarget(

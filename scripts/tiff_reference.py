@@ -77,6 +77,10 @@ def fixtures(d):
     # JPEG tiles (YCbCr), when imagecodecs is there.
     try:
         tifffile.imwrite(f"{d}/jpeg.tif", rgb, tile=(64, 64), compression="jpeg", compressionargs={"level": 90}, photometric="ycbcr")
+        # RGB stored as RGB in JPEG (as Aperio SVS files often are), and gray JPEG tiles.
+        tifffile.imwrite(f"{d}/jpegrgb.tif", rgb, tile=(64, 64), compression="jpeg", compressionargs={"level": 90}, photometric="rgb")
+        tifffile.imwrite(f"{d}/jpeggray.tif", rgb[:, :, 1], tile=(64, 64), compression="jpeg", compressionargs={"level": 90},
+                         photometric="minisblack")
     except Exception as e:  # noqa: BLE001
         print(f"no JPEG fixture: {e}", file=sys.stderr)
     # Float samples (refused by name).

@@ -2,10 +2,13 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jpeglib.h>
 
 // The few libtiff declarations used (libtiff 4.5+, soname 6: tdir_t is uint32_t).
 typedef struct tiff TIFF;
@@ -15,7 +18,7 @@ enum {
   TAG_SUBFILETYPE = 254, TAG_IMAGEWIDTH = 256, TAG_IMAGELENGTH = 257, TAG_BITSPERSAMPLE = 258, TAG_COMPRESSION = 259,
   TAG_PHOTOMETRIC = 262, TAG_IMAGEDESCRIPTION = 270, TAG_SAMPLESPERPIXEL = 277, TAG_ROWSPERSTRIP = 278,
   TAG_PLANARCONFIG = 284, TAG_TILEWIDTH = 322, TAG_TILELENGTH = 323, TAG_SUBIFD = 330, TAG_SAMPLEFORMAT = 339,
-  TAG_YCBCRSUBSAMPLING = 530, TAG_JPEGQUALITY = 65537, TAG_JPEGCOLORMODE = 65538,
+  TAG_JPEGTABLES = 347, TAG_YCBCRSUBSAMPLING = 530, TAG_JPEGQUALITY = 65537, TAG_JPEGCOLORMODE = 65538,
 };
 
 static struct {
@@ -38,6 +41,8 @@ static struct {
   uint32_t (*NumberOfStrips)(TIFF *);
   int64_t (*ReadEncodedTile)(TIFF *, uint32_t, void *, int64_t);
   int64_t (*ReadEncodedStrip)(TIFF *, uint32_t, void *, int64_t);
+  int64_t (*ReadRawTile)(TIFF *, uint32_t, void *, int64_t);
+  uint64_t (*GetStrileByteCount)(TIFF *, uint32_t);
   int64_t (*WriteEncodedTile)(TIFF *, uint32_t, void *, int64_t);
   int (*WriteDirectory)(TIFF *);
   TIFFErrorHandler (*SetErrorHandler)(TIFFErrorHandler);
@@ -97,6 +102,7 @@ static void load(void) {
   SYM(TileSize, "TIFFTileSize") SYM(StripSize, "TIFFStripSize") SYM(ComputeTile, "TIFFComputeTile")
   SYM(ComputeStrip, "TIFFComputeStrip") SYM(NumberOfTiles, "TIFFNumberOfTiles") SYM(NumberOfStrips, "TIFFNumberOfStrips")
   SYM(ReadEncodedTile, "TIFFReadEncodedTile") SYM(ReadEncodedStrip, "TIFFReadEncodedStrip")
+  SYM(ReadRawTile, "TIFFReadRawTile") SYM(GetStrileByteCount, "TIFFGetStrileByteCount")
   SYM(WriteEncodedTile, "TIFFWriteEncodedTile") SYM(WriteDirectory, "TIFFWriteDirectory")
   SYM(SetErrorHandler, "TIFFSetErrorHandler") SYM(SetWarningHandler, "TIFFSetWarningHandler")
   SYM(IsCODECConfigured, "TIFFIsCODECConfigured")
@@ -119,9 +125,34 @@ int ti_tiff_codec_configured(int compression) {
   return loaded && lib.IsCODECConfigured((uint16_t)compression);
 }
 
+// libjpeg's errors jump back to the call that decodes; its warnings (corrupt data it decodes past)
+// are ignored, as libtiff's JPEG codec does.
+typedef struct {
+  struct jpeg_error_mgr mgr;
+  jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+} jpeg_error;
+
+static void jpeg_error_exit(j_common_ptr c) {
+  jpeg_error *e = (jpeg_error *)c->err;
+  (*c->err->format_message)(c, e->message);
+  longjmp(e->jump, 1);
+}
+
+static void jpeg_quiet(j_common_ptr c, int level) {
+  (void)c;
+  (void)level;
+}
+
 struct ti_tiff {
   TIFF *tif;
   uint64_t current;  // offset of the directory read last
+  // Direct JPEG decoding (ti_tiff_read_jpeg_part): one decompressor and buffers per handle, reused.
+  struct jpeg_decompress_struct jpeg;
+  jpeg_error jpeg_err;
+  int jpeg_ready;
+  unsigned char *raw, *row;
+  size_t raw_cap, row_cap;
 };
 
 ti_tiff *ti_tiff_open(const char *path, char *error) {
@@ -146,6 +177,9 @@ ti_tiff *ti_tiff_open(const char *path, char *error) {
 void ti_tiff_close(ti_tiff *t) {
   if (!t) return;
   lib.Close(t->tif);
+  if (t->jpeg_ready) jpeg_destroy_decompress(&t->jpeg);
+  free(t->raw);
+  free(t->row);
   free(t);
 }
 
@@ -298,6 +332,114 @@ int ti_tiff_read_block(ti_tiff *t, const ti_tiff_dir *d, uint32_t bx, uint32_t b
     }
   }
   if (buf != out) free(buf);
+  return 0;
+}
+
+static int grow(unsigned char **buf, size_t *cap, size_t need) {
+  if (*cap >= need) return 0;
+  unsigned char *b = realloc(*buf, need);
+  if (!b) return -1;
+  *buf = b;
+  *cap = need;
+  return 0;
+}
+
+int ti_tiff_read_jpeg_part(ti_tiff *t, const ti_tiff_dir *d, uint32_t bx, uint32_t by, uint32_t x0, uint32_t y0,
+                           uint32_t x1, uint32_t y1, unsigned char *out, char *error) {
+  int samples = d->photometric == 6 ? 3 : d->samples;
+  if (!d->tiled || d->compression != 7 || d->bits != 8 || d->planar != 1 || (samples != 1 && samples != 3)) {
+    set_error(error, "not a directory of 8-bit gray or RGB JPEG tiles");
+    return -1;
+  }
+  if (x0 >= x1 || y0 >= y1 || x1 > d->tile_width || y1 > d->tile_height) {
+    set_error(error, "the part is not inside the tile");
+    return -1;
+  }
+  if (select_dir(t, d, error) != 0) return -1;
+  uint32_t index = lib.ComputeTile(t->tif, bx * d->tile_width, by * d->tile_height, 0, 0);
+  if (index >= lib.NumberOfTiles(t->tif)) {
+    set_error(error, "the tile is outside the directory");
+    return -1;
+  }
+  last_error[0] = 0;
+  uint64_t count = lib.GetStrileByteCount(t->tif, index);
+  if (count == 0 || count > ((uint64_t)1 << 28)) {
+    lib_error(error, count == 0 ? "the tile has no data" : "the tile's byte count is over 256 MiB");
+    return -1;
+  }
+  if (grow(&t->raw, &t->raw_cap, (size_t)count) != 0) {
+    set_error(error, "out of memory");
+    return -1;
+  }
+  int64_t got = lib.ReadRawTile(t->tif, index, t->raw, (int64_t)count);
+  if (got <= 0) {
+    lib_error(error, "cannot read the tile's bytes");
+    return -1;
+  }
+  uint32_t table_bytes = 0;
+  void *tables = NULL;
+  if (!lib.GetField(t->tif, TAG_JPEGTABLES, &table_bytes, &tables)) table_bytes = 0;
+
+  struct jpeg_decompress_struct *c = &t->jpeg;
+  if (!t->jpeg_ready) {
+    c->err = jpeg_std_error(&t->jpeg_err.mgr);
+    t->jpeg_err.mgr.error_exit = jpeg_error_exit;
+    t->jpeg_err.mgr.emit_message = jpeg_quiet;
+    jpeg_create_decompress(c);
+    t->jpeg_ready = 1;
+  }
+  if (setjmp(t->jpeg_err.jump)) {
+    jpeg_abort_decompress(c);
+    snprintf(error, TI_TIFF_ERROR_SIZE, "cannot decode the JPEG tile: %s", t->jpeg_err.message);
+    return -1;
+  }
+  if (tables && table_bytes > 0) {
+    jpeg_mem_src(c, tables, table_bytes);
+    if (jpeg_read_header(c, FALSE) != JPEG_HEADER_TABLES_ONLY) {
+      jpeg_abort_decompress(c);
+      set_error(error, "the directory's JPEGTables are not a tables-only JPEG stream");
+      return -1;
+    }
+  }
+  jpeg_mem_src(c, t->raw, (unsigned long)got);
+  jpeg_read_header(c, TRUE);
+  if (c->num_components != samples || c->image_width < x1 || c->image_height < y1) {
+    jpeg_abort_decompress(c);
+    snprintf(error, TI_TIFF_ERROR_SIZE, "the tile's JPEG stream (%u×%u, %d components) does not match the directory",
+             c->image_width, c->image_height, c->num_components);
+    return -1;
+  }
+  // Colour as libtiff's JPEG codec decodes it: YCbCr → RGB, RGB and gray as stored.
+  c->jpeg_color_space = d->photometric == 6 ? JCS_YCbCr : samples == 3 ? JCS_RGB : JCS_GRAYSCALE;
+  c->out_color_space = samples == 3 ? JCS_RGB : JCS_GRAYSCALE;
+  jpeg_start_decompress(c);
+  // Columns: cropped to whole iMCUs, one more on each side where there is one, so that fancy
+  // upsampling at the crop's edges has the neighbours it has in the whole tile.
+  JDIMENSION margin = (JDIMENSION)(c->max_h_samp_factor * c->min_DCT_scaled_size);
+  JDIMENSION xoff = x0 > margin ? x0 - margin : 0;
+  JDIMENSION width = (x1 + margin < c->output_width ? x1 + margin : c->output_width) - xoff;
+  if (xoff > 0 || width < c->output_width) jpeg_crop_scanline(c, &xoff, &width);
+  if (y0 > 0 && jpeg_skip_scanlines(c, y0) != y0) {
+    jpeg_abort_decompress(c);
+    set_error(error, "the tile's JPEG stream ends early");
+    return -1;
+  }
+  if (grow(&t->row, &t->row_cap, (size_t)c->output_width * (size_t)samples) != 0) {
+    jpeg_abort_decompress(c);
+    set_error(error, "out of memory");
+    return -1;
+  }
+  size_t line = (size_t)(x1 - x0) * (size_t)samples, skip = (size_t)(x0 - xoff) * (size_t)samples;
+  for (uint32_t y = y0; y < y1; y++) {
+    JSAMPROW r = t->row;
+    if (jpeg_read_scanlines(c, &r, 1) != 1) {
+      jpeg_abort_decompress(c);
+      set_error(error, "the tile's JPEG stream ends early");
+      return -1;
+    }
+    memcpy(out + (size_t)(y - y0) * line, t->row + skip, line);
+  }
+  jpeg_abort_decompress(c);  // the rows below y1 are never decoded
   return 0;
 }
 

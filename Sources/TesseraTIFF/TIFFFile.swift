@@ -111,6 +111,21 @@ public final class TIFFFile: @unchecked Sendable {
     for h in idle { ti_tiff_close(h) }
   }
 
+  /// Whether JPEG tiles are decoded straight by libjpeg-turbo, and a region that touches only part
+  /// of a tile that is not in the cache (nor asked for lately) decodes just that part (rows below it
+  /// not at all, columns beside it not inverse-transformed); a tile asked for a second time is
+  /// decoded whole into the cache. The pixels are the same either way. false: libtiff decodes
+  /// every tile whole into the cache (`bench read --whole-tiles` compares).
+  public var partialJPEG = true
+  /// JPEG tile parts decoded so far (each also a cache miss).
+  public var partsDecoded: Int { lock.withLock { parts } }
+  private var parts = 0
+
+  /// JPEG tiles of 8-bit gray or RGB, which `ti_tiff_read_jpeg_part` decodes in part.
+  static func decodesInPart(_ d: ti_tiff_dir) -> Bool {
+    d.tiled != 0 && d.compression == 7 && d.bits == 8 && d.planar == 1 && (d.photometric == 6 || d.samples == 1 || d.samples == 3)
+  }
+
   /// Samples per decoded pixel (JPEG-compressed YCbCr decodes to RGB).
   static func outSamples(_ d: ti_tiff_dir) -> Int { d.compression == 7 && d.photometric == 6 ? 3 : Int(d.samples) }
 
@@ -162,15 +177,21 @@ public final class TIFFFile: @unchecked Sendable {
   // MARK: reading
 
   /// Decoded bytes of one block (tile or strip) of a level, from the cache or the file.
-  func block(level: Int, bx: Int, by: Int) throws -> Buffer {
+  /// `looked`: the cache was just asked (and had not the block).
+  func block(level: Int, bx: Int, by: Int, looked: Bool = false) throws -> Buffer {
     let key = TileCache.Key(level: level, bx: bx, by: by)
-    if let b = cache.get(key) { return b }
+    if !looked, let b = cache.get(key) { return b }
     var d = dirs[level]
     let bytes = Int(d.tile_width) * Int(d.tile_height) * Self.outSamples(d) * Int(d.bits) / 8
     let buf = Buffer(byteCount: bytes, category: .data, zeroed: false)
+    let direct = partialJPEG && Self.decodesInPart(d)
     try withHandle { h in
       var err = [CChar](repeating: 0, count: Int(TI_TIFF_ERROR_SIZE))
-      guard ti_tiff_read_block(h, &d, UInt32(bx), UInt32(by), buf.raw.assumingMemoryBound(to: UInt8.self), bytes, &err) == 0 else {
+      let out = buf.raw.assumingMemoryBound(to: UInt8.self)
+      let status = direct
+        ? ti_tiff_read_jpeg_part(h, &d, UInt32(bx), UInt32(by), 0, 0, d.tile_width, d.tile_height, out, &err)
+        : ti_tiff_read_block(h, &d, UInt32(bx), UInt32(by), out, bytes, &err)
+      guard status == 0 else {
         throw TIFFError(url.path, "level \(level), \(d.tiled != 0 ? "tile" : "strip") (\(bx), \(by)): \(String(cString: err))")
       }
     }
@@ -197,47 +218,76 @@ public final class TIFFFile: @unchecked Sendable {
     let tw = Int(d.tile_width), th = Int(d.tile_height), s = Self.outSamples(d), wide = d.bits == 16
     let scale: Float = wide ? 1 / 65535 : 1 / 255
     let invert = d.photometric == 0
+    var scratch: Buffer?  // one part at a time, for JPEG tiles decoded in part
     for by in (r.y / th)...((r.y + r.height - 1) / th) {
       for bx in (r.x / tw)...((r.x + r.width - 1) / tw) {
-        let buf = try block(level: level, bx: bx, by: by)
         let x0 = max(r.x, bx * tw), x1 = min(r.x + r.width, (bx + 1) * tw)
         let y0 = max(r.y, by * th), y1 = min(r.y + r.height, (by + 1) * th)
-        let b8 = buf.raw.assumingMemoryBound(to: UInt8.self), b16 = buf.raw.assumingMemoryBound(to: UInt16.self)
-        if !wide && !invert && s == 3 && channels == 3 {
-          // The common case (8-bit RGB): one tight loop per row and channel.
-          for y in y0..<y1 {
-            let src = b8 + ((y - by * th) * tw + (x0 - bx * tw)) * 3, dst = o + (y - r.y) * r.width + (x0 - r.x)
-            for c in 0..<3 {
-              let d = dst + c * plane, sc = src + c
-              for i in 0..<(x1 - x0) { d[i] = Float(sc[3 * i]) * scale }
+        let whole = x1 - x0 == min(tw, L.width - bx * tw) && y1 - y0 == min(th, L.height - by * th)
+        let inPart = partialJPEG && !whole && Self.decodesInPart(d)
+        let key = TileCache.Key(level: level, bx: bx, by: by)
+        let cached = inPart ? cache.get(key) : nil
+        if inPart && cached == nil && !cache.seenBefore(key, tileBytes: tw * th * s) {
+          // A JPEG tile the region only touches, not in the cache: decode just that part (unless it
+          // was asked for lately and the cache has room, then it is decoded whole into it).
+          let bytes = tw * th * s
+          if scratch == nil { scratch = Buffer(byteCount: bytes, category: .data, zeroed: false) }
+          let part = scratch!.raw.assumingMemoryBound(to: UInt8.self)
+          try withHandle { h in
+            var dd = d
+            var err = [CChar](repeating: 0, count: Int(TI_TIFF_ERROR_SIZE))
+            guard ti_tiff_read_jpeg_part(h, &dd, UInt32(bx), UInt32(by), UInt32(x0 - bx * tw), UInt32(y0 - by * th),
+                                         UInt32(x1 - bx * tw), UInt32(y1 - by * th), part, &err) == 0 else {
+              throw TIFFError(url.path, "level \(level), tile (\(bx), \(by)): \(String(cString: err))")
             }
           }
+          lock.withLock { parts += 1 }
+          copy(UnsafeRawPointer(part), originX: x0, originY: y0, stride: x1 - x0)
           continue
         }
-        for y in y0..<y1 {
-          let row = ((y - by * th) * tw) * s
-          let dst = (y - r.y) * r.width
-          for x in x0..<x1 {
-            let i = row + (x - bx * tw) * s
-            func v(_ c: Int) -> Float {
-              let raw = wide ? Float(b16[i + c]) : Float(b8[i + c])
-              return invert ? (wide ? 65535 : 255) - raw : raw
-            }
-            let k = dst + x - r.x
-            if s >= 3 {
-              if channels == 3 {
-                o[k] = v(0) * scale
-                o[plane + k] = v(1) * scale
-                o[2 * plane + k] = v(2) * scale
-              } else {
-                o[k] = (0.299 * v(0) + 0.587 * v(1) + 0.114 * v(2)) * scale
+        let buf = try cached ?? block(level: level, bx: bx, by: by, looked: inPart)
+        copy(UnsafeRawPointer(buf.raw), originX: bx * tw, originY: by * th, stride: tw)
+
+        /// Copies [x0, x1) × [y0, y1) from decoded samples whose first pixel is level pixel
+        /// (originX, originY), `stride` pixels a row.
+        func copy(_ raw: UnsafeRawPointer, originX: Int, originY: Int, stride: Int) {
+          let b8 = raw.assumingMemoryBound(to: UInt8.self), b16 = raw.assumingMemoryBound(to: UInt16.self)
+          if !wide && !invert && s == 3 && channels == 3 {
+            // The common case (8-bit RGB): one tight loop per row and channel.
+            for y in y0..<y1 {
+              let src = b8 + ((y - originY) * stride + (x0 - originX)) * 3, dst = o + (y - r.y) * r.width + (x0 - r.x)
+              for c in 0..<3 {
+                let d = dst + c * plane, sc = src + c
+                for i in 0..<(x1 - x0) { d[i] = Float(sc[3 * i]) * scale }
               }
-            } else {
-              let g = v(0) * scale
-              o[k] = g
-              if channels == 3 {
-                o[plane + k] = g
-                o[2 * plane + k] = g
+            }
+            return
+          }
+          for y in y0..<y1 {
+            let row = ((y - originY) * stride) * s
+            let dst = (y - r.y) * r.width
+            for x in x0..<x1 {
+              let i = row + (x - originX) * s
+              func v(_ c: Int) -> Float {
+                let raw = wide ? Float(b16[i + c]) : Float(b8[i + c])
+                return invert ? (wide ? 65535 : 255) - raw : raw
+              }
+              let k = dst + x - r.x
+              if s >= 3 {
+                if channels == 3 {
+                  o[k] = v(0) * scale
+                  o[plane + k] = v(1) * scale
+                  o[2 * plane + k] = v(2) * scale
+                } else {
+                  o[k] = (0.299 * v(0) + 0.587 * v(1) + 0.114 * v(2)) * scale
+                }
+              } else {
+                let g = v(0) * scale
+                o[k] = g
+                if channels == 3 {
+                  o[plane + k] = g
+                  o[2 * plane + k] = g
+                }
               }
             }
           }
@@ -279,6 +329,31 @@ public final class TileCache: @unchecked Sendable {
     clock += 1
     entries[k] = (e.0, clock)
     return e.0
+  }
+
+  /// Tiles asked for lately but not cached (keys only).
+  /// "Lately": the last as many requests as the cache holds tiles of `tileBytes`.
+  private var seen = Set<Key>(), seenOrder = [Key](), seenNext = 0
+
+  /// Whether `k` was asked for lately and a tile of `tileBytes` fits without evicting one (then it
+  /// forgets `k`); otherwise it remembers `k`. Tiles read in part are admitted whole on their
+  /// second request while the cache has room: a level that fits is cached as with whole tiles,
+  /// and a larger one does not churn the cache for tiles read once.
+  func seenBefore(_ k: Key, tileBytes: Int) -> Bool {
+    lock.lock()
+    defer { lock.unlock() }
+    if bytes + tileBytes <= limitBytes, seen.remove(k) != nil { return true }
+    let capacity = min(65536, max(16, limitBytes / max(1, tileBytes)))
+    if seenOrder.count < capacity {
+      seenOrder.append(k)
+    } else {
+      seenNext %= seenOrder.count
+      seen.remove(seenOrder[seenNext])
+      seenOrder[seenNext] = k
+      seenNext += 1
+    }
+    seen.insert(k)
+    return false
   }
 
   func put(_ k: Key, _ b: Buffer) {

@@ -61,6 +61,9 @@ enum Fuzz {
       guard let f = try? TIFFFile(u, cacheBytes: 4 << 20) else { return }
       for l in f.levels where l.width * l.height <= 1 << 22 {
         _ = try? f.read(level: l.index, region: PixelRect(x: 0, y: 0, width: min(l.width, 300), height: min(l.height, 300)))
+        // A small region inside: JPEG tiles decoded in part (rows skipped, columns cropped).
+        _ = try? f.read(level: l.index, region: PixelRect(x: l.width / 3, y: l.height / 3, width: min(l.width - l.width / 3, 37),
+                                                          height: min(l.height - l.height / 3, 29)))
       }
     default:
       FileHandle.standardError.write(Data("unknown fuzz target '\(target)'; one of \(targets.joined(separator: ", "))\n".utf8))

@@ -27,6 +27,8 @@ struct ReadBench: ParsableCommand {
   @Option(help: "Reader threads.") var workers = 1
   @Option(help: "Rounds per side (alternating).") var rounds = 3
   @Option(help: "Tile cache in MiB (each side).") var cacheMib = 64
+  @Flag(help: "Decode every JPEG tile a patch touches whole, into the cache (the default decodes only the part a patch needs of a tile not in the cache).")
+  var wholeTiles = false
   @Option(help: "Python with tifffile/openslide for the peers (e.g. .venv-peers/bin/python).") var peer: String?
   @Option(help: "Seed of the random positions.") var seed: UInt64 = 0
   @Flag(help: "Print one JSON object.") var json = false
@@ -66,8 +68,11 @@ struct ReadBench: ParsableCommand {
     try rects.map { "\($0.x) \($0.y)" }.joined(separator: "\n").write(to: list, atomically: true, encoding: .utf8)
     defer { try? FileManager.default.removeItem(at: list) }
 
+    var counts = (hits: 0, tiles: 0, parts: 0)
     func ours() throws -> Double {
       let f = try TIFFFile(url, cacheBytes: cacheMib << 20)  // a cold cache each round, as the peers
+      f.partialJPEG = !wholeTiles
+      defer { counts = (f.cache.hits, f.cache.misses - f.partsDecoded, f.partsDecoded) }
       let t0 = DispatchTime.now().uptimeNanoseconds
       let failure = Locked<Error?>(nil)
       DispatchQueue.concurrentPerform(iterations: workers) { w in
@@ -109,7 +114,8 @@ struct ReadBench: ParsableCommand {
       "file": file, "patch": patch, "count": rects.count, "level": level, "workers": workers, "rounds": rounds,
       "patches_per_second": Double(rects.count) / median(mine), "megapixels_per_second": mp / median(mine),
       "seconds": mine, "peak_bytes": MemoryLedger.shared.peakBytes, "max_rss_bytes": maxRSSBytes(),
-      "positions": grid ? "grid" : "random", "cache_mib": cacheMib,
+      "positions": grid ? "grid" : "random", "cache_mib": cacheMib, "whole_tiles": wholeTiles,
+      "tile_cache_hits": counts.hits, "tiles_decoded": counts.tiles, "tile_parts_decoded": counts.parts,
     ]
     for (k, v) in theirs {
       o[k] = ["patches_per_second": Double(rects.count) / median(v), "seconds": v, "ratio": median(v) / median(mine)] as [String: Any]

@@ -166,7 +166,8 @@ final class TIFFTests: TemporaryDirectoryTestCase {
     XCTAssertEqual(status, 0, text)
     // Lossless: equal (to float rounding, 1e-6); JPEG: within one grey level.
     let cases: [(String, Int, Int, Float)] = [("subifds", 3, 8, 1e-6), ("planar", 3, 8, 1e-6), ("gray16", 1, 16, 1e-6),
-                                              ("bigrgba", 3, 8, 1e-6), ("miniswhite", 1, 8, 1e-6), ("jpeg", 3, 8, 1.001 / 255)]
+                                              ("bigrgba", 3, 8, 1e-6), ("miniswhite", 1, 8, 1e-6), ("jpeg", 3, 8, 1.001 / 255),
+                                              ("jpegrgb", 3, 8, 1.001 / 255), ("jpeggray", 1, 8, 1.001 / 255)]
     for (name, channels, bits, tolerance) in cases {
       let url = fx.appendingPathComponent("\(name).tif")
       guard FileManager.default.fileExists(atPath: url.path) else { continue }  // no JPEG without imagecodecs
@@ -197,6 +198,43 @@ final class TIFFTests: TemporaryDirectoryTestCase {
     }
     XCTAssertThrowsError(try TIFFFile(fx.appendingPathComponent("float.tif"))) {
       XCTAssert("\($0)".contains("float.tif") && "\($0)".contains("sample format float"), "\($0)")
+    }
+  }
+
+  /// JPEG tiles a region only touches are decoded in part, straight with libjpeg-turbo (rows below
+  /// cut, columns beside cropped): the pixels equal the whole tiles' decoding by libtiff exactly, for
+  /// YCbCr 2×2 (what `convert` writes), gray, and tifffile's YCbCr, RGB and gray JPEG tiles.
+  func testJPEGTilesDecodedInPartEqualWholeTiles() throws {
+    var files = [URL]()
+    for channels in [3, 1] {
+      let url = dir.appendingPathComponent("part\(channels).tif")
+      _ = try TIFFConverter.convert(PatternRows(width: 333, height: 270, channels: channels), to: url, tile: 64, compression: 7, quality: 80)
+      files.append(url)
+    }
+    if let py = Self.python {
+      let fx = dir.appendingPathComponent("fx")
+      try FileManager.default.createDirectory(at: fx, withIntermediateDirectories: true)
+      _ = try Self.run(py, [Self.script, "fixtures", fx.path])
+      files += ["jpeg", "jpegrgb", "jpeggray"].map { fx.appendingPathComponent("\($0).tif") }
+        .filter { FileManager.default.fileExists(atPath: $0.path) }
+    }
+    var rng = SeededGenerator(seed: 5)
+    for url in files {
+      let part = try TIFFFile(url, cacheBytes: 0), whole = try TIFFFile(url, cacheBytes: 0)
+      whole.partialJPEG = false
+      for level in part.levels.indices {
+        let L = part.levels[level]
+        for _ in 0..<40 {
+          let w = Int.random(in: 1...min(L.width, 90), using: &rng), h = Int.random(in: 1...min(L.height, 90), using: &rng)
+          let r = PixelRect(x: Int.random(in: 0...(L.width - w), using: &rng), y: Int.random(in: 0...(L.height - h), using: &rng),
+                            width: w, height: h)
+          let channels = part.channels
+          let a = try part.read(level: level, region: r, channels: channels).toArray()
+          let b = try whole.read(level: level, region: r, channels: channels).toArray()
+          let worst = zip(a, b).map { abs($0 - $1) * 255 }.max() ?? 0
+          XCTAssertEqual(worst, 0, "\(url.lastPathComponent) level \(level) \(r): grey levels apart")
+        }
+      }
     }
   }
 

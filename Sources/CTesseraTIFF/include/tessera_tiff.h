@@ -44,6 +44,15 @@ int ti_tiff_list(ti_tiff *t, ti_tiff_dir *out, int max, char *error);
 int ti_tiff_read_block(ti_tiff *t, const ti_tiff_dir *d, uint32_t bx, uint32_t by, unsigned char *out, size_t size,
                        char *error);
 
+// Decodes only rows [y0, y1) and columns [x0, x1) (tile pixels) of one JPEG-compressed 8-bit tile,
+// straight from its raw bytes (and the directory's JPEGTables) with libjpeg-turbo: rows below y1
+// are not decoded at all, rows above y0 only entropy-decoded, columns outside cropped before the
+// inverse DCT. The pixels equal those of the whole tile's decoding. out: (y1 − y0) rows of
+// (x1 − x0) × samples bytes (samples: 3 for YCbCr/RGB, else the directory's). 0, or −1 with the
+// reason in error.
+int ti_tiff_read_jpeg_part(ti_tiff *t, const ti_tiff_dir *d, uint32_t bx, uint32_t by, uint32_t x0, uint32_t y0,
+                           uint32_t x1, uint32_t y1, unsigned char *out, char *error);
+
 // Whether this libtiff decodes a compression scheme.
 int ti_tiff_codec_configured(int compression);
 
