@@ -58,7 +58,14 @@ public struct ImageReader: Sendable {
   // MARK: header
 
   public func info(_ url: URL) throws -> ImageInfo {
-    try info(of: try load(url), path: url.path)
+    // A JPEG's header (markers up to the first scan) is near its start: read 1 MiB of it, not a
+    // 500 MB file; the whole file only when the header runs past that.
+    if let h = FileHandle(forReadingAtPath: url.path) {
+      let head = (try? h.read(upToCount: 1 << 20)) ?? Data()
+      try? h.close()
+      if Self.format(of: head) == .jpeg, let i = try? info(of: head, path: url.path) { return i }
+    }
+    return try info(of: try load(url), path: url.path)
   }
 
   func load(_ url: URL) throws -> Data {

@@ -38,6 +38,28 @@ final class ImageReaderTests: TemporaryDirectoryTestCase {
     XCTAssertEqual(try reader.read(url, channels: 1).pixels.shape, [1, h, w])
   }
 
+  /// `info` of a JPEG reads its first MiB (a gigapixel JPEG's header is not the whole file), and
+  /// the whole file when the markers before the first frame run past that.
+  func testJPEGInfoReadsTheHeaderNotTheWholeFile() throws {
+    let jpeg = try JPEGEncoder.encode([UInt8](repeating: 90, count: 40 * 30 * 3), width: 40, height: 30)
+    // 3 MiB of scan data after the frame header (never read by info) …
+    var long = jpeg
+    long.insert(contentsOf: Data(repeating: 0, count: 3 << 20), at: long.count - 2)
+    // … and, apart, 1.3 MiB of APP15 segments before it (info must read past the first MiB).
+    var late = Data(jpeg.prefix(2))
+    for _ in 0..<20 { late += Data([0xFF, 0xEF, 0xFF, 0xFF]) + Data(repeating: 7, count: 0xFFFD) }
+    late += jpeg.dropFirst(2)
+    for (name, bytes) in [("long.jpg", long), ("late.jpg", late)] {
+      let url = dir.appendingPathComponent(name)
+      try bytes.write(to: url)
+      // A 2 MiB file limit: the 3 MiB file is only readable by its header (decoding it is refused).
+      let reader = ImageReader(maxFileBytes: 2 << 20)
+      let i = try reader.info(url)
+      XCTAssertEqual([i.width, i.height, i.channels], [40, 30, 3], name)
+      if name == "long.jpg" { XCTAssertThrowsError(try reader.read(url)) { XCTAssert("\($0)".contains("file limit"), "\($0)") } }
+    }
+  }
+
   func testEXIFOrientationRotatesPixels() throws {
     let (w, h) = (40, 24)
     let jpeg = Fixtures.jpeg(Fixtures.pattern(width: w, height: h), width: w, height: h)
