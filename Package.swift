@@ -47,9 +47,11 @@ let package = Package(
             linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("jpeg")]),
     .target(name: "TesseraTIFF", dependencies: ["Tessera", "TesseraData", "CTesseraTIFF"], swiftSettings: kernelFlags),
     .target(name: "TesseraTraining", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTIFF"], swiftSettings: targetFlags),
+    // Reports people look at: the HTML run report, the plan page, TensorBoard event files.
+    .target(name: "TesseraReport", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTraining"], swiftSettings: targetFlags),
     .executableTarget(
       name: "tessera",
-      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTIFF", "TesseraTraining", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTIFF", "TesseraTraining", "TesseraReport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: targetFlags),
     // Fuzz targets (scripts/fuzz.sh builds them with libFuzzer; a plain build replays inputs).
     .executableTarget(name: "tessera-fuzz", dependencies: ["Tessera", "TesseraData", "TesseraTIFF", "TesseraTraining"],
@@ -66,6 +68,7 @@ let package = Package(
                 exclude: ["Fixtures"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraTIFFTests", dependencies: ["TesseraTIFF", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraTrainingTests", dependencies: ["TesseraTraining", "TestSupport"], swiftSettings: targetFlags),
+    .testTarget(name: "TesseraReportTests", dependencies: ["TesseraReport", "TesseraPlanner", "TesseraData", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "TesseraData", "TesseraTIFF", "TesseraTraining"], swiftSettings: targetFlags),
   ],
   swiftLanguageModes: [.v5]

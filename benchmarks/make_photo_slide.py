@@ -2,6 +2,7 @@
 """A gigapixel JPEG-tiled BigTIFF made of real photographs, for the gigapixel benchmarks:
 
   make_photo_slide.py SIDE OUT.tif [QUALITY]
+  make_photo_slide.py crops OUTDIR N       # N labelled 256² crops: OUTDIR/histology, OUTDIR/other
 
 The photographs are the colour pictures scikit-image ships inside its wheel (an immunohistochemistry
 slide, a retina, the Hubble deep field, a cat, coffee, a rocket, motorcycles, an astronaut); the
@@ -48,7 +49,26 @@ def photographs():
     return out
 
 
+def crops(out, n):
+    """Crops of the same photographs, labelled `histology` (the immunohistochemistry slide) or
+    `other`: a training set whose model's heatmap over the mosaic should light up the histology cells."""
+    photos = photographs()
+    rng = np.random.default_rng(11)
+    for label in ["histology", "other"]:
+        os.makedirs(os.path.join(out, label), exist_ok=True)
+    for i in range(n):
+        label = "histology" if i % 2 == 0 else "other"
+        p = photos[0] if label == "histology" else photos[1 + rng.integers(len(photos) - 1)]
+        y, x = rng.integers(p.shape[0] - 256 + 1), rng.integers(p.shape[1] - 256 + 1)
+        w = np.rot90(p[y:y + 256, x:x + 256], rng.integers(4))
+        open(os.path.join(out, label, f"{i}.jpg"), "wb").write(imagecodecs.jpeg8_encode(np.ascontiguousarray(w), level=90))
+    print(f"{out}: {n} crops (histology, other)")
+
+
 def main():
+    if sys.argv[1] == "crops":
+        crops(sys.argv[2], int(sys.argv[3]))
+        return
     side, path = int(sys.argv[1]), sys.argv[2]
     quality = int(sys.argv[3]) if len(sys.argv) > 3 else 85
     photos = photographs()

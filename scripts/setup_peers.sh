@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The independent references for tests and benchmarks, in .venv-peers (never committed):
-# tifffile + imagecodecs (TIFF pixels and layouts), numpy. Tests that need them skip, with this
-# script's name, where they are absent.
+# tifffile + imagecodecs (TIFF pixels and layouts), numpy, tensorboard (its own reader checks
+# `train --tensorboard` event files). Tests that need them skip, with this script's name, where
+# they are absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv-peers/bin/python ] || python3 -m venv .venv-peers
-.venv-peers/bin/pip install -q --disable-pip-version-check numpy tifffile imagecodecs
+.venv-peers/bin/pip install -q --disable-pip-version-check numpy tifffile imagecodecs tensorboard
 .venv-peers/bin/python -c "import tifffile, imagecodecs; print('peers: tifffile', tifffile.__version__, 'imagecodecs', imagecodecs.__version__)"
+.venv-peers/bin/python -c "import tensorboard; print('peers: tensorboard', tensorboard.__version__)"

@@ -45,7 +45,8 @@ public final class RunFolder: TrainingCallback {
   public var heldOut = true
 
   /// Files a run folder holds.
-  public static let runFiles = ["config.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "state.json", "classes.json"]
+  public static let runFiles = ["config.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "state.json", "classes.json",
+                                "plan.json", "report.html"]
 
   /// Whether `url` already holds a run.
   public static func holdsRun(_ url: URL) -> Bool {
@@ -99,17 +100,54 @@ public final class RunFolder: TrainingCallback {
   public var best: URL { url.appendingPathComponent("best.safetensors") }
   var metrics: URL { url.appendingPathComponent("metrics.jsonl") }
 
-  /// Keeps the metrics lines of epochs up to `epoch` (1-based), in order, and appends `line`;
-  /// later lines (from a run killed after writing them) are dropped. One atomic write.
-  public func keepMetrics(through epoch: Int, appending line: String? = nil) throws {
+  /// Per-step lines (`"kind": "step"`) every this many updates; 0: none.
+  public var logEvery = 0
+  /// Confusion matrices go into the epoch lines for up to this many classes.
+  public static let confusionClasses = 100
+  private weak var trainer: Trainer?
+
+  /// Keeps the metrics lines of epochs up to `epoch` (1-based) and the step lines up to `step`
+  /// (those of the next epoch included), in order, and appends `line`; later lines (from a run
+  /// killed after writing them) are dropped. One atomic write.
+  public func keepMetrics(through epoch: Int, steps step: Int = .max, appending line: String? = nil) throws {
     let previous = (try? String(contentsOf: metrics, encoding: .utf8)) ?? ""
     let kept = previous.split(separator: "\n").filter { l in
       guard let d = l.data(using: .utf8), let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
             let e = o["epoch"] as? Int else { return false }
+      if o["kind"] as? String == "step" { return e <= epoch + 1 && (o["step"] as? Int ?? .max) <= step }
       return e <= epoch
     }.map(String.init) + (line.map { [$0] } ?? [])
     try AtomicFile.write(Data(kept.map { $0 + "\n" }.joined().utf8), to: metrics)
   }
+
+  static func jsonLine(_ line: [String: Any]) throws -> String {
+    var line = line
+    // JSON has no NaN: a value that is not finite is written as null.
+    for (k, v) in line { if let d = v as? Double, !d.isFinite { line[k] = NSNull() } }
+    return String(decoding: try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]), as: UTF8.self)
+  }
+
+  public func onTrainBegin(_ trainer: Trainer) {
+    self.trainer = trainer
+  }
+
+  /// With `logEvery`: after every N-th update, one step line appended (a single write of one short
+  /// line; a reader skips a line a kill cut short, and the epoch's end rewrites the file whole).
+  public func onBatchEnd(_ epoch: Int, batch: Int, of batches: Int, running: ClassificationMetrics, imagesPerSecond: Double) {
+    guard logEvery > 0, let t = trainer, t.step > lastLoggedStep, t.step % logEvery == 0 else { return }
+    lastLoggedStep = t.step
+    let line: [String: Any] = [
+      "kind": "step", "epoch": epoch + 1, "step": t.step, "batch": batch, "batches": batches, "loss": Double(t.lastBatchLoss),
+      "running_loss": running.loss, "running_accuracy": running.accuracy, "lr": Double(t.lastLearningRate),
+      "images_per_second": imagesPerSecond,
+    ]
+    if !FileManager.default.fileExists(atPath: metrics.path) { FileManager.default.createFile(atPath: metrics.path, contents: nil) }
+    guard let text = try? Self.jsonLine(line), let h = FileHandle(forWritingAtPath: metrics.path) else { return }
+    defer { try? h.close() }
+    _ = try? h.seekToEnd()
+    try? h.write(contentsOf: Data((text + "\n").utf8))
+  }
+  private var lastLoggedStep = 0
 
   public func onEpochEnd(_ log: EpochLog, trainer: Trainer) throws {
     let acc = log.validation?.accuracy ?? log.train.accuracy
@@ -121,17 +159,17 @@ public final class RunFolder: TrainingCallback {
       "images_per_second": log.imagesPerSecond, "lr": Double(log.learningRate), "step": trainer.step,
       "skipped_files": log.skippedFiles, "peak_bytes": log.peakBytes, "skipped_steps": log.skippedSteps,
     ]
+    if log.train.classes <= Self.confusionClasses { line["confusion"] = log.train.confusion }
     if let v = log.validation {
       line["val_loss"] = v.loss
       line["val_accuracy"] = v.accuracy
       line["val_top\(v.topK)_accuracy"] = v.topKAccuracy
+      if v.classes <= Self.confusionClasses { line["val_confusion"] = v.confusion }
     }
-    // JSON has no NaN: a value that is not finite is written as null.
-    for (k, v) in line { if let d = v as? Double, !d.isFinite { line[k] = NSNull() } }
-    let text = String(decoding: try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]), as: UTF8.self)
+    let text = try Self.jsonLine(line)
     // Rewritten whole (atomically) so a kill never leaves half a line; lines of this epoch or later
-    // (from a run killed after writing them) are replaced.
-    try keepMetrics(through: log.epoch - 1, appending: text)
+    // (from a run killed after writing them) are replaced; this epoch's step lines stay.
+    try keepMetrics(through: log.epoch - 1, steps: trainer.step, appending: text)
     try Checkpoint.save(trainer.model, optimizer: trainer.optimizer, state: state, to: last)
     if improved { try Checkpoint.save(trainer.model, optimizer: nil, state: state, to: best) }
     try AtomicFile.write(try JSONEncoder().encode(state), to: url.appendingPathComponent("state.json"))
@@ -144,7 +182,7 @@ public final class RunFolder: TrainingCallback {
     state.batchesDone = batchesDone
     state.partialMetrics = m
     state.partialSkippedFiles = skippedFiles
-    try keepMetrics(through: epoch)
+    try keepMetrics(through: epoch, steps: trainer.step)
     try Checkpoint.save(trainer.model, optimizer: trainer.optimizer, state: state, to: last)
     try AtomicFile.write(try JSONEncoder().encode(state), to: url.appendingPathComponent("state.json"))
   }

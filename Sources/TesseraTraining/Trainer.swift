@@ -77,6 +77,9 @@ public final class Trainer {
   /// Optimizer updates done (carried across a resume).
   public var step = 0
   public var stopRequested = false
+  /// The loss of the last batch and the learning rate it was trained at (per-step logging).
+  public private(set) var lastBatchLoss: Float = .nan
+  public private(set) var lastLearningRate: Float = 0
   /// Updates skipped because a gradient held inf or NaN (an overflow, e.g. of a 16-bit kept tensor,
   /// or a diverging run): the weights and optimizer state are left as they were, and it is logged.
   /// (Gradients are fp32 in every precision, so no loss scale is needed to keep them from underflowing.)
@@ -131,6 +134,8 @@ public final class Trainer {
         }
         if last { update(lr: lr) }
         metrics.add(logits: r.logits, labels: batch.labels, loss: r.loss)
+        lastBatchLoss = r.loss
+        lastLearningRate = lr
         micro = last ? 0 : micro + 1
         if last { step += 1 }
         b += 1

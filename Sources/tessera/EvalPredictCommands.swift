@@ -69,6 +69,25 @@ struct TrainedModelOptions: ParsableArguments {
   }
 }
 
+/// A run's own held-out images, rebuilt exactly as `tessera train` split them (nil indices: all).
+func heldOutSet(of cfg: [String: Any]) throws -> (ImageDataset, [Int]?) {
+  if let p = cfg["patches"] as? String {
+    let ds = try ImageDataset.patches(URL(fileURLWithPath: p), root: (cfg["data"] as? String).map { URL(fileURLWithPath: $0) })
+    let splits = ds.samples.contains { $0.split != nil } ? ds.samples.map { $0.split ?? "train" }
+      : DatasetSplit.assignByFile(ds.samples, test: cfg["test"] as? Double ?? 0.3, seed: UInt64(cfg["seed"] as? Int ?? 0))
+    return (ds, splits.indices.filter { splits[$0] != "train" })
+  } else if let m = cfg["manifest"] as? String {
+    let ds = try ImageDataset.manifest(URL(fileURLWithPath: m))
+    let hasVal = ds.samples.contains { $0.split == "val" }
+    return (ds, ds.samples.indices.filter { ds.samples[$0].split == (hasVal ? "val" : "test") })
+  } else if let d = cfg["data"] as? String {
+    let ds = try ImageDataset.folder(URL(fileURLWithPath: d))
+    let splits = DatasetSplit.assign(ds.samples, test: cfg["test"] as? Double ?? 0.3, seed: UInt64(cfg["seed"] as? Int ?? 0))
+    return (ds, splits.indices.filter { splits[$0] != "train" })
+  }
+  throw CLIError("give --data DIR (or --run of a run whose config names its data)")
+}
+
 struct EvalCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "eval", abstract: "Loss, accuracy and confusion matrix of a trained model on a folder of images.")
@@ -111,25 +130,7 @@ struct EvalCommand: ParsableCommand {
     if let d = data {
       ds = try ImageDataset.folder(URL(fileURLWithPath: d))
     } else {
-      // The run's own held-out images, rebuilt exactly as `tessera train` split them.
-      let cfg = cfg0
-      if let p = cfg["patches"] as? String {
-        ds = try ImageDataset.patches(URL(fileURLWithPath: p), root: (cfg["data"] as? String).map { URL(fileURLWithPath: $0) })
-        let splits = ds.samples.contains { $0.split != nil } ? ds.samples.map { $0.split ?? "train" }
-          : DatasetSplit.assignByFile(ds.samples, test: cfg["test"] as? Double ?? 0.3, seed: UInt64(cfg["seed"] as? Int ?? 0))
-        indices = splits.indices.filter { splits[$0] != "train" }
-      } else if let m = cfg["manifest"] as? String {
-        ds = try ImageDataset.manifest(URL(fileURLWithPath: m))
-        let hasVal = ds.samples.contains { $0.split == "val" }
-        indices = ds.samples.indices.filter { ds.samples[$0].split == (hasVal ? "val" : "test") }
-      } else if let d = cfg["data"] as? String {
-        ds = try ImageDataset.folder(URL(fileURLWithPath: d))
-        let splits = DatasetSplit.assign(ds.samples, test: cfg["test"] as? Double ?? 0.3,
-                                         seed: UInt64(cfg["seed"] as? Int ?? 0))
-        indices = splits.indices.filter { splits[$0] != "train" }
-      } else {
-        throw CLIError("give --data DIR (or --run of a run whose config names its data)")
-      }
+      (ds, indices) = try heldOutSet(of: cfg0)
     }
     if native {
       var (h, w) = (1, 1)
@@ -308,6 +309,7 @@ struct PredictCommand: ParsableCommand {
       let probs = e.map { $0 / s }
       let ranked = probs.indices.sorted { probs[$0] > probs[$1] }.prefix(top)
       var maps = [String]()
+      var mapsByClass = [String: String]()
       if let dir = heatmaps {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         // Per cell: softmax over the classes of that cell's scores.
@@ -324,12 +326,21 @@ struct PredictCommand: ParsableCommand {
             let u = URL(fileURLWithPath: dir).appendingPathComponent("\(stem).\(names[c]).tif")
             _ = try TIFFConverter.convert(BytesRowStream(cellProb[c], width: w, height: h), to: u, tile: 256, compression: 8)
             maps.append(u.path)
+            mapsByClass[names[c]] = u.path
           } else {
             let u = URL(fileURLWithPath: dir).appendingPathComponent("\(stem).\(names[c]).png")
             try writePNG(bytes: cellProb[c], width: w, height: h, to: u)
             maps.append(u.path)
+            mapsByClass[names[c]] = u.path
           }
         }
+      }
+      if let dir = heatmaps {
+        // The folder's index (what `tessera report` draws): this image's entry replaces an older one.
+        try recordHeatmaps(dir: URL(fileURLWithPath: dir), entry: [
+          "image": url.standardizedFileURL.path, "size": [file.info.width, file.info.height], "scoreMap": [k, h, w],
+          "maps": mapsByClass, "stride": tiled.stride,
+        ])
       }
       results.append(["path": path, "size": [file.info.width, file.info.height], "scoreMap": [k, h, w],
                       "stride": tiled.stride, "halo": tiled.halo, "tile": tile, "trainedImageSize": trainedSize,
@@ -343,6 +354,15 @@ struct PredictCommand: ParsableCommand {
     }
     if json { printJSON(["predictions": results, "peakBytes": MemoryLedger.shared.peakBytes, "maxRSSBytes": maxRSSBytes()]) }
   }
+}
+
+/// Adds (or replaces, by image path) one entry of DIR/heatmaps.json, written atomically.
+func recordHeatmaps(dir: URL, entry: [String: Any]) throws {
+  let index = dir.appendingPathComponent("heatmaps.json")
+  var entries = (try? Data(contentsOf: index)).flatMap { (try? JSONSerialization.jsonObject(with: $0)) as? [[String: Any]] } ?? []
+  entries.removeAll { ($0["image"] as? String) == (entry["image"] as? String) }
+  entries.append(entry)
+  try AtomicFile.write(try JSONSerialization.data(withJSONObject: entries, options: [.prettyPrinted, .sortedKeys]), to: index)
 }
 
 /// Gray bytes in memory, row by row (a heatmap going to TIFF).

@@ -4,6 +4,7 @@ import Tessera
 import TesseraKernels
 import TesseraPlanner
 import TesseraData
+import TesseraReport
 
 /// Options shared by `plan` and `rf`: which model, on what input.
 struct ModelOptions: ParsableArguments {
@@ -44,6 +45,8 @@ struct PlanCommand: ParsableCommand {
   var streamedInput = false
   @Option(help: "Batches a training run's loader decodes ahead (as train --prefetch): (N + 1) batches are counted beside the step.")
   var prefetch = 2
+  @Option(help: "Also write the plan as one self-contained HTML page: bytes per layer, receptive-field growth and, with --budget, every memory mode with its largest batch.")
+  var html: String?
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -86,6 +89,20 @@ struct PlanCommand: ParsableCommand {
     let modes = try budget.map { Planner.chooseMode(loaded, input: input, batch: batch, optimizer: opt, budget: try ByteSize.parse($0),
                                                     extraBytes: loaderBytes, runtimeReserve: runtimeReserveBytes) }
     let runPeak = plan.peakTrainingBytes + loaderBytes(batch) + runtimeReserveBytes
+    if let path = html {
+      let budgetBytes = try budget.map { try ByteSize.parse($0) }
+      var page = HTMLPage(title: "Tessera plan: \(name) on \(batch) × \(input.map(String.init).joined(separator: "×"))",
+                          subtitle: esc("kept tensors in \(precision), \(opt.rawValue), checkpointing \(checkpointing), \(plan.threads) threads; \(grouped(plan.parameters)) parameters, \(String(format: "%.2f", Double(plan.macs) / 1e9)) G MACs per image; planned training peak \(ByteSize.format(plan.peakTrainingBytes)), with the loader's batches and the runtime reserve \(ByteSize.format(runPeak))"))
+      page.add("layers", "Bytes per layer", PlanFigures.bytesPerLayer(plan, budget: budgetBytes))
+      page.add("rf", "Receptive field", PlanFigures.receptiveField(plan))
+      if let m = modes, let b = budgetBytes { page.add("modes", "What fits in \(ByteSize.format(b))", PlanFigures.modes(m.all, best: m.best, budget: b)) }
+      do {
+        try AtomicFile.write(Data(page.html.utf8), to: URL(fileURLWithPath: path))
+      } catch {
+        throw CLIError("\(path): cannot write the plan page (\(error.localizedDescription))")
+      }
+      if !json { note("plan page: \(path)") }
+    }
     if json {
       var o = planJSON(plan, advice: advice)
       o["run"] = ["loaderBytes": loaderBytes(batch), "loaderBatches": prefetch + 1, "runtimeReserveBytes": runtimeReserveBytes,

@@ -4,6 +4,7 @@ import Tessera
 import TesseraData
 import TesseraKernels
 import TesseraPlanner
+import TesseraReport
 import TesseraTraining
 
 struct TrainCommand: ParsableCommand {
@@ -61,6 +62,12 @@ struct TrainCommand: ParsableCommand {
   @Option(help: "Run folder.") var out: String
   @Flag(help: "Continue from <out>/last.safetensors.") var resume = false
   @Flag(help: "Replace the run already in --out.") var overwrite = false
+  @Flag(help: "Keep <out>/report.html up to date (rewritten after every epoch; a browser tab reloads it), with held-out predictions at the end; `tessera report` makes it for any run.")
+  var report = false
+  @Option(help: "Also log every N-th update to metrics.jsonl (lines with \"kind\": \"step\": loss, learning rate, images/s).")
+  var logEvery = 0
+  @Option(help: "Write TensorBoard scalar event files to this folder (epoch curves, and steps with --log-every).")
+  var tensorboard: String?
   @Flag(help: "Print a JSON summary at the end.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -69,6 +76,7 @@ struct TrainCommand: ParsableCommand {
     guard manifest == nil || patches == nil else { throw ValidationError("--manifest or --patches, not both") }
     guard !(resume && overwrite) else { throw ValidationError("--resume and --overwrite contradict each other; choose one") }
     try checkRange(prefetch, 1...64, "--prefetch")
+    try checkRange(logEvery, 0...1_000_000_000, "--log-every")
     guard maxSkipped >= 0, maxSkipped <= 1 else { throw ValidationError("--max-skipped must be between 0 and 1, got \(maxSkipped)") }
     guard ["fit", "fill", "stretch"].contains(policy) else { throw ValidationError("--policy must be fit, fill or stretch") }
     guard batch == "auto" || (Int(batch) ?? 0) >= 1 else { throw ValidationError("--batch must be a positive number or auto") }
@@ -232,8 +240,9 @@ struct TrainCommand: ParsableCommand {
       "imageSize": imageSize, "policy": policy, "batch": b, "epochs": epochs, "optimizer": optimizer, "lr": Double("\(lr)") ?? Double(lr),
       "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": "\(ckptPolicy)", "precision": ActivationStorage.precision.rawValue, "test": test, "seed": seed, "augment": augment,
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
-      "predictedPeakBytes": predicted + runtimeReserveBytes, "prefetch": prefetch, "workers": workers,
-      "native": native, "tile": streaming.tile as Any? ?? NSNull(),
+      "predictedPeakBytes": predicted + runtimeReserveBytes, "plannedLedgerBytes": predicted, "prefetch": prefetch, "workers": workers,
+      "native": native, "tile": streaming.tile as Any? ?? NSNull(), "budget": budgetBytes as Any? ?? NSNull(),
+      "input": input,
     ]
     // What a resume may not change: what the weights were trained to take and to say.
     let fixed = ["model", "classes", "imageSize", "policy"]
@@ -248,7 +257,7 @@ struct TrainCommand: ParsableCommand {
       resumed = st
       // Allowed changes are kept in the config's history.
       var changed = [String: String]()
-      for (k, v) in config where !fixed.contains(k) && !["predictedPeakBytes", "threads"].contains(k) {
+      for (k, v) in config where !fixed.contains(k) && !["predictedPeakBytes", "plannedLedgerBytes", "threads"].contains(k) {
         let a = old[k].map { "\($0)" } ?? "none", b = "\(v)"
         if a != b { changed[k] = "\(a) → \(b)" }
       }
@@ -264,8 +273,11 @@ struct TrainCommand: ParsableCommand {
     started = true
     let folder = try RunFolder(outURL, config: config, seed: seed, bestAccuracy: best, overwrite: overwrite)
     folder.heldOut = !valIdx.isEmpty
-    if let st = resumed { try folder.keepMetrics(through: st.epoch) }
+    if let st = resumed { try folder.keepMetrics(through: st.epoch, steps: st.step) }
     try ds.saveClassMap(to: outURL.appendingPathComponent("classes.json"))
+    // The step's plan, for the report (the bytes of every layer, the planned peak).
+    try AtomicFile.write(try JSONEncoder().encode(plan), to: outURL.appendingPathComponent("plan.json"))
+    folder.logEvery = logEvery
 
     let pipeline = ImagePipeline(size: imageSize, policy: native ? .none : ResizePolicy(rawValue: policy)!, channels: channels)
     let trainLoader = BatchLoader(dataset: ds, indices: trainIdx, pipeline: pipeline, batchSize: b)
@@ -290,6 +302,27 @@ struct TrainCommand: ParsableCommand {
     let interrupt = Interrupt.install()
     trainer.interruptRequested = { interrupt.requested }
     var callbacks: [TrainingCallback] = [ProgressPrinter(epochs: epochs), folder]
+    if let dir = tensorboard {
+      let tb: TensorBoardLogger
+      do { tb = try TensorBoardLogger(directory: URL(fileURLWithPath: dir), logEvery: logEvery) } catch {
+        throw CLIError("--tensorboard \(dir): cannot write event files there (\(error.localizedDescription))")
+      }
+      tb.onError = { note("warning: TensorBoard event not written: \($0)") }
+      note("TensorBoard: \(tb.file.path) (tensorboard --logdir \(dir))")
+      callbacks.append(tb)
+    }
+    // The live report: rewritten after every epoch, reloading itself in the browser while training.
+    func writeReport(predictions: Int, refresh: Int?) {
+      do {
+        let r = try RunReportBuilder.build(run: outURL, predictions: predictions, heatmaps: nil, refreshSeconds: refresh, warn: { note("warning: " + $0) })
+        try AtomicFile.write(Data(r.html.utf8), to: outURL.appendingPathComponent("report.html"))
+      } catch { note("warning: report not written: \(error)") }
+    }
+    if report {
+      writeReport(predictions: 0, refresh: 30)
+      note("report: \(outURL.appendingPathComponent("report.html").path) (reloads every 30 s while training)")
+      callbacks.append(EpochHook { writeReport(predictions: 0, refresh: 30) })
+    }
     // Test hook: a real SIGINT to this process after N batches (tests Ctrl-C deterministically).
     if let n = ProcessInfo.processInfo.environment["TESSERA_TEST_SIGINT_AFTER_BATCHES"].flatMap(Int.init) {
       callbacks.append(RaiseAfter(batches: n))
@@ -302,6 +335,7 @@ struct TrainCommand: ParsableCommand {
       note("\(e); saved \(folder.last.path)")
       throw ExitCode(130)
     }
+    if report { writeReport(predictions: 24, refresh: nil) }
     let lastLog = logs.last
     let summary: [String: Any] = [
       "out": out, "epochs": epochs, "batch": b, "steps": trainer.step, "bestAccuracy": folder.bestAccuracy,
@@ -327,6 +361,13 @@ struct TrainCommand: ParsableCommand {
     lines.append("  or a memory mode: --precision fp16, --checkpointing sqrt|all, streamed training --tile N (tessera plan --budget lists what fits)")
     return CLIError(lines.joined(separator: "\n"))
   }
+}
+
+/// Runs `body` after every epoch (after the run folder has written it).
+final class EpochHook: TrainingCallback {
+  let body: () -> Void
+  init(_ body: @escaping () -> Void) { self.body = body }
+  func onEpochEnd(_ log: EpochLog, trainer: Trainer) throws { body() }
 }
 
 /// A refusal or failure to report as is (no usage text), with a non-zero exit.

@@ -323,7 +323,10 @@ final class HardeningTests: TemporaryDirectoryTestCase {
     XCTAssertEqual(r.stdout.split(separator: "\n").count, 5)
     // Two images named 0.ppm: two sets of heatmaps.
     let maps = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("hm").path).sorted()
-    XCTAssertEqual(maps, ["0-1.a.png", "0-1.b.png", "0-2.a.png", "0-2.b.png"])
+    XCTAssertEqual(maps, ["0-1.a.png", "0-1.b.png", "0-2.a.png", "0-2.b.png", "heatmaps.json"])
+    // The folder's index (what `tessera report` draws) lists both images with their maps.
+    let index = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("hm/heatmaps.json"))) as? [[String: Any]])
+    XCTAssertEqual(index.compactMap { ($0["maps"] as? [String: String])?.count }, [2, 2])
     // A huge header scored tile by tile: refused before the score map is allocated.
     let huge = dir.appendingPathComponent("huge.ppm")
     try (Data("P6 99999999 99999999 255\n".utf8) + Data(count: 64)).write(to: huge)

@@ -7,7 +7,9 @@ import XCTest
 
 final class TrainCLITests: TemporaryDirectoryTestCase {
   /// Two colour classes of small JPEGs of varying sizes.
-  func makeData() throws -> URL {
+  func makeData() throws -> URL { try Self.makeData(in: dir) }
+
+  static func makeData(in dir: URL) throws -> URL {
     let root = dir.appendingPathComponent("data")
     var g = SeededGenerator(seed: 5)
     for (ci, c) in ["red", "blue"].enumerated() {
