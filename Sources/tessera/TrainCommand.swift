@@ -270,6 +270,13 @@ struct TrainCommand: ParsableCommand {
         throw CLIError("\(out) already trained \(st.epoch) epochs; give --epochs above \(st.epoch) to train more")
       }
     }
+    // Event files are opened before the run folder is touched: a bad --tensorboard leaves nothing.
+    var tensorBoard: TensorBoardLogger?
+    if let dir = tensorboard {
+      do { tensorBoard = try TensorBoardLogger(directory: URL(fileURLWithPath: dir), logEvery: logEvery) } catch {
+        throw CLIError("--tensorboard \(dir): cannot write event files there (\(error.localizedDescription))")
+      }
+    }
     started = true
     let folder = try RunFolder(outURL, config: config, seed: seed, bestAccuracy: best, overwrite: overwrite)
     folder.heldOut = !valIdx.isEmpty
@@ -302,11 +309,7 @@ struct TrainCommand: ParsableCommand {
     let interrupt = Interrupt.install()
     trainer.interruptRequested = { interrupt.requested }
     var callbacks: [TrainingCallback] = [ProgressPrinter(epochs: epochs), folder]
-    if let dir = tensorboard {
-      let tb: TensorBoardLogger
-      do { tb = try TensorBoardLogger(directory: URL(fileURLWithPath: dir), logEvery: logEvery) } catch {
-        throw CLIError("--tensorboard \(dir): cannot write event files there (\(error.localizedDescription))")
-      }
+    if let tb = tensorBoard, let dir = tensorboard {
       tb.onError = { note("warning: TensorBoard event not written: \($0)") }
       note("TensorBoard: \(tb.file.path) (tensorboard --logdir \(dir))")
       callbacks.append(tb)

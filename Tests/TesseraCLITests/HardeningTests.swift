@@ -241,7 +241,7 @@ final class HardeningTests: TemporaryDirectoryTestCase {
     let data = try makeData(classes: ["a", "b"], perClass: 8)
     func args(_ out: URL) -> [String] {
       ["train", "--data", data.path, "--image-size", "16", "--epochs", "2", "--batch", "2", "--seed", "4", "--test", "0.25",
-       "--out", out.path]
+       "--out", out.path, "--log-every", "1"]
     }
     let plain = dir.appendingPathComponent("plain"), cut = dir.appendingPathComponent("cut")
     var r = try CLI.run(args(plain))
@@ -261,11 +261,14 @@ final class HardeningTests: TemporaryDirectoryTestCase {
         try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
       }
     }
+    // Two epoch lines and a step line per update (--log-every 1), none lost or repeated by the cut.
     let la = try lines(plain), lb = try lines(cut)
-    XCTAssertEqual(la.count, 2)
-    XCTAssertEqual(lb.count, 2)
+    XCTAssertEqual(la.count, 2 + 12)
+    XCTAssertEqual(lb.count, 2 + 12)
     for (x, y) in zip(la, lb) {
-      for k in ["loss", "accuracy", "val_loss", "step"] { XCTAssertEqual("\(x[k]!)", "\(y[k]!)", k) }
+      for k in ["kind", "epoch", "batch", "loss", "accuracy", "val_loss", "step"] where x[k] != nil || y[k] != nil {
+        XCTAssertEqual(x[k].map { "\($0)" }, y[k].map { "\($0)" }, k)
+      }
     }
   }
 

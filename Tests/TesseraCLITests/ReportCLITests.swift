@@ -131,5 +131,12 @@ final class ReportCLITests: TemporaryDirectoryTestCase {
     try Data("{nope".utf8).write(to: damaged.appendingPathComponent("config.json"))
     let d = try CLI.run(["report", damaged.path])
     XCTAssert(d.status != 0 && d.stderr.contains("config.json") && d.stderr.contains("damaged"), d.stderr)
+    // Event files that cannot be written: refused before the run folder is made.
+    let data = try TrainCLITests.makeData(in: dir)
+    let out = dir.appendingPathComponent("never")
+    let tb = try CLI.run(["train", "--data", data.path, "--image-size", "32", "--epochs", "1", "--out", out.path,
+                          "--tensorboard", "/proc/no-such-folder/tb"])
+    XCTAssert(tb.status != 0 && tb.stderr.contains("--tensorboard"), tb.stderr)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: out.path), "nothing written for a refused run")
   }
 }
