@@ -82,6 +82,15 @@ final class TIFFCLITests: TemporaryDirectoryTestCase {
     let heat = try TIFFFile(URL(fileURLWithPath: maps[0]))
     let shape = try XCTUnwrap(a["scoreMap"] as? [Int])
     XCTAssertEqual([heat.levels[0].height, heat.levels[0].width], Array(shape.suffix(2)))
+    // tifffile opens the heatmap TIFF and reads the same probabilities.
+    let py = ReportCLITests.root.appendingPathComponent(".venv-peers/bin/python").path
+    if FileManager.default.isExecutableFile(atPath: py) {
+      let t = try ReportCLITests.run(py, ["-c", "import sys, tifffile; a = tifffile.imread(sys.argv[1]); print(a.shape[0], a.shape[1], int(a.sum()))", maps[0]])
+      XCTAssertEqual(t.status, 0, t.stderr)
+      let ours = try heat.read(level: 0, channels: 1).toArray()
+      let sum = ours.reduce(0) { $0 + Int(($1 * 255).rounded()) }
+      XCTAssertEqual(t.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "\(shape[1]) \(shape[2]) \(sum)")
+    }
   }
 
   /// convert from a JPEG (decoded row by row, never whole) writes exactly the JPEG's decoded pixels.
