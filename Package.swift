@@ -31,6 +31,7 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+    .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
   ],
   targets: [
     .target(name: "TesseraKernels", swiftSettings: kernelFlags),
@@ -47,6 +48,9 @@ let package = Package(
             linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("jpeg")]),
     .target(name: "TesseraTIFF", dependencies: ["Tessera", "TesseraData", "CTesseraTIFF"], swiftSettings: kernelFlags),
     .target(name: "TesseraTraining", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTIFF"], swiftSettings: targetFlags),
+    // ONNX in and out: onnx.pb.swift generated from onnx.proto (scripts/generate_onnx_swift.sh).
+    .target(name: "TesseraONNX", dependencies: ["Tessera", "TesseraKernels", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: targetFlags),
     // Reports people look at: the HTML run report, the plan page, TensorBoard event files.
     .target(name: "TesseraReport", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTraining"], swiftSettings: targetFlags),
     .executableTarget(
@@ -68,6 +72,7 @@ let package = Package(
                 exclude: ["Fixtures"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraTIFFTests", dependencies: ["TesseraTIFF", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraTrainingTests", dependencies: ["TesseraTraining", "TestSupport"], swiftSettings: targetFlags),
+    .testTarget(name: "TesseraONNXTests", dependencies: ["TesseraONNX", "Tessera", "TesseraKernels", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraReportTests", dependencies: ["TesseraReport", "TesseraPlanner", "TesseraData", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "TesseraData", "TesseraTIFF", "TesseraTraining"], swiftSettings: targetFlags),
   ],
