@@ -55,10 +55,10 @@ let package = Package(
     .target(name: "TesseraReport", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTraining"], swiftSettings: targetFlags),
     .executableTarget(
       name: "tessera",
-      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTIFF", "TesseraTraining", "TesseraReport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTIFF", "TesseraTraining", "TesseraReport", "TesseraONNX", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: targetFlags),
     // Fuzz targets (scripts/fuzz.sh builds them with libFuzzer; a plain build replays inputs).
-    .executableTarget(name: "tessera-fuzz", dependencies: ["Tessera", "TesseraData", "TesseraTIFF", "TesseraTraining"],
+    .executableTarget(name: "tessera-fuzz", dependencies: ["Tessera", "TesseraData", "TesseraTIFF", "TesseraTraining", "TesseraONNX"],
                       swiftSettings: targetFlags),
     .target(name: "TestSupport", dependencies: ["Tessera"], path: "Tests/TestSupport",
             swiftSettings: targetFlags),
@@ -72,7 +72,7 @@ let package = Package(
                 exclude: ["Fixtures"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraTIFFTests", dependencies: ["TesseraTIFF", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraTrainingTests", dependencies: ["TesseraTraining", "TestSupport"], swiftSettings: targetFlags),
-    .testTarget(name: "TesseraONNXTests", dependencies: ["TesseraONNX", "Tessera", "TesseraKernels", "TestSupport"], swiftSettings: targetFlags),
+    .testTarget(name: "TesseraONNXTests", dependencies: ["TesseraONNX", "Tessera", "TesseraKernels", "TesseraPlanner", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraReportTests", dependencies: ["TesseraReport", "TesseraPlanner", "TesseraData", "TestSupport"], swiftSettings: targetFlags),
     .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "TesseraData", "TesseraTIFF", "TesseraTraining"], swiftSettings: targetFlags),
   ],

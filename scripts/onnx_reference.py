@@ -121,6 +121,46 @@ def residual(act=True):
     return model(nodes, inits, x, y), (1, 3, 16, 16)
 
 
+def resnet18(classes=1000):
+    """torchvision's ResNet-18 as torch.onnx.export writes it (BatchNorm unfolded), random weights."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])
+    nodes, inits = [], []
+
+    def conv_bn(p, i, o, cin, cout, k, s, relu):
+        nodes.append(helper.make_node("Conv", [i, f"{p}.weight"], [f"{p}.c"], kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4,
+                                      name=f"{p}.conv"))
+        nodes.append(helper.make_node("BatchNormalization", [f"{p}.c", f"{p}.bn.weight", f"{p}.bn.bias", f"{p}.bn.running_mean",
+                                                             f"{p}.bn.running_var"], [f"{p}.n" if relu else o], name=f"{p}.bn"))
+        if relu:
+            nodes.append(helper.make_node("Relu", [f"{p}.n"], [o]))
+        inits.extend([init(f"{p}.weight", w(cout, cin, k, k, scale=(2 / (cin * k * k)) ** 0.5)), init(f"{p}.bn.weight", 1 + w(cout, scale=0.1)),
+                      init(f"{p}.bn.bias", w(cout, scale=0.1)), init(f"{p}.bn.running_mean", w(cout, scale=0.1)),
+                      init(f"{p}.bn.running_var", 1 + np.abs(w(cout, scale=0.1)))])
+
+    conv_bn("conv1", "input", "stem", 3, 64, 7, 2, True)
+    nodes.append(helper.make_node("MaxPool", ["stem"], ["pool"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+    cur, cin = "pool", 64
+    for stage, cout in enumerate([64, 128, 256, 512]):
+        for b in range(2):
+            s = 2 if stage > 0 and b == 0 else 1
+            p = f"layer{stage + 1}.{b}"
+            conv_bn(f"{p}.conv1", cur, f"{p}.a", cin, cout, 3, s, True)
+            conv_bn(f"{p}.conv2", f"{p}.a", f"{p}.b", cout, cout, 3, 1, False)
+            short = cur
+            if s != 1 or cin != cout:
+                conv_bn(f"{p}.downsample", cur, f"{p}.d", cin, cout, 1, s, False)
+                short = f"{p}.d"
+            nodes.append(helper.make_node("Add", [f"{p}.b", short], [f"{p}.sum"], name=f"{p}.add"))
+            nodes.append(helper.make_node("Relu", [f"{p}.sum"], [f"{p}.out"]))
+            cur, cin = f"{p}.out", cout
+    nodes.append(helper.make_node("GlobalAveragePool", [cur], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+    nodes.append(helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1, name="fc"))
+    inits.extend([init("fc.weight", w(classes, 512, scale=0.05)), init("fc.bias", w(classes, scale=0.05))])
+    return model(nodes, inits, x, y), (1, 3, 64, 64)
+
+
 def relu6():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, 9, 9])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
@@ -136,10 +176,22 @@ def relu6():
     return model(nodes, inits, x, y, opset=13), (2, 2, 9, 9)
 
 
+def conv_w_input():
+    """As ONNX's own node tests: the Conv's weight is a graph input, not an initializer."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 7, 7])
+    wi = helper.make_tensor_value_info("W", TensorProto.FLOAT, [3, 2, 3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    g = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+                          "conv", [x, wi], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
+    onnx.checker.check_model(m)
+    return m
+
+
 def make(d):
     import onnxruntime as ort
     os.makedirs(d, exist_ok=True)
-    for name, fn in [("chain", chain), ("residual", residual), ("relu6", relu6), ("smooth", lambda: residual(False))]:
+    for name, fn in [("chain", chain), ("residual", residual), ("relu6", relu6), ("smooth", lambda: residual(False)), ("resnet18", resnet18)]:
         m, shape = fn()
         path = f"{d}/{name}.onnx"
         onnx.save(m, path)
@@ -149,7 +201,13 @@ def make(d):
         out = sess.run(None, {inp: x})[0]
         save_safetensors(f"{d}/{name}.input.safetensors", {inp: x})
         save_safetensors(f"{d}/{name}.ort.safetensors", {sess.get_outputs()[0].name: out})
-    print(f"{d}: chain, residual, relu6, smooth")
+    m = conv_w_input()
+    onnx.save(m, f"{d}/conv_w_input.onnx")
+    x, wt = rng.standard_normal((1, 2, 7, 7)).astype(np.float32), w(3, 2, 3, 3)
+    out = ort.InferenceSession(f"{d}/conv_w_input.onnx", providers=["CPUExecutionProvider"]).run(None, {"x": x, "W": wt})[0]
+    save_safetensors(f"{d}/conv_w_input.input.safetensors", {"x": x, "W": wt})
+    save_safetensors(f"{d}/conv_w_input.ort.safetensors", {"y": out})
+    print(f"{d}: chain, residual, relu6, smooth, resnet18, conv_w_input")
 
 
 def bad(d):

@@ -40,8 +40,8 @@ public struct ONNXModel {
   /// Reads and imports `url`. The image is the graph's first input that is not an initializer;
   /// `constants`: tensors for its other inputs (ONNX's own test cases feed a Conv's W as a graph
   /// input); a tensor named as the image is ignored.
-  /// `channels`: the image's channels when the graph leaves them dynamic.
-  public static func load(_ url: URL, constants: [String: Tensor] = [:], channels: Int? = nil) throws -> ONNXModel {
+  /// `channels`, `side`: the image's channels and side when the graph leaves them dynamic.
+  public static func load(_ url: URL, constants: [String: Tensor] = [:], channels: Int? = nil, side: Int? = nil) throws -> ONNXModel {
     let path = url.path
     let size = ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? -1
     guard size >= 0 else { throw ONNXError(path, "no such file") }
@@ -62,6 +62,7 @@ public struct ONNXModel {
     }
     var importer = Importer(path: path, graph: proto.graph, constants: constants)
     importer.imageChannels = channels
+    importer.imageSide = side
     return try importer.run(name: proto.graph.name.isEmpty ? url.deletingPathExtension().lastPathComponent : proto.graph.name, opset: opset)
   }
 }
@@ -69,8 +70,15 @@ public struct ONNXModel {
 extension ONNXModel {
   /// An inference-mode forward (running statistics), with the graph's final Softmax if it has one.
   public func forward(_ x: Tensor) throws -> Tensor {
-    let y = try model.predict(x)
-    guard outputSoftmax, y.rank == 2 else { return y }
+    _ = try model.outputShape(for: x.shape)
+    let y = model.forward(x, training: false)
+    if outputSoftmax { Self.softmaxRows(y) }
+    return y
+  }
+
+  /// Softmax along the last axis of a (N, K) tensor, in place (the graph's final Softmax).
+  public static func softmaxRows(_ y: Tensor) {
+    guard y.rank == 2 else { return }
     let n = y.shape[0], k = y.shape[1], p = y.floats
     for i in 0..<n {
       let row = p + i * k
@@ -83,7 +91,6 @@ extension ONNXModel {
       }
       for j in 0..<k { row[j] = Float(Double(row[j]) / sum) }
     }
-    return y
   }
 
   /// Features of the model's output (classes), for an input of `shape` (C, H, W).
@@ -158,8 +165,9 @@ struct Importer {
   var names = [String: Int]()
   var shapes: [String: [Int]] = [:]  // (C, H, W) or (features) of tensors along the chain, batch left out
   var softmaxAtEnd = false
-  /// Channels of the image when the graph leaves them dynamic.
+  /// Channels and side of the image when the graph leaves them dynamic.
   var imageChannels: Int?
+  var imageSide: Int?
 
   init(path: String, graph: Onnx_GraphProto, constants: [String: Tensor]) {
     self.path = path
@@ -212,7 +220,8 @@ struct Importer {
     guard let channels = dims[1] ?? imageChannels else {
       throw ONNXError(path, "input '\(input.name)' has no fixed channel count; give the input's shape (--input C×H×W)")
     }
-    shapes[input.name] = [channels, dims[2] ?? 0, dims[3] ?? 0]
+    // A dynamic height or width is traced at 224 (only a Flatten of a spatial map depends on it).
+    shapes[input.name] = [channels, dims[2] ?? imageSide ?? 224, dims[3] ?? imageSide ?? 224]
     guard graph.output.count == 1 else {
       throw ONNXError(path, "the graph has \(graph.output.count) outputs; one output (the class scores) is imported")
     }

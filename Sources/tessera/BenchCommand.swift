@@ -183,7 +183,7 @@ struct TrainBench: ParsableCommand {
   @Option(help: "Batch size.") var batch = 4
   @Option(help: "Timed steps.") var steps = 5
   @Option(help: "Untimed warm-up steps.") var warmup = 1
-  @Option(help: "Number of classes.") var classes = 10
+  @Option(help: "Number of classes (default 10; an ONNX model keeps its own unless given).") var classes: Int?
   @Flag(help: "Forward passes only (inference mode).") var inference = false
   @Flag(help: "Print time per layer and pass (to stderr).") var profile = false
   @Option(help: "Gradient checkpointing: none, sqrt, all or N.") var checkpointing = "none"
@@ -208,9 +208,7 @@ struct TrainBench: ParsableCommand {
     if streamedInput && inference { throw ValidationError("--streamed-input is for training steps") }
     let budgetBytes = try budget.map { try ByteSize.parse($0) }
     guard batch >= 1, steps >= 1, warmup >= 0 else { throw ValidationError("--batch and --steps must be positive") }
-    guard let zoo = Zoo.model(model, classes: classes, inputChannels: chw[0]) else {
-      throw ValidationError("unknown model '\(model)'; choose one of \(Zoo.names.joined(separator: ", "))")
-    }
+    let zoo = try ModelLoader.load(model, classes: classes ?? (ModelLoader.isPretrained(model) ? nil : 10), inputChannels: chw[0]).model
     guard let policy = CheckpointingPolicy(checkpointing) else {
       throw ValidationError("--checkpointing must be none, sqrt, all or a number")
     }
@@ -235,14 +233,15 @@ struct TrainBench: ParsableCommand {
       throw ValidationError("planned peak \(ByteSize.format(planned)) + the runtime's \(ByteSize.format(runtimeReserveBytes)) exceeds --budget \(ByteSize.format(b)); try --tile, --checkpointing, --precision fp16 or a smaller batch (tessera plan --budget lists what fits)")
     }
     if let b = budgetBytes { limitBlockCache(budget: b, planned: planned) }
-    net.initializeParameters(seed: 0)
+    if !ModelLoader.isPretrained(model) { net.initializeParameters(seed: 0) }
     let macs = try Planner.plan(net, name: model, input: chw, batch: 1, optimizer: .sgd).macs
     MemoryLedger.shared.resetPeak()
     var g = SeededGenerator(seed: 1)
     let x: Tensor? = streamedInput ? nil : Tensor(uninitialized: shape, category: .data)
     if let x { for i in 0..<x.count { x.floats[i] = g.nextNormal() } }
     let source: TileSource = fileSource ?? SyntheticTileSource(shape: shape, seed: 1)
-    let labels = (0..<batch).map { _ in Int(g.next() % UInt64(classes)) }
+    let k = try net.outputShape(for: shape).last ?? 1  // the model's classes (an ONNX model's own)
+    let labels = (0..<batch).map { _ in Int(g.next() % UInt64(k)) }
     let opt = SGD(momentum: 0.9)
     var losses = [Float]()
     func step() throws {

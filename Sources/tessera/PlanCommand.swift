@@ -8,12 +8,13 @@ import TesseraReport
 
 /// Options shared by `plan` and `rf`: which model, on what input.
 struct ModelOptions: ParsableArguments {
-  @Option(help: "A zoo model (\(Zoo.names.joined(separator: ", "))) or a model-spec file (.json, .yaml).")
+  @Option(help: "A zoo model (\(Zoo.names.joined(separator: ", "))), a model-spec file (.json, .yaml) or an ONNX file (.onnx).")
   var model: String = "fcn-large"
   @Option(help: "Input C×H×W or H×W (channels from the model), e.g. 3x2400x2400.") var input: String = "3x224x224"
-  @Option(help: "Classes for zoo models (spec files give their own).") var classes: Int = 1000
+  @Option(help: "Classes (zoo models: default 1000; spec files give their own; an ONNX model keeps its own unless given).")
+  var classes: Int?
 
-  func validate() throws { try checkRange(classes, 1...(1 << 20), "--classes") }
+  func validate() throws { if let c = classes { try checkRange(c, 1...(1 << 20), "--classes") } }
 
   func load() throws -> (name: String, model: Sequential, input: [Int]) {
     let (name, model, channels) = try ModelLoader.load(model, classes: classes)

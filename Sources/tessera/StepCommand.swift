@@ -18,7 +18,7 @@ struct StepCommand: ParsableCommand {
   )
 
   @Option(help: "Model name (\(Zoo.names.joined(separator: ", "))).") var model = "fcn-large"
-  @Option(help: "Number of classes.") var classes = 10
+  @Option(help: "Number of classes (default 10; an ONNX model keeps its own unless given).") var classes: Int?
   @Option(help: "Weights to load (safetensors, names as the model's parameters).") var weights: String?
   @Option(help: "safetensors file holding `input` and `labels`.") var batch: String
   @Option(help: "Where to write loss, logits and gradients (safetensors).") var out: String
@@ -30,7 +30,7 @@ struct StepCommand: ParsableCommand {
   @OptionGroup var global: GlobalOptions
 
   func validate() throws {
-    try checkRange(classes, 1...(1 << 20), "--classes")
+    if let c = classes { try checkRange(c, 1...(1 << 20), "--classes") }
     guard StoragePrecision(rawValue: precision) != nil else { throw ValidationError("--precision must be fp32, fp16 or bf16") }
     guard CheckpointingPolicy(checkpointing) != nil else {
       throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
@@ -64,9 +64,7 @@ struct StepCommand: ParsableCommand {
       let chw = input.count / input.shape[0]
       throw BatchError("\(batch): tensor 'input' holds \(input.floats[bad].isNaN ? "NaN" : "infinity") at image \(bad / chw), element \(bad % chw); a step needs finite values")
     }
-    guard let zoo = Zoo.model(model, classes: classes, inputChannels: input.shape[1]) else {
-      throw ValidationError("unknown model '\(model)'; choose one of \(Zoo.names.joined(separator: ", "))")
-    }
+    let zoo = try ModelLoader.load(model, classes: classes ?? (ModelLoader.isPretrained(model) ? nil : 10), inputChannels: input.shape[1]).model
     var base = zoo
     if let s = streaming.settings() {
       let c = try Planner.applyStreaming(zoo, s, input: Array(input.shape.dropFirst()), batch: input.shape[0])
@@ -74,7 +72,7 @@ struct StepCommand: ParsableCommand {
       base = c.model
     }
     let net = CheckpointingPolicy(checkpointing)!.apply(to: base)
-    if let w = weights { try net.load(from: URL(fileURLWithPath: w)) } else { net.initializeParameters(seed: seed) }
+    if let w = weights { try net.load(from: URL(fileURLWithPath: w)) } else if !ModelLoader.isPretrained(model) { net.initializeParameters(seed: seed) }
     do { _ = try net.checkInput(input.shape) } catch {
       throw BatchError("\(batch): input \(input.shape) does not fit \(model): \(error)")
     }

@@ -33,7 +33,7 @@ struct TrainCommand: ParsableCommand {
   @Option(help: "A CSV manifest path,label[,split] (from `tessera split`); paths relative to --data, else to its '# root:' line, else to its folder.") var manifest: String?
   @Option(help: "A patch list path,x,y,w,h,level,label (from `tessera patches`): each patch is read from its file; whole files are split into train and test by --test and --seed.")
   var patches: String?
-  @Option(help: "Zoo model or spec file.") var model = "fcn-large"
+  @Option(help: "Zoo model, spec file, or ONNX file (trained from its weights; another class count replaces its classifier).") var model = "fcn-large"
   @Option(help: "Input side in pixels.") var imageSize = 256
   @Flag(help: "Images at their native resolution, one per batch (--image-size is ignored); with --tile each is read from its file crop by crop and never held (gigapixel TIFF pyramids, large JPEGs).")
   var native = false
@@ -217,7 +217,8 @@ struct TrainCommand: ParsableCommand {
     limitBlockCache(budget: ceiling, planned: predicted)
 
     // Model, optimizer, schedule; resume.
-    net.initializeParameters(seed: seed)
+    // An ONNX model starts from its own weights (fine-tuning); others from a seeded initialisation.
+    if !ModelLoader.isPretrained(model) { net.initializeParameters(seed: seed) }
     let optimizerObj: Optimizer = switch opt {
     case .sgd: SGD()
     case .momentum: SGD(momentum: 0.9)

@@ -2,6 +2,7 @@ import Foundation
 import Tessera
 import TesseraKernels
 import TesseraONNX
+import TesseraPlanner
 import TestSupport
 import XCTest
 
@@ -44,7 +45,7 @@ final class ONNXTests: TemporaryDirectoryTestCase {
   /// outputs (relative 1e-4 of the largest output).
   func testImportedGraphsEqualONNXRuntime() throws {
     let d = try make("make")
-    for name in ["chain", "residual", "relu6", "smooth"] {
+    for name in ["chain", "residual", "relu6", "smooth", "resnet18"] {
       let m = try ONNXModel.load(d.appendingPathComponent("\(name).onnx"))
       let input = try SafeTensors.read(d.appendingPathComponent("\(name).input.safetensors"))
       let ort = try SafeTensors.read(d.appendingPathComponent("\(name).ort.safetensors"))
@@ -62,6 +63,22 @@ final class ONNXTests: TemporaryDirectoryTestCase {
     XCTAssertEqual(blocks.map { $0.shortcut == nil }, [true, false])
     XCTAssertEqual(blocks.map(\.finalReLU), [true, true])
     XCTAssertTrue(try ONNXModel.load(d.appendingPathComponent("chain.onnx")).outputSoftmax)
+  }
+
+  /// torchvision's ResNet-18 as an ONNX graph plans exactly as the zoo's: parameters, MACs and the
+  /// training and inference peaks to the byte.
+  func testImportedResNet18PlansAsTheZoos() throws {
+    let d = try make("make")
+    let m = try ONNXModel.load(d.appendingPathComponent("resnet18.onnx"))
+    let zoo = try XCTUnwrap(Zoo.model("resnet18", classes: 1000))
+    let a = try Planner.plan(m.model, name: "onnx", input: [3, 224, 224], batch: 2)
+    let b = try Planner.plan(zoo, name: "zoo", input: [3, 224, 224], batch: 2)
+    XCTAssertEqual(a.parameters, b.parameters)
+    XCTAssertEqual(a.parameters, 11_689_512)
+    XCTAssertEqual(a.macs, b.macs)
+    XCTAssertEqual(a.peakTrainingBytes, b.peakTrainingBytes)
+    XCTAssertEqual(a.peakInferenceBytes, b.peakInferenceBytes)
+    XCTAssertEqual(a.layers.count, b.layers.count)
   }
 
   /// Training an imported graph: its backward against finite differences (input and every weight),
