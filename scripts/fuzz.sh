@@ -2,7 +2,7 @@
 # libFuzzer + AddressSanitizer on one of Tessera's readers of untrusted bytes.
 #   scripts/fuzz.sh TARGET SECONDS [JOBS]
 # TARGET: image (JPEG/PNG/PNM), safetensors, spec (model spec YAML/JSON), manifest (CSV), runjson
-# (run folder config.json / checkpoint state), tiff (TIFF directories and regions through libtiff). Seeds come from the repository (test fixtures,
+# (run folder config.json / checkpoint state), tiff (TIFF directories and regions through libtiff), onnx (ONNX models through the importer). Seeds come from the repository (test fixtures,
 # examples); the corpus grows in .fuzz/corpus/TARGET, crashes land in .fuzz/crashes/ (each is
 # replayed with `swift run tessera-fuzz TARGET FILE` and becomes a regression test).
 set -euo pipefail
@@ -61,7 +61,11 @@ open(f"{d}/tile.tif", "wb").write(tiff(tile, bytes(range(256))))
 PY
     [ -x .venv-peers/bin/python ] && .venv-peers/bin/python scripts/tiff_reference.py fixtures "$seeds" 2> /dev/null || true
     find "$seeds" -size +200k -delete ;;
-  *) echo "unknown target '$target' (image, safetensors, spec, manifest, runjson, tiff)" >&2; exit 2 ;;
+  onnx)
+    [ -x .venv-peers/bin/python ] && .venv-peers/bin/python scripts/onnx_reference.py make "$seeds" > /dev/null 2>&1 || true
+    [ -x .venv-peers/bin/python ] && .venv-peers/bin/python scripts/onnx_reference.py bad "$seeds" > /dev/null 2>&1 || true
+    find "$seeds" -type f ! -name '*.onnx' -delete; find "$seeds" -size +60k -delete ;;
+  *) echo "unknown target '$target' (image, safetensors, spec, manifest, runjson, tiff, onnx)" >&2; exit 2 ;;
 esac
 TESSERA_FUZZ_TARGET=$target ASAN_OPTIONS=detect_leaks=0 "$build/debug/tessera-fuzz" "$corpus" "$seeds" \
   -max_total_time="$seconds" -timeout=10 -rss_limit_mb=3072 -max_len=65536 -print_final_stats=1 \

@@ -391,7 +391,7 @@ struct Importer {
     case "Conv":
       try refuseUnknown(node, known: ["kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"])
       let w = try constant(node, 1, "weight W")
-      guard w.rank == 4 else { throw fail(node, "W has shape \(w.shape); 2-D convolutions are imported") }
+      guard w.rank == 4, w.shape.allSatisfy({ $0 >= 1 }) else { throw fail(node, "W has shape \(w.shape); 2-D convolutions with a non-empty weight are imported") }
       let group = int(node, "group") ?? 1
       let kernel = ints(node, "kernel_shape") ?? [w.shape[2], w.shape[3]]
       let stride = ints(node, "strides") ?? [1, 1], dilation = ints(node, "dilations") ?? [1, 1]
@@ -419,6 +419,7 @@ struct Importer {
         throw fail(node, "training-mode BatchNormalization (several outputs) is not imported; export the model in eval mode")
       }
       let c = shape[0]
+      guard c >= 1, shape.count == 3 else { throw fail(node, "input shape \(shape) is not (C, H, W)") }
       let bn = BatchNorm2D(channels: c, epsilon: float(node, "epsilon") ?? 1e-5, momentum: float(node, "momentum") ?? 0.9)
       for (i, p, what) in [(1, bn.weight, "scale"), (2, bn.bias, "B"), (3, bn.runningMean, "mean"), (4, bn.runningVariance, "var")] {
         let t = try constant(node, i, what)
@@ -480,7 +481,7 @@ struct Importer {
       }
       guard shape.count == 1 else { throw fail(node, "Gemm on a (N, C, H, W) input; a Flatten must come first") }
       var w = try constant(node, 1, "weight B")
-      guard w.rank == 2 else { throw fail(node, "weight has shape \(w.shape)") }
+      guard w.rank == 2, w.shape.allSatisfy({ $0 >= 1 }) else { throw fail(node, "weight has shape \(w.shape)") }
       if (int(node, "transB") ?? 0) == 0 { w = w.transposed2D() }
       guard w.shape[1] == shape[0] else { throw fail(node, "weight \(w.shape) does not take \(shape[0]) features") }
       let hasBias = node.input.count > 2 && !node.input[2].isEmpty
@@ -496,7 +497,7 @@ struct Importer {
     case "MatMul":
       guard shape.count == 1 else { throw fail(node, "MatMul on a (N, C, H, W) input; a Flatten must come first") }
       let w = try constant(node, 1, "weight")
-      guard w.rank == 2, w.shape[0] == shape[0] else { throw fail(node, "weight \(w.shape) does not take \(shape[0]) features") }
+      guard w.rank == 2, w.shape[0] == shape[0], w.shape[1] >= 1 else { throw fail(node, "weight \(w.shape) does not take \(shape[0]) features") }
       // A following Add of a constant vector is the bias.
       var bias: Tensor?
       if let c = consumers[out], c.count == 1, graph.node[c[0]].opType == "Add" {

@@ -1,6 +1,7 @@
 import Foundation
 import Tessera
 import TesseraData
+import TesseraONNX
 import TesseraTIFF
 import TesseraTraining
 
@@ -10,9 +11,10 @@ import TesseraTraining
 ///
 /// Targets: image (JPEG/PNG/PNM header, whole decode and a region), safetensors, spec (model spec
 /// YAML/JSON), manifest (CSV), runjson (a run folder's config.json and checkpoint state), tiff
-/// (directories, levels and a region of each level through libtiff).
+/// (directories, levels and a region of each level through libtiff), onnx (an ONNX model imported,
+/// then run on a small input).
 enum Fuzz {
-  static let targets = ["image", "safetensors", "spec", "manifest", "runjson", "tiff"]
+  static let targets = ["image", "safetensors", "spec", "manifest", "runjson", "tiff", "onnx"]
   static let scratch: URL = {
     let u = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-fuzz-\(getpid())")
     try? FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
@@ -64,6 +66,15 @@ enum Fuzz {
         // A small region inside: JPEG tiles decoded in part (rows skipped, columns cropped).
         _ = try? f.read(level: l.index, region: PixelRect(x: l.width / 3, y: l.height / 3, width: min(l.width - l.width / 3, 37),
                                                           height: min(l.height - l.height / 3, 29)))
+      }
+    case "onnx":
+      let u = scratch.appendingPathComponent("input.onnx")
+      try? data.write(to: u)
+      // Import, plan-size checks, and an inference on a small input when the graph allows one.
+      guard let m = try? ONNXModel.load(u, side: 16) else { return }
+      let c = m.inputShape[1] ?? 3
+      if let shape = try? m.model.outputShape(for: [1, c, 16, 16]), shape.reduce(1, *) <= 1 << 20 {
+        _ = try? m.forward(Tensor(zeros: [1, c, 16, 16]))
       }
     default:
       FileHandle.standardError.write(Data("unknown fuzz target '\(target)'; one of \(targets.joined(separator: ", "))\n".utf8))
