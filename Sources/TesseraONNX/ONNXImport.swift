@@ -432,8 +432,10 @@ struct Importer {
       set(shape)
       return ReLU()
     case "LeakyRelu":
+      let alpha = float(node, "alpha") ?? 0.01
+      guard alpha >= 0, alpha.isFinite else { throw fail(node, "alpha \(alpha) is not supported (a slope ≥ 0 is)") }
       set(shape)
-      return LeakyReLU(slope: float(node, "alpha") ?? 0.01)
+      return LeakyReLU(slope: alpha)
     case "Clip":
       var lo = float(node, "min") ?? -.infinity, hi = float(node, "max") ?? .infinity
       if node.input.count > 1, !node.input[1].isEmpty { lo = try constant(node, 1, "min").toArray()[0] }

@@ -42,7 +42,7 @@ struct TesseraCLI: ParsableCommand {
       to stdout, progress and warnings to stderr; --json prints one JSON object. Every command has
       --help.
       """),
-    subcommands: [DemoCommand.self, PlanCommand.self, RFCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, ReportCommand.self, InfoCommand.self, PreviewCommand.self, ConvertCommand.self, PatchesCommand.self, SplitCommand.self, PCACommand.self, StepCommand.self, ForwardCommand.self, BenchCommand.self]
+    subcommands: [DemoCommand.self, PlanCommand.self, RFCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, ReportCommand.self, InfoCommand.self, PreviewCommand.self, ConvertCommand.self, PatchesCommand.self, SplitCommand.self, PCACommand.self, StepCommand.self, ForwardCommand.self, ExportCommand.self, BenchCommand.self]
   )
 }
 

@@ -66,6 +66,44 @@ final class ONNXCLITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(r.status, 0, r.stderr)
   }
 
+  /// export → ONNX Runtime equals `tessera forward` for fcn-large, resnet18 and mobilenet_v2 (runs
+  /// trained an epoch, so BatchNorm statistics are not the initial ones), BatchNorm folded and not;
+  /// the exported file imports back to the same outputs.
+  func testExportRunsOnONNXRuntimeAndImportsBack() throws {
+    let d = try graphs()
+    let py = ReportCLITests.root.appendingPathComponent(".venv-peers/bin/python").path
+    let script = ReportCLITests.root.appendingPathComponent("scripts/onnx_reference.py").path
+    let data = try TrainCLITests.makeData(in: dir)
+    let x = dir.appendingPathComponent("x.safetensors")
+    try SafeTensors.write([("input", randomTensor([2, 3, 32, 32], seed: 11))], to: x)
+    for model in ["fcn-large", "resnet18", "mobilenet_v2"] {
+      let run = dir.appendingPathComponent("run-\(model)")
+      var r = try CLI.run(["train", "--model", model, "--data", data.path, "--image-size", "32", "--epochs", "1", "--batch", "8", "--lr", "0.01",
+                           "--out", run.path])
+      XCTAssertEqual(r.status, 0, r.stderr)
+      let ours = dir.appendingPathComponent("\(model).ours.safetensors")
+      r = try CLI.run(["forward", "--model", model, "--classes", "2", "--weights", run.appendingPathComponent("best.safetensors").path,
+                       "--input", x.path, "--out", ours.path])
+      XCTAssertEqual(r.status, 0, r.stderr)
+      for fold in [false, true] {
+        let onnx = dir.appendingPathComponent("\(model)\(fold ? "-folded" : "").onnx")
+        r = try CLI.run(["export", "--run", run.path, "--onnx", onnx.path, "--json"] + (fold ? ["--fold-bn"] : []))
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let ort = dir.appendingPathComponent("\(model)\(fold).ort.safetensors")
+        let t = try ReportCLITests.run(py, [script, "run", onnx.path, x.path, ort.path])
+        XCTAssertEqual(t.status, 0, t.stdout + t.stderr)
+        let scale = try XCTUnwrap(SafeTensors.read(ours).tensors["output"]).toArray().map { abs($0) }.max() ?? 1
+        XCTAssertLessThan(try maxDifference(ort, "output", ours, "output"), 1e-4 * max(scale, 1), "\(model) fold \(fold): ONNX Runtime vs tessera forward")
+        // Round trip: the exported file imported back.
+        let back = dir.appendingPathComponent("\(model)\(fold).back.safetensors")
+        r = try CLI.run(["forward", "--model", onnx.path, "--input", x.path, "--out", back.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertLessThan(try maxDifference(back, "output", ours, "output"), 1e-4 * max(scale, 1), "\(model) fold \(fold): re-imported")
+      }
+    }
+    _ = d
+  }
+
   func testBadONNXFilesFailCleanly() throws {
     let d = try graphs()
     for (name, expected) in [("unknown_op", "op Sin is not supported"), ("concat", "Concat"), ("attribute", "unknown_attr"),
