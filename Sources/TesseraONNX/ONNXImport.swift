@@ -321,7 +321,7 @@ struct Importer {
   /// The Add node where the branch starting at node `i` joins another, if any (following single
   /// consumers, through nested residual blocks).
   func findJoin(from i: Int, depth: Int) -> Int? {
-    guard depth < 10_000 else { return nil }
+    guard depth < 2_000 else { return nil }
     let node = graph.node[i]
     if node.opType == "Add" && node.input.filter({ !isConstant($0) }).count == 2 { return i }
     guard let out = node.output.first, let next = consumers[out] else { return nil }

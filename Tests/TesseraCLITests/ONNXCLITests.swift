@@ -104,6 +104,30 @@ final class ONNXCLITests: TemporaryDirectoryTestCase {
     _ = d
   }
 
+  /// An imported graph streams and checkpoints as a zoo model: `tessera step` with the first two
+  /// blocks streamed in tiles, or with √n checkpoints, gives the plain step's loss and gradients.
+  func testImportedGraphStreamsAndCheckpointsExactly() throws {
+    let d = try graphs()
+    let batch = dir.appendingPathComponent("b.safetensors")
+    try SafeTensors.write([("input", randomTensor([2, 3, 32, 32], seed: 5)), ("labels", .labels([1, 3], dtype: .int64))], to: batch)
+    func step(_ extra: [String]) throws -> [String: Tensor] {
+      let out = dir.appendingPathComponent(UUID().uuidString + ".safetensors")
+      let r = try CLI.run(["step", "--model", d.appendingPathComponent("residual.onnx").path, "--batch", batch.path, "--out", out.path] + extra)
+      XCTAssertEqual(r.status, 0, r.stderr)
+      return try SafeTensors.read(out).tensors
+    }
+    let plain = try step([])
+    for extra in [["--tile", "16", "--stream-blocks", "2"], ["--checkpointing", "sqrt"]] {
+      let other = try step(extra)
+      XCTAssertEqual(Set(other.keys), Set(plain.keys))
+      for (k, v) in plain {
+        let a = v.toArray(), b = other[k]!.toArray()
+        let scale = max(a.map { abs($0) }.max() ?? 0, 1e-3)
+        XCTAssertLessThanOrEqual(zip(a, b).map { abs($0 - $1) }.max() ?? 1, 1e-5 * max(1, scale), "\(extra) \(k)")
+      }
+    }
+  }
+
   func testBadONNXFilesFailCleanly() throws {
     let d = try graphs()
     for (name, expected) in [("unknown_op", "op Sin is not supported"), ("concat", "Concat"), ("attribute", "unknown_attr"),
