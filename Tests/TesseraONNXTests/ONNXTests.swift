@@ -20,18 +20,7 @@ final class ONNXTests: TemporaryDirectoryTestCase {
     }
   }()
 
-  static func run(_ exe: String, _ args: [String]) throws -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: exe)
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let d = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: d, as: UTF8.self))
-  }
+  static func run(_ exe: String, _ args: [String]) throws -> (Int32, String) { try runProgram(exe, args) }
 
   func make(_ what: String) throws -> URL {
     guard let py = Self.python else { throw XCTSkip("onnx and onnxruntime are not installed (scripts/setup_peers.sh installs them)") }

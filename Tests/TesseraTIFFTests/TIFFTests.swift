@@ -44,18 +44,7 @@ final class TIFFTests: TemporaryDirectoryTestCase {
   static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().appendingPathComponent("scripts/tiff_reference.py").path
 
-  static func run(_ exe: String, _ args: [String]) throws -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: exe)
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let d = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: d, as: UTF8.self))
-  }
+  static func run(_ exe: String, _ args: [String]) throws -> (Int32, String) { try runProgram(exe, args) }
 
   func requirePython() throws -> String {
     guard let p = Self.python else {

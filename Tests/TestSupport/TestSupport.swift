@@ -52,3 +52,18 @@ open class TemporaryDirectoryTestCase: XCTestCase {
     try super.tearDownWithError()
   }
 }
+
+/// Runs a program (a Python reference script, a browser) and waits: its exit status and its
+/// stdout and stderr together, as text.
+public func runProgram(_ exe: String, _ args: [String]) throws -> (Int32, String) {
+  let p = Process()
+  p.executableURL = URL(fileURLWithPath: exe)
+  p.arguments = args
+  let out = Pipe()
+  p.standardOutput = out
+  p.standardError = out
+  try p.run()
+  let d = out.fileHandleForReading.readDataToEndOfFile()
+  p.waitUntilExit()
+  return (p.terminationStatus, String(decoding: d, as: UTF8.self))
+}
