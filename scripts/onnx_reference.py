@@ -7,7 +7,7 @@
 
 The graphs are built with onnx.helper (seeded random weights), the shapes a PyTorch export writes:
 a chain (Conv with bias, BatchNormalization, Relu, MaxPool, grouped dilated strided Conv,
-LeakyRelu, AveragePool with count_include_pad, GlobalAveragePool, Flatten, Gemm, Softmax), a
+LeakyRelu, Sigmoid, Pad, AveragePool with count_include_pad, GlobalAveragePool, Flatten, Gemm, Softmax), a
 residual network (identity and projection shortcuts, MatMul + Add head, Reshape [0, -1]) and
 ReLU6 as Clip with min/max inputs (opset 13). scripts/setup_peers.sh installs onnx and onnxruntime.
 """
@@ -74,8 +74,10 @@ def chain():
         helper.make_node("MaxPool", ["c"], ["d"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Conv", ["d", "c2.w"], ["e"], kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2], group=2,
                          pads=[2, 1, 2, 2], name="conv2"),
-        helper.make_node("LeakyRelu", ["e"], ["f"], alpha=0.2),
-        helper.make_node("AveragePool", ["f"], ["g"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
+        helper.make_node("LeakyRelu", ["e"], ["f0"], alpha=0.2),
+        helper.make_node("Sigmoid", ["f0"], ["f1"]),
+        helper.make_node("Pad", ["f1", "padding"], ["f"], mode="constant"),
+        helper.make_node("AveragePool", ["f"], ["g"], kernel_shape=[3, 3], pads=[1, 0, 1, 1], count_include_pad=1),
         helper.make_node("GlobalAveragePool", ["g"], ["h"]),
         helper.make_node("Flatten", ["h"], ["i"], axis=1),
         helper.make_node("Gemm", ["i", "fc.w", "fc.b"], ["logits"], transB=1, name="fc"),
@@ -83,7 +85,7 @@ def chain():
     ]
     inits = [init("c1.w", w(8, 3, 3, 3)), init("c1.b", w(8)), init("bn.s", 1 + w(8, scale=0.1)), init("bn.b", w(8)),
              init("bn.m", w(8, scale=0.1)), init("bn.v", 1 + np.abs(w(8))), init("c2.w", w(6, 4, 3, 3)),
-             init("fc.w", w(5, 6)), init("fc.b", w(5))]
+             init("fc.w", w(5, 6)), init("fc.b", w(5)), init("padding", np.array([0, 0, 0, 1, 0, 0, 1, 0], dtype=np.int64))]
     return model(nodes, inits, x, y), (2, 3, 20, 22)
 
 

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Element-by-element kernels on contiguous Float32 buffers (SIMD, parallel for large counts).
 public enum ElementwiseKernels {
   static let grain = 1 << 16
@@ -88,6 +90,37 @@ public enum ElementwiseKernels {
   }
 
   /// dx = lo < y < hi ? dy : 0, from the clamp's output y.
+  /// y = 1 / (1 + e^(−x)), written so that neither side overflows. x and y may be the same buffer.
+  public static func sigmoid(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+    let yy = SendablePointer(y)
+    chunks(count) { r in
+      for i in r {
+        let v = x[i]
+        if v >= 0 {
+          yy.p[i] = 1 / (1 + expf(-v))
+        } else {
+          let e = expf(v)
+          yy.p[i] = e / (1 + e)
+        }
+      }
+    }
+  }
+
+  /// dx = dy · y (1 − y), from the output y.
+  public static func sigmoidBackward(y: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int) {
+    let dd = SendablePointer(dx)
+    chunks(count) { r in
+      let one = SIMD8<Float>(repeating: 1)
+      var i = r.lowerBound
+      while i + 8 <= r.upperBound {
+        let v = load8(y + i)
+        store8(load8(dy + i) * v * (one - v), dd.p + i)
+        i += 8
+      }
+      while i < r.upperBound { dd.p[i] = dy[i] * y[i] * (1 - y[i]); i += 1 }
+    }
+  }
+
   public static func clampBackward(
     y: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int, lo: Float, hi: Float
   ) {

@@ -209,6 +209,8 @@ public enum ONNXExport {
         return bn.fusedReLU ? emit("Relu", [out], path + ".relu") : out
       case is ReLU:
         return emit("Relu", [x], path)
+      case is Sigmoid:
+        return emit("Sigmoid", [x], path)
       case is ReLU6:
         return emit("Clip", [x, constant(path + ".min", [], [0]), constant(path + ".max", [], [6])], path)
       case let l as LeakyReLU:

@@ -32,7 +32,7 @@ public struct ONNXModel {
   /// Ops this importer turns into layers.
   public static let supportedOps = ["Add (residual joins)", "AveragePool", "BatchNormalization", "Clip (ReLU, ReLU6)", "Conv", "Dropout",
                                     "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul (+ Add bias)",
-                                    "MaxPool", "Relu", "Reshape (to N×features)", "Softmax (last)"]
+                                    "MaxPool", "Pad (constant 0, before Conv)", "Relu", "Reshape (to N×features)", "Sigmoid", "Softmax (last)"]
 
   /// Files larger than this are refused before they are read.
   public static let maxFileBytes = 2 << 30
@@ -383,11 +383,43 @@ struct Importer {
     }
   }
 
+  /// Zero padding of a Pad node, added to the next Conv (or AveragePool counting the padding).
+  var pendingPad: (top: Int, left: Int, bottom: Int, right: Int)?
+
+  /// `padding` with a pending Pad added (explicit pads only).
+  mutating func withPendingPad(_ p: Padding, _ node: Onnx_NodeProto) throws -> Padding {
+    guard let q = pendingPad else { return p }
+    pendingPad = nil
+    switch p {
+    case .valid: return .explicit(top: q.top, left: q.left, bottom: q.bottom, right: q.right)
+    case .explicit(let t, let l, let b, let r): return .explicit(top: t + q.top, left: l + q.left, bottom: b + q.bottom, right: r + q.right)
+    case .same: throw fail(node, "a Pad before a node with auto_pad SAME_UPPER is not supported")
+    }
+  }
+
   mutating func layer(for node: Onnx_NodeProto, input: String) throws -> Layer? {
     guard let shape = shapes[input] else { throw fail(node, "the shape of its input '\(input)' is unknown") }
     let out = node.output.first ?? ""
     func set(_ s: [Int]) { shapes[out] = s }
+    if pendingPad != nil && node.opType != "Conv" && !(node.opType == "AveragePool" && (int(node, "count_include_pad") ?? 0) == 1) {
+      throw fail(node, "a Pad is imported only right before a Conv (or an AveragePool counting the padding)")
+    }
     switch node.opType {
+    case "Pad":
+      try refuseUnknown(node, known: ["mode", "pads", "value"])
+      guard (string(node, "mode") ?? "constant") == "constant" else { throw fail(node, "mode \(string(node, "mode")!) is not supported (constant is)") }
+      var value = float(node, "value") ?? 0
+      if node.input.count > 2, !node.input[2].isEmpty { value = try constant(node, 2, "constant_value").toArray().first ?? 0 }
+      guard value == 0 else { throw fail(node, "padding with \(value) is not supported (zero padding is)") }
+      let p = node.input.count > 1 && !node.input[1].isEmpty ? (intConstants[node.input[1]] ?? []) : (ints(node, "pads") ?? [])
+      guard p.count == 8, p[0] == 0, p[1] == 0, p[4] == 0, p[5] == 0, p.allSatisfy({ $0 >= 0 && $0 <= 1 << 16 }),
+            node.input.count < 4 || node.input[3].isEmpty else {
+        throw fail(node, "pads \(p) are not non-negative height/width padding of an (N, C, H, W) tensor")
+      }
+      guard let c = consumers[out], c.count == 1 else { throw fail(node, "a Pad must feed exactly one node") }
+      pendingPad = (p[2], p[3], p[6], p[7])
+      set([shape[0], shape[1] + p[2] + p[6], shape[2] + p[3] + p[7]])
+      return nil
     case "Conv":
       try refuseUnknown(node, known: ["kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"])
       let w = try constant(node, 1, "weight W")
@@ -401,7 +433,9 @@ struct Importer {
       guard group >= 1, shape[0] % group == 0, w.shape[1] * group == shape[0], w.shape[0] % group == 0 else {
         throw fail(node, "W \(w.shape) with group \(group) does not take \(shape[0]) input channels")
       }
-      let pad = try padding(node, kernel: kernel, stride: stride, dilation: dilation)
+      // Shapes: a Pad before this node was traced into `shape`; the Conv sees the unpadded input.
+      let padded = pendingPad
+      let pad = try withPendingPad(try padding(node, kernel: kernel, stride: stride, dilation: dilation), node)
       let hasBias = node.input.count > 2 && !node.input[2].isEmpty
       let conv = Conv2D(inputChannels: shape[0], outputChannels: w.shape[0], kernelSize: (kernel[0], kernel[1]), stride: (stride[0], stride[1]),
                         padding: pad, dilation: (dilation[0], dilation[1]), groups: group, bias: hasBias)
@@ -411,7 +445,8 @@ struct Importer {
         guard b.count == w.shape[0] else { throw fail(node, "B has \(b.count) values for \(w.shape[0]) channels") }
         assign(conv.bias!, b)
       }
-      set(Array(try conv.outputShape(for: [1] + shape).dropFirst()))
+      let unpadded = padded.map { [shape[0], shape[1] - $0.top - $0.bottom, shape[2] - $0.left - $0.right] } ?? shape
+      set(Array(try conv.outputShape(for: [1] + unpadded).dropFirst()))
       return conv
     case "BatchNormalization":
       try refuseUnknown(node, known: ["epsilon", "momentum", "spatial", "training_mode"])
@@ -431,6 +466,9 @@ struct Importer {
     case "Relu":
       set(shape)
       return ReLU()
+    case "Sigmoid":
+      set(shape)
+      return Sigmoid()
     case "LeakyRelu":
       let alpha = float(node, "alpha") ?? 0.01
       guard alpha >= 0, alpha.isFinite else { throw fail(node, "alpha \(alpha) is not supported (a slope ≥ 0 is)") }
@@ -453,10 +491,12 @@ struct Importer {
       guard s.count == 2, s[0] == s[1], s[0] >= 1 else { throw fail(node, "strides \(s) are not equal; equal strides are imported") }
       guard (ints(node, "dilations") ?? [1, 1]) == [1, 1] else { throw fail(node, "dilated pooling is not supported") }
       guard (int(node, "ceil_mode") ?? 0) == 0 else { throw fail(node, "ceil_mode 1 is not supported (export with ceil_mode=False)") }
-      let pad = try padding(node, kernel: k, stride: s, dilation: [1, 1])
+      let padded = pendingPad
+      let pad = try withPendingPad(try padding(node, kernel: k, stride: s, dilation: [1, 1]), node)
       let mode: Pool2D.Mode = node.opType == "MaxPool" ? .max : .average(countIncludePad: (int(node, "count_include_pad") ?? 0) == 1)
       let pool = Pool2D(mode, kernelSize: k[0], stride: s[0], padding: pad)
-      set(Array(try pool.outputShape(for: [1] + shape).dropFirst()))
+      let unpadded = padded.map { [shape[0], shape[1] - $0.top - $0.bottom, shape[2] - $0.left - $0.right] } ?? shape
+      set(Array(try pool.outputShape(for: [1] + unpadded).dropFirst()))
       return pool
     case "GlobalAveragePool":
       // Tessera's global pooling gives (N, C); only a flatten may follow (as in classifiers).

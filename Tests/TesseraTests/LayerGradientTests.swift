@@ -155,6 +155,7 @@ extension LayerGradientTests {
     for i in 0..<x.count { x.floats[i] *= 8 }
     for i in 0..<x.count where abs(x.floats[i] - 6) < 0.05 { x.floats[i] += 0.1 }
     checkGradients(ReLU6(), input: x)
+    checkGradients(Sigmoid(), input: randomTensor([2, 3, 4, 5], seed: 34))
     checkGradients(AdaptiveAvgPool2D(outputSize: (3, 2)), input: randomTensor([2, 2, 7, 5], seed: 32))
     checkGradients(AdaptiveAvgPool2D(outputSize: (4, 4)), input: randomTensor([1, 1, 4, 4], seed: 33))
     let block = ResidualBlock(main: Sequential([

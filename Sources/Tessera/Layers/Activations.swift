@@ -69,6 +69,16 @@ public final class ReLU6: OutputActivation {
   }
 }
 
+/// 1 / (1 + e^(−x)) (ONNX Sigmoid; gates, binary heads).
+public final class Sigmoid: OutputActivation {
+  override func apply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    ElementwiseKernels.sigmoid(x, y, count: n)
+  }
+  override func gradient(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
+    ElementwiseKernels.sigmoidBackward(y: y, dy: dy, dx: dx, count: n)
+  }
+}
+
 /// x < 0 ? slope·x : x, slope ≥ 0 (default 0.01, as PyTorch).
 public final class LeakyReLU: OutputActivation {
   public let slope: Float

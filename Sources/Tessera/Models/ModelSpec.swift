@@ -267,6 +267,7 @@ public struct LayerSpec {
                          fusedReLU: try bool("relu", path, default: false))
     case "relu": try checkKeys([], path); return ReLU()
     case "relu6": try checkKeys([], path); return ReLU6()
+    case "sigmoid": try checkKeys([], path); return Sigmoid()
     case "leaky_relu":
       try checkKeys(["slope"], path)
       return LeakyReLU(slope: Float(try number("slope", path, default: 0.01)))
