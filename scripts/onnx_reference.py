@@ -9,7 +9,7 @@ The graphs are built with onnx.helper (seeded random weights), the shapes a PyTo
 a chain (Conv with bias, BatchNormalization, Relu, MaxPool, grouped dilated strided Conv,
 LeakyRelu, Sigmoid, Pad, AveragePool with count_include_pad, GlobalAveragePool, Flatten, Gemm, Softmax), a
 residual network (identity and projection shortcuts, MatMul + Add head, Reshape [0, -1]) and
-ReLU6 as Clip with min/max inputs (opset 13). scripts/setup_peers.sh installs onnx and onnxruntime.
+ReLU6 as Clip with min/max inputs (opset 13), Inception-like towers and a DenseNet-like join by Concat. scripts/setup_peers.sh installs onnx and onnxruntime.
 """
 import json
 import os
@@ -163,6 +163,32 @@ def resnet18(classes=1000):
     return model(nodes, inits, x, y), (1, 3, 64, 64)
 
 
+def branches():
+    """Inception-like towers joined by Concat, then a DenseNet-like "input and new features" Concat."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [2, 3, 12, 12])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3])
+    nodes = [
+        helper.make_node("Conv", ["image", "s.w"], ["s"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["s"], ["s1"]),
+        helper.make_node("Conv", ["s1", "a.w"], ["a"], kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["s1", "b.w"], ["b0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["b0"], ["b"]),
+        helper.make_node("MaxPool", ["s1"], ["c0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]),
+        helper.make_node("Conv", ["c0", "c.w"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("Concat", ["b", "a", "c"], ["t"], axis=1, name="towers"),
+        helper.make_node("BatchNormalization", ["t", "bn.s", "bn.b", "bn.m", "bn.v"], ["t1"]),
+        helper.make_node("Conv", ["t1", "d.w"], ["d"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["t1", "d"], ["u"], axis=1, name="dense"),
+        helper.make_node("GlobalAveragePool", ["u"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc.w"], ["logits"], transB=1),
+    ]
+    inits = [init("s.w", w(6, 3, 3, 3)), init("a.w", w(4, 6, 1, 1)), init("b.w", w(5, 6, 3, 3)), init("c.w", w(3, 6, 1, 1)),
+             init("bn.s", 1 + w(12, scale=0.1)), init("bn.b", w(12)), init("bn.m", w(12, scale=0.1)), init("bn.v", 1 + np.abs(w(12))),
+             init("d.w", w(4, 12, 3, 3)), init("fc.w", w(3, 16))]
+    return model(nodes, inits, x, y), (2, 3, 12, 12)
+
+
 def relu6():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, 9, 9])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
@@ -193,7 +219,7 @@ def conv_w_input():
 def make(d):
     import onnxruntime as ort
     os.makedirs(d, exist_ok=True)
-    for name, fn in [("chain", chain), ("residual", residual), ("relu6", relu6), ("smooth", lambda: residual(False)), ("resnet18", resnet18)]:
+    for name, fn in [("chain", chain), ("residual", residual), ("relu6", relu6), ("smooth", lambda: residual(False)), ("resnet18", resnet18), ("branches", branches)]:
         m, shape = fn()
         path = f"{d}/{name}.onnx"
         onnx.save(m, path)
@@ -209,7 +235,7 @@ def make(d):
     out = ort.InferenceSession(f"{d}/conv_w_input.onnx", providers=["CPUExecutionProvider"]).run(None, {"x": x, "W": wt})[0]
     save_safetensors(f"{d}/conv_w_input.input.safetensors", {"x": x, "W": wt})
     save_safetensors(f"{d}/conv_w_input.ort.safetensors", {"y": out})
-    print(f"{d}: chain, residual, relu6, smooth, resnet18, conv_w_input")
+    print(f"{d}: chain, residual, relu6, smooth, resnet18, branches, conv_w_input")
 
 
 def bad(d):
@@ -219,8 +245,10 @@ def bad(d):
     wt = init("w", w(2, 2, 3, 3))
     cases = {
         "unknown_op": ([helper.make_node("Sin", ["x"], ["y"], name="weird")], []),
-        "concat": ([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["x"], ["b"]),
-                    helper.make_node("Concat", ["a", "b"], ["y"], axis=1, name="cat")], []),
+        "concat_axis": ([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["x"], ["b"]),
+                         helper.make_node("Concat", ["a", "b"], ["y"], axis=2, name="cat")], []),
+        "mul": ([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["x"], ["b"]),
+                 helper.make_node("Mul", ["a", "b"], ["y"], name="product")], []),
         "attribute": ([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="c",
                                         unknown_attr=3)], [wt]),
         "computed_weight": ([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["x", "r"], ["y"], name="c2")], []),

@@ -236,6 +236,12 @@ public enum ONNXExport {
         let short = try r.shortcut.map { try sequence($0.layers, prefix: path + ".downsample", input: x) } ?? x
         let sum = emit("Add", [main, short], path + ".add")
         return r.finalReLU ? emit("Relu", [sum], path + ".relu") : sum
+      case let c as ConcatBlock:
+        var outs = [String]()
+        for (i, b) in c.branches.enumerated() {
+          outs.append(b.layers.isEmpty ? x : try sequence(b.layers, prefix: "\(path).branch\(i)", input: x))
+        }
+        return emit("Concat", outs, path, [int("axis", 1)])
       case let s as Sequential:
         return try sequence(s.layers, prefix: path, input: x)
       case let s as Checkpointed:

@@ -30,7 +30,7 @@ public struct ONNXModel {
   public var opset: Int
 
   /// Ops this importer turns into layers.
-  public static let supportedOps = ["Add (residual joins)", "AveragePool", "BatchNormalization", "Clip (ReLU, ReLU6)", "Conv", "Dropout",
+  public static let supportedOps = ["Add (residual joins)", "Concat (of branches, along channels)", "AveragePool", "BatchNormalization", "Clip (ReLU, ReLU6)", "Conv", "Dropout",
                                     "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul (+ Add bias)",
                                     "MaxPool", "Pad (constant 0, before Conv)", "Relu", "Reshape (to N×features)", "Sigmoid", "Softmax (last)"]
 
@@ -253,9 +253,7 @@ struct Importer {
       if next.count == 1 {
         let i = next[0], node = graph.node[i]
         if i == join { return (layers, current) }
-        if node.opType == "Add" && node.input.filter({ !isConstant($0) }).count == 2 {
-          return (layers, current)  // a join: the caller's fork handles it
-        }
+        if isJoin(node) { return (layers, current) }  // a join: the caller's fork handles it
         used.insert(i)
         if let l = try layer(for: node, input: current) { layers.append((layerName(node), l)) }
         current = continueFrom ?? node.output[0]
@@ -263,55 +261,91 @@ struct Importer {
         continue
       }
       // A tensor used as a weight of a node (not its data input) is computed, not a constant.
-      for n in next where graph.node[n].opType != "Add" {
+      for n in next where !isJoin(graph.node[n]) {
         if let w = graph.node[n].input.dropFirst().first(where: { !$0.isEmpty && !isConstant($0) }) {
           throw fail(graph.node[n], "its weight input '\(w)' is computed in the graph; it must be a constant (an initializer)")
         }
       }
-      // A fork: two branches that meet at one Add (a residual block).
-      guard next.count == 2 else {
-        throw fail(graph.node[next[0]], "tensor '\(current)' feeds \(next.count) nodes; only two-branch residual joins are imported")
-      }
+      // A fork: branches that meet at one Add (a residual block) or Concat (a ConcatBlock).
       let joins = Set(next.compactMap { findJoin(from: $0, depth: 0) })
-      guard joins.count == 1, let add = joins.first else {
-        throw fail(graph.node[next[0]], "the branches from '\(current)' do not meet at one Add; only residual joins are imported (Concat and other merges are not yet)")
+      guard joins.count == 1, let join = joins.first else {
+        // A merge by another op (Mul, Sub, …) is named as the unsupported op it is.
+        if let m = graph.node.first(where: { n in !isJoin(n) && n.input.filter { !$0.isEmpty && !isConstant($0) }.count >= 2 }) {
+          throw fail(m, "op \(m.opType) is not supported (branches are joined by Add or Concat); the supported ops are \(ONNXModel.supportedOps.joined(separator: ", "))")
+        }
+        throw fail(graph.node[next[0]], "the branches from '\(current)' do not meet at one Add or Concat; only such joins are imported")
       }
-      var branches = [[(String, Layer)]]()
+      let joinNode = graph.node[join]
+      let isAdd = joinNode.opType == "Add"
+      guard !isAdd || next.count == 2 else {
+        throw fail(joinNode, "an Add joins two branches; '\(current)' feeds \(next.count)")
+      }
+      var branches = [(layers: [(String, Layer)], end: String)]()
       for n in next {
-        if n == add {
-          branches.append([])
+        if n == join {
+          branches.append(([], current))
           continue
         }
         let node = graph.node[n]
         used.insert(n)
         var b = [(String, Layer)]()
         if let l = try layer(for: node, input: current) { b.append((layerName(node), l)) }
-        let (rest, end) = try chain(from: continueFrom ?? node.output[0], stopAt: add)
+        let (rest, end) = try chain(from: continueFrom ?? node.output[0], stopAt: join)
         continueFrom = nil
-        guard graph.node[add].input.contains(end) else { throw fail(graph.node[add], "a branch ends at '\(end)' instead of this Add") }
-        branches.append(b + rest)
+        guard joinNode.input.contains(end) else { throw fail(joinNode, "a branch ends at '\(end)' instead of this \(joinNode.opType)") }
+        branches.append((b + rest, end))
       }
-      used.insert(add)
-      let addNode = graph.node[add]
-      let (main, shortcut) = branches[0].count >= branches[1].count ? (branches[0], branches[1]) : (branches[1], branches[0])
-      var out = addNode.output[0]
-      // Shapes: both inputs of the Add have the output's shape.
-      guard let s0 = shapes[addNode.input[0]], s0 == shapes[addNode.input[1]] else {
-        throw fail(addNode, "its two inputs have different shapes (\(shapes[addNode.input[0]] ?? []) and \(shapes[addNode.input[1]] ?? [])); broadcasting is not imported")
+      used.insert(join)
+      var out = joinNode.output[0]
+      if isAdd {
+        // Both inputs of the Add have the output's shape.
+        guard let s0 = shapes[joinNode.input[0]], s0 == shapes[joinNode.input[1]] else {
+          throw fail(joinNode, "its two inputs have different shapes (\(shapes[joinNode.input[0]] ?? []) and \(shapes[joinNode.input[1]] ?? [])); broadcasting is not imported")
+        }
+        shapes[out] = s0
+        let (main, shortcut) = branches[0].layers.count >= branches[1].layers.count ? (branches[0].layers, branches[1].layers) : (branches[1].layers, branches[0].layers)
+        var finalReLU = false
+        if let c = consumers[out], c.count == 1, graph.node[c[0]].opType == "Relu" {
+          finalReLU = true
+          used.insert(c[0])
+          let relu = graph.node[c[0]]
+          shapes[relu.output[0]] = shapes[out]
+          out = relu.output[0]
+        }
+        let block = ResidualBlock(main: Sequential(main), shortcut: shortcut.isEmpty ? nil : Sequential(shortcut), finalReLU: finalReLU)
+        layers.append(((joinNode.name.isEmpty ? "block\(layers.count)" : sanitize(joinNode.name)), block))
+      } else {
+        // Concat: the branches in the order of its inputs, along channels.
+        let axis = int(joinNode, "axis") ?? 1
+        guard let s0 = shapes[current], axis == 1 || axis == -s0.count - 1 + 1 || (s0.count == 3 && axis == -3) else {
+          throw fail(joinNode, "Concat along axis \(axis) is not supported (channels, axis 1, are)")
+        }
+        var ordered = [[(String, Layer)]]()
+        for name in joinNode.input {
+          guard let i = branches.firstIndex(where: { $0.end == name }) else {
+            throw fail(joinNode, "input '\(name)' does not come from a branch of '\(current)'")
+          }
+          ordered.append(branches.remove(at: i).layers)
+        }
+        guard branches.isEmpty else { throw fail(joinNode, "a branch of '\(current)' does not reach this Concat") }
+        let shapesIn = joinNode.input.compactMap { shapes[$0] }
+        guard shapesIn.count == joinNode.input.count, shapesIn.allSatisfy({ $0.count == shapesIn[0].count && $0.dropFirst() == shapesIn[0].dropFirst() }) else {
+          throw fail(joinNode, "its inputs \(shapesIn) differ in more than their channels")
+        }
+        var o = shapesIn[0]
+        o[0] = shapesIn.reduce(0) { $0 + $1[0] }
+        shapes[out] = o
+        let block = ConcatBlock(branches: ordered.map { Sequential($0) })
+        layers.append(((joinNode.name.isEmpty ? "concat\(layers.count)" : sanitize(joinNode.name)), block))
       }
-      shapes[out] = s0
-      var finalReLU = false
-      if let c = consumers[out], c.count == 1, graph.node[c[0]].opType == "Relu" {
-        finalReLU = true
-        used.insert(c[0])
-        let relu = graph.node[c[0]]
-        shapes[relu.output[0]] = shapes[out]
-        out = relu.output[0]
-      }
-      let block = ResidualBlock(main: Sequential(main), shortcut: shortcut.isEmpty ? nil : Sequential(shortcut), finalReLU: finalReLU)
-      layers.append(((addNode.name.isEmpty ? "block\(layers.count)" : sanitize(addNode.name)), block))
       current = out
     }
+  }
+
+  /// An Add of two computed tensors, or a Concat of computed tensors: where branches meet.
+  func isJoin(_ node: Onnx_NodeProto) -> Bool {
+    let computed = node.input.filter { !$0.isEmpty && !isConstant($0) }.count
+    return (node.opType == "Add" && computed == 2) || (node.opType == "Concat" && computed == node.input.count && computed >= 2)
   }
 
   /// Set by `layer(for:)` when a node was fused with the next (MatMul + Add): the chain goes on
@@ -323,7 +357,7 @@ struct Importer {
   func findJoin(from i: Int, depth: Int) -> Int? {
     guard depth < 2_000 else { return nil }
     let node = graph.node[i]
-    if node.opType == "Add" && node.input.filter({ !isConstant($0) }).count == 2 { return i }
+    if isJoin(node) { return i }
     guard let out = node.output.first, let next = consumers[out] else { return nil }
     if next.count == 1 { return findJoin(from: next[0], depth: depth + 1) }
     // A nested fork: continue after its own join.

@@ -41,6 +41,27 @@ final class PlannerTruthTests: XCTestCase {
     print("truth \(name) \(input) b\(batch): training plan \(plan.peakTrainingBytes) ledger \(measured.training); inference plan \(plan.peakInferenceBytes) ledger \(measured.inference)")
   }
 
+  /// A ConcatBlock (identity, conv–BN–ReLU and pool–conv branches, DenseNet/Inception-like):
+  /// planned peaks equal the ledger's to the byte.
+  func testConcatBlockMatchesLedgerToTheByte() throws {
+    func model() -> Sequential {
+      Sequential([
+        ("stem", Conv2D(inputChannels: 3, outputChannels: 6, kernelSize: 3, padding: .same)), ("relu", ReLU()),
+        ("cat", ConcatBlock(branches: [
+          Sequential([]),
+          Sequential([("c", Conv2D(inputChannels: 6, outputChannels: 4, kernelSize: 3, padding: .same)), ("bn", BatchNorm2D(channels: 4)),
+                      ("r", ReLU())]),
+          Sequential([("p", Pool2D(.max, kernelSize: 3, stride: 1, padding: .same)), ("c", Conv2D(inputChannels: 6, outputChannels: 2, kernelSize: 1))]),
+        ])),
+        ("gap", GlobalAvgPool2D()), ("fc", Linear(inputFeatures: 12, outputFeatures: 10)),
+      ])
+    }
+    let measured = try measure(model(), input: [3, 20, 18], batch: 3)
+    let plan = try Planner.plan(model(), name: "concat", input: [3, 20, 18], batch: 3)
+    XCTAssertEqual(plan.peakTrainingBytes, measured.training, "training peak")
+    XCTAssertEqual(plan.peakInferenceBytes, measured.inference, "inference peak")
+  }
+
   func testFcnLargeMatchesLedger() throws {
     for input in [[3, 64, 64], [3, 96, 160], [3, 128, 128]] {
       for batch in [1, 3] { try check("fcn-large", input: input, batch: batch) }

@@ -156,6 +156,15 @@ extension LayerGradientTests {
     for i in 0..<x.count where abs(x.floats[i] - 6) < 0.05 { x.floats[i] += 0.1 }
     checkGradients(ReLU6(), input: x)
     checkGradients(Sigmoid(), input: randomTensor([2, 3, 4, 5], seed: 34))
+    // Concatenated branches (identity, conv, pool–conv): input and every weight.
+    let cat = ConcatBlock(branches: [
+      Sequential([]),
+      Sequential([("c", Conv2D(inputChannels: 3, outputChannels: 4, kernelSize: 3, padding: .same))]),
+      Sequential([("p", Pool2D(.average(countIncludePad: false), kernelSize: 3, stride: 1, padding: .same)),
+                  ("c", Conv2D(inputChannels: 3, outputChannels: 2, kernelSize: 1))]),
+    ])
+    cat.initializeParameters(seed: 35)
+    checkGradients(cat, input: randomTensor([2, 3, 5, 4], seed: 36))
     checkGradients(AdaptiveAvgPool2D(outputSize: (3, 2)), input: randomTensor([2, 2, 7, 5], seed: 32))
     checkGradients(AdaptiveAvgPool2D(outputSize: (4, 4)), input: randomTensor([1, 1, 4, 4], seed: 33))
     let block = ResidualBlock(main: Sequential([
