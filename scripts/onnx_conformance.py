@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from onnx_reference import load_safetensors, save_safetensors  # noqa: E402
 
 OPS = {"Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
-       "Gemm", "MatMul", "Reshape", "Dropout", "Identity", "Softmax", "Add", "Sigmoid", "Pad"}
+       "Gemm", "MatMul", "Reshape", "Dropout", "Identity", "Softmax", "Add", "Sigmoid", "Pad", "Mul"}
 
 tessera = sys.argv[1]
 root = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "node")

@@ -7,7 +7,7 @@
 
 The graphs are built with onnx.helper (seeded random weights), the shapes a PyTorch export writes:
 a chain (Conv with bias, BatchNormalization, Relu, MaxPool, grouped dilated strided Conv,
-LeakyRelu, Sigmoid, Pad, AveragePool with count_include_pad, GlobalAveragePool, Flatten, Gemm, Softmax), a
+LeakyRelu, Sigmoid, Pad, Mul by a per-channel constant, MaxPool with ceil_mode, AveragePool with count_include_pad, GlobalAveragePool, Flatten, Gemm, Softmax), a
 residual network (identity and projection shortcuts, MatMul + Add head, Reshape [0, -1]) and
 ReLU6 as Clip with min/max inputs (opset 13), Inception-like towers and a DenseNet-like join by Concat. scripts/setup_peers.sh installs onnx and onnxruntime.
 """
@@ -69,9 +69,10 @@ def chain():
     y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 5])
     nodes = [
         helper.make_node("Conv", ["image", "c1.w", "c1.b"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("BatchNormalization", ["a", "bn.s", "bn.b", "bn.m", "bn.v"], ["b"], epsilon=1e-5, name="bn1"),
+        helper.make_node("BatchNormalization", ["a", "bn.s", "bn.b", "bn.m", "bn.v"], ["b0"], epsilon=1e-5, name="bn1"),
+        helper.make_node("Mul", ["b0", "scale"], ["b"], name="layer_scale"),
         helper.make_node("Relu", ["b"], ["c"]),
-        helper.make_node("MaxPool", ["c"], ["d"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("MaxPool", ["c"], ["d"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
         helper.make_node("Conv", ["d", "c2.w"], ["e"], kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2], group=2,
                          pads=[2, 1, 2, 2], name="conv2"),
         helper.make_node("LeakyRelu", ["e"], ["f0"], alpha=0.2),
@@ -85,7 +86,7 @@ def chain():
     ]
     inits = [init("c1.w", w(8, 3, 3, 3)), init("c1.b", w(8)), init("bn.s", 1 + w(8, scale=0.1)), init("bn.b", w(8)),
              init("bn.m", w(8, scale=0.1)), init("bn.v", 1 + np.abs(w(8))), init("c2.w", w(6, 4, 3, 3)),
-             init("fc.w", w(5, 6)), init("fc.b", w(5)), init("padding", np.array([0, 0, 0, 1, 0, 0, 1, 0], dtype=np.int64))]
+             init("scale", 1 + w(1, 8, 1, 1)), init("fc.w", w(5, 6)), init("fc.b", w(5)), init("padding", np.array([0, 0, 0, 1, 0, 0, 1, 0], dtype=np.int64))]
     return model(nodes, inits, x, y), (2, 3, 20, 22)
 
 

@@ -63,6 +63,17 @@ public enum ElementwiseKernels {
     }
   }
 
+  /// y = alpha · x.
+  public static func scaled(_ x: UnsafePointer<Float>, by alpha: Float, into y: UnsafeMutablePointer<Float>, count: Int) {
+    let yy = SendablePointer(y)
+    chunks(count) { r in
+      let a = SIMD8<Float>(repeating: alpha)
+      var i = r.lowerBound
+      while i + 8 <= r.upperBound { store8(load8(x + i) * a, yy.p + i); i += 8 }
+      while i < r.upperBound { yy.p[i] = alpha * x[i]; i += 1 }
+    }
+  }
+
   /// x *= alpha.
   public static func scale(_ x: UnsafeMutablePointer<Float>, by alpha: Float, count: Int) {
     let xx = SendablePointer(x)

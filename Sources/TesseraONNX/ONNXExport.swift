@@ -209,6 +209,9 @@ public enum ONNXExport {
         return bn.fusedReLU ? emit("Relu", [out], path + ".relu") : out
       case is ReLU:
         return emit("Relu", [x], path)
+      case let c as ConstantScale:
+        let f = c.factors.value.toArray()
+        return emit("Mul", [x, constant(path + ".factors", f.count == 1 ? [] : [f.count, 1, 1], f)], path)
       case is Sigmoid:
         return emit("Sigmoid", [x], path)
       case is ReLU6:

@@ -32,7 +32,7 @@ public struct ONNXModel {
   /// Ops this importer turns into layers.
   public static let supportedOps = ["Add (residual joins)", "Concat (of branches, along channels)", "AveragePool", "BatchNormalization", "Clip (ReLU, ReLU6)", "Conv", "Dropout",
                                     "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul (+ Add bias)",
-                                    "MaxPool", "Pad (constant 0, before Conv)", "Relu", "Reshape (to N×features)", "Sigmoid", "Softmax (last)"]
+                                    "MaxPool", "Mul (by a constant)", "Pad (constant 0, before Conv)", "Relu", "Reshape (to N×features)", "Sigmoid", "Softmax (last)"]
 
   /// Files larger than this are refused before they are read.
   public static let maxFileBytes = 2 << 30
@@ -168,6 +168,8 @@ struct Importer {
   /// Channels and side of the image when the graph leaves them dynamic.
   var imageChannels: Int?
   var imageSide: Int?
+  /// Whether the graph fixes the image's height and width (shapes traced are then exact).
+  var fixedSize = false
 
   init(path: String, graph: Onnx_GraphProto, constants: [String: Tensor]) {
     self.path = path
@@ -220,6 +222,7 @@ struct Importer {
     guard let channels = dims[1] ?? imageChannels else {
       throw ONNXError(path, "input '\(input.name)' has no fixed channel count; give the input's shape (--input C×H×W)")
     }
+    fixedSize = dims[2] != nil && dims[3] != nil
     // A dynamic height or width is traced at 224 (only a Flatten of a spatial map depends on it).
     shapes[input.name] = [channels, dims[2] ?? imageSide ?? 224, dims[3] ?? imageSide ?? 224]
     guard graph.output.count == 1 else {
@@ -405,8 +408,14 @@ struct Importer {
   }
 
   /// (top, left, bottom, right) padding of a Conv or pool node.
-  func padding(_ node: Onnx_NodeProto, kernel: [Int], stride: [Int], dilation: [Int]) throws -> Padding {
+  func padding(_ node: Onnx_NodeProto, kernel: [Int], stride: [Int], dilation: [Int], input: [Int]? = nil) throws -> Padding {
     switch string(node, "auto_pad") ?? "NOTSET" {
+    case "SAME_LOWER":
+      // The odd pad at the top/left: explicit for the traced size (a fixed input size is needed).
+      guard let s = input, s.count == 3, fixedSize else { throw fail(node, "auto_pad SAME_LOWER needs a fixed input height and width in the graph") }
+      func total(_ n: Int, _ k: Int, _ st: Int, _ d: Int) -> Int { max(0, ((n + st - 1) / st - 1) * st + (k - 1) * d + 1 - n) }
+      let ph = total(s[1], kernel[0], stride[0], dilation[0]), pw = total(s[2], kernel[1], stride[1], dilation[1])
+      return .explicit(top: ph - ph / 2, left: pw - pw / 2, bottom: ph / 2, right: pw / 2)
     case "NOTSET":
       let p = ints(node, "pads") ?? [0, 0, 0, 0]
       guard p.count == 4, p.allSatisfy({ $0 >= 0 && $0 <= 1 << 16 }) else { throw fail(node, "pads \(p) are not 4 non-negative values") }
@@ -469,7 +478,8 @@ struct Importer {
       }
       // Shapes: a Pad before this node was traced into `shape`; the Conv sees the unpadded input.
       let padded = pendingPad
-      let pad = try withPendingPad(try padding(node, kernel: kernel, stride: stride, dilation: dilation), node)
+      let pad = try withPendingPad(try padding(node, kernel: kernel, stride: stride, dilation: dilation,
+                                               input: padded == nil ? shape : nil), node)
       let hasBias = node.input.count > 2 && !node.input[2].isEmpty
       let conv = Conv2D(inputChannels: shape[0], outputChannels: w.shape[0], kernelSize: (kernel[0], kernel[1]), stride: (stride[0], stride[1]),
                         padding: pad, dilation: (dilation[0], dilation[1]), groups: group, bias: hasBias)
@@ -503,6 +513,18 @@ struct Importer {
     case "Sigmoid":
       set(shape)
       return Sigmoid()
+    case "Mul":
+      // By a constant: a scalar, or one factor per channel ((C, 1, 1), (1, C, 1, 1) or (C)).
+      guard let k = node.input.firstIndex(where: { isConstant($0) }), node.input.count == 2 else {
+        throw fail(node, "Mul of two computed tensors is not supported (Mul by a constant is)")
+      }
+      let f = constants[node.input[k]]!
+      let dims = f.shape.filter { $0 != 1 }
+      guard f.count == 1 || (dims.count == 1 && dims[0] == shape[0] && f.shape.count <= 4 && f.shape.firstIndex(of: dims[0]) == f.shape.count - min(f.shape.count, shape.count)) else {
+        throw fail(node, "Mul by a constant of shape \(f.shape) on \(shape) is not supported (a scalar or one factor per channel is)")
+      }
+      set(shape)
+      return ConstantScale(factors: f.toArray())
     case "LeakyRelu":
       let alpha = float(node, "alpha") ?? 0.01
       guard alpha >= 0, alpha.isFinite else { throw fail(node, "alpha \(alpha) is not supported (a slope ≥ 0 is)") }
@@ -524,9 +546,25 @@ struct Importer {
       let s = ints(node, "strides") ?? [1, 1]
       guard s.count == 2, s[0] == s[1], s[0] >= 1 else { throw fail(node, "strides \(s) are not equal; equal strides are imported") }
       guard (ints(node, "dilations") ?? [1, 1]) == [1, 1] else { throw fail(node, "dilated pooling is not supported") }
-      guard (int(node, "ceil_mode") ?? 0) == 0 else { throw fail(node, "ceil_mode 1 is not supported (export with ceil_mode=False)") }
       let padded = pendingPad
-      let pad = try withPendingPad(try padding(node, kernel: k, stride: s, dilation: [1, 1]), node)
+      var pad = try withPendingPad(try padding(node, kernel: k, stride: s, dilation: [1, 1], input: shape), node)
+      if (int(node, "ceil_mode") ?? 0) == 1 {
+        // Ceil mode: the last window may start inside the input and run past it — extra padding at the
+        // bottom/right that neither max pooling nor an average that leaves padding out ever reads.
+        guard node.opType == "MaxPool" || (int(node, "count_include_pad") ?? 0) == 0 else {
+          throw fail(node, "ceil_mode with count_include_pad 1 is not supported")
+        }
+        guard case .explicit(let t, let l, let b, let r) = pad else { throw fail(node, "ceil_mode with auto_pad is not supported") }
+        func extra(_ n: Int, _ lo: Int, _ hi: Int) -> Int {
+          let floor = (n + lo + hi - k[0]) / s[0] + 1, ceil = (n + lo + hi - k[0] + s[0] - 1) / s[0] + 1
+          // ONNX (as PyTorch) drops a last window that would start in the end padding.
+          let windows = (ceil - 1) * s[0] >= n + lo ? ceil - 1 : ceil
+          // Just enough to fit the last window: the padding stays smaller than the window.
+          return windows > floor ? max(0, (windows - 1) * s[0] + k[0] - (n + lo + hi)) : 0
+        }
+        let (h, w) = (shape[1] - (padded.map { $0.top + $0.bottom } ?? 0), shape[2] - (padded.map { $0.left + $0.right } ?? 0))
+        pad = .explicit(top: t, left: l, bottom: b + extra(h, t, b), right: r + extra(w, l, r))
+      }
       let mode: Pool2D.Mode = node.opType == "MaxPool" ? .max : .average(countIncludePad: (int(node, "count_include_pad") ?? 0) == 1)
       let pool = Pool2D(mode, kernelSize: k[0], stride: s[0], padding: pad)
       let unpadded = padded.map { [shape[0], shape[1] - $0.top - $0.bottom, shape[2] - $0.left - $0.right] } ?? shape

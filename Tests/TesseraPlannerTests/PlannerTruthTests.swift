@@ -41,7 +41,7 @@ final class PlannerTruthTests: XCTestCase {
     print("truth \(name) \(input) b\(batch): training plan \(plan.peakTrainingBytes) ledger \(measured.training); inference plan \(plan.peakInferenceBytes) ledger \(measured.inference)")
   }
 
-  /// A ConcatBlock (identity, conv–BN–ReLU and pool–conv branches, DenseNet/Inception-like):
+  /// A ConcatBlock (identity, conv–BN–scale–ReLU and pool–conv branches, DenseNet/Inception-like):
   /// planned peaks equal the ledger's to the byte.
   func testConcatBlockMatchesLedgerToTheByte() throws {
     func model() -> Sequential {
@@ -50,16 +50,20 @@ final class PlannerTruthTests: XCTestCase {
         ("cat", ConcatBlock(branches: [
           Sequential([]),
           Sequential([("c", Conv2D(inputChannels: 6, outputChannels: 4, kernelSize: 3, padding: .same)), ("bn", BatchNorm2D(channels: 4)),
-                      ("r", ReLU())]),
+                      ("s", ConstantScale(factors: [1, 2, 3, 4])), ("r", ReLU())]),
           Sequential([("p", Pool2D(.max, kernelSize: 3, stride: 1, padding: .same)), ("c", Conv2D(inputChannels: 6, outputChannels: 2, kernelSize: 1))]),
         ])),
         ("gap", GlobalAvgPool2D()), ("fc", Linear(inputFeatures: 12, outputFeatures: 10)),
       ])
     }
-    let measured = try measure(model(), input: [3, 20, 18], batch: 3)
+    // ConstantScale's factors exist from construction, before `measure` takes its baseline.
+    let m = model()
+    let constants = m.namedParameters().filter { $0.1.role == .constant }.reduce(0) { $0 + $1.1.count * 4 }
+    XCTAssertEqual(constants, 16)
+    let measured = try measure(m, input: [3, 20, 18], batch: 3)
     let plan = try Planner.plan(model(), name: "concat", input: [3, 20, 18], batch: 3)
-    XCTAssertEqual(plan.peakTrainingBytes, measured.training, "training peak")
-    XCTAssertEqual(plan.peakInferenceBytes, measured.inference, "inference peak")
+    XCTAssertEqual(plan.peakTrainingBytes, measured.training + constants, "training peak")
+    XCTAssertEqual(plan.peakInferenceBytes, measured.inference + constants, "inference peak")
   }
 
   func testFcnLargeMatchesLedger() throws {

@@ -156,6 +156,8 @@ extension LayerGradientTests {
     for i in 0..<x.count where abs(x.floats[i] - 6) < 0.05 { x.floats[i] += 0.1 }
     checkGradients(ReLU6(), input: x)
     checkGradients(Sigmoid(), input: randomTensor([2, 3, 4, 5], seed: 34))
+    checkGradients(ConstantScale(factors: [0.5, -2, 3]), input: randomTensor([2, 3, 4, 4], seed: 37))
+    checkGradients(ConstantScale(factors: [1.5]), input: randomTensor([2, 5], seed: 38))
     // Concatenated branches (identity, conv, pool–conv): input and every weight.
     let cat = ConcatBlock(branches: [
       Sequential([]),
