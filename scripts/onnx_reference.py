@@ -264,6 +264,10 @@ def bad(d):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(m, f"{d}/external.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="external.data",
               size_threshold=0)
+    # A cycle (b feeds the Add that makes it).
+    g = helper.make_graph([helper.make_node("Add", ["x", "b"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+                           helper.make_node("Relu", ["b"], ["y"])], "cycle", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), f"{d}/cycle.onnx")
     # Truncated and garbage bytes.
     good = open(f"{d}/unknown_op.onnx", "rb").read()
     open(f"{d}/truncated.onnx", "wb").write(good[: len(good) // 2])
@@ -274,7 +278,7 @@ def bad(d):
     t.dims.extend([1 << 20, 1 << 20, 3, 3])
     g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])], "absurd", [x], [y], initializer=[t])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), f"{d}/absurd.onnx")
-    print(f"{d}: {', '.join(list(cases) + ['external', 'truncated', 'garbage', 'absurd'])}")
+    print(f"{d}: {', '.join(list(cases) + ['external', 'cycle', 'truncated', 'garbage', 'absurd'])}")
 
 
 def run(model_path, inp, out):

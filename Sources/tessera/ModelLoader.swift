@@ -10,7 +10,8 @@ enum ModelLoader {
 
   /// `classes`: for an ONNX model, nil keeps its classifier; another count replaces it (see
   /// `replaceClassifier`).
-  static func load(_ nameOrPath: String, classes: Int?, inputChannels: Int? = nil) throws
+  /// `side`: the input's height, for an ONNX graph whose height and width are dynamic (traced there).
+  static func load(_ nameOrPath: String, classes: Int?, inputChannels: Int? = nil, side: Int? = nil) throws
     -> (name: String, model: Sequential, channels: Int)
   {
     if let m = Zoo.model(nameOrPath, classes: classes ?? 1000, inputChannels: inputChannels ?? 3) {
@@ -21,7 +22,7 @@ enum ModelLoader {
       throw ValidationError("unknown model '\(nameOrPath)': not a zoo model (\(Zoo.names.joined(separator: ", "))), and no such spec or ONNX file")
     }
     if isPretrained(nameOrPath) {
-      let m = try ONNXModel.load(url, channels: inputChannels)
+      let m = try ONNXModel.load(url, channels: inputChannels, side: side)
       let channels = m.inputShape[1] ?? inputChannels ?? 3
       var model = m.model
       if let k = classes { model = try replaceClassifier(model, classes: k, channels: channels, path: url.path) }

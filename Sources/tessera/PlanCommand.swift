@@ -17,7 +17,9 @@ struct ModelOptions: ParsableArguments {
   func validate() throws { if let c = classes { try checkRange(c, 1...(1 << 20), "--classes") } }
 
   func load() throws -> (name: String, model: Sequential, input: [Int]) {
-    let (name, model, channels) = try ModelLoader.load(model, classes: classes)
+    // An ONNX graph with a dynamic channel count or size takes them from --input.
+    let hint = ModelLoader.isPretrained(model) ? try? parseInput(input, defaultChannels: 3) : nil
+    let (name, model, channels) = try ModelLoader.load(model, classes: classes, inputChannels: hint?[0], side: hint?[1])
     return (name, model, try parseInput(input, defaultChannels: channels))
   }
 }

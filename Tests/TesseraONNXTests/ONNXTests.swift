@@ -123,6 +123,7 @@ final class ONNXTests: TemporaryDirectoryTestCase {
     refused("attribute", ["attribute 'unknown_attr' is not supported"])
     refused("computed_weight", ["computed in the graph"])
     refused("external", ["external data file"])
+    refused("cycle", ["not at the graph output"])
     refused("truncated", ["does not parse"])
     refused("garbage", ["does not parse"])
     refused("absurd", ["impossible dimensions"])
