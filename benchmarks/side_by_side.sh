@@ -1,16 +1,40 @@
 #!/usr/bin/env bash
-# fcn-large at 1024², batch 4: Tessera and the Keras/TensorFlow peer alternately, N rounds, one JSON
-# line per run (stdout). Usage: PEER_PY=/tmp/peers/bin/python benchmarks/side_by_side.sh [rounds] [size] [batch]
+# fcn-large beside the Keras/TensorFlow peer, alternating rounds: training and inference at each
+# SIZExBATCH given (default 512x8 1024x4 2048x1, the #13 goals), one JSON line per run (stdout) and
+# a table of medians at the end (stderr).
+#   PEER_PY=/tmp/peers/bin/python benchmarks/side_by_side.sh [rounds] [SIZExBATCH ...]
 # Set up the peer once as ../shared/peers/README.md says. Build Tessera with `swift build -c release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-3}; size=${2:-1024}; batch=${3:-4}
+rounds=${1:-3}; shift || true
+configs=("$@"); [ ${#configs[@]} -gt 0 ] || configs=(512x8 1024x4 2048x1)
 PEER_PY=${PEER_PY:-/tmp/peers/bin/python}
 peer=../shared/peers/keras_bench.py
 bin=.build/release/tessera
+log=$(mktemp)
 for r in $(seq "$rounds"); do
-  "$PEER_PY" "$peer" --model fcn --size "$size" --batch "$batch" --steps 10 2>/dev/null
-  "$bin" bench train --model fcn-large --input "3x${size}x${size}" --batch "$batch" --steps 10 --json 2>/dev/null
-  "$PEER_PY" "$peer" --model fcn --size "$size" --batch "$batch" --steps 10 --inference 2>/dev/null
-  "$bin" bench train --model fcn-large --input "3x${size}x${size}" --batch "$batch" --steps 10 --inference --json 2>/dev/null
+  for c in "${configs[@]}"; do
+    size=${c%x*}; batch=${c#*x}
+    for mode in train inference; do
+      flag=$([ "$mode" = inference ] && echo --inference || true)
+      line=$("$PEER_PY" "$peer" --model fcn --size "$size" --batch "$batch" --steps 10 $flag 2>/dev/null | tail -1)
+      echo "{\"side\":\"tf\",\"size\":$size,\"batch\":$batch,\"mode\":\"$mode\",\"round\":$r,\"result\":$line}" | tee -a "$log"
+      line=$("$bin" bench train --model fcn-large --input "3x${size}x${size}" --batch "$batch" --steps 10 $flag --json 2>/dev/null | tail -1)
+      echo "{\"side\":\"tessera\",\"size\":$size,\"batch\":$batch,\"mode\":\"$mode\",\"round\":$r,\"result\":$line}" | tee -a "$log"
+    done
+  done
 done
+python3 - "$log" >&2 <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+keys = sorted({(r["size"], r["batch"], r["mode"]) for r in rows})
+print("size  batch  mode       TF img/s (rounds)                Tessera img/s (rounds)           ratio (median of round ratios)")
+for k in keys:
+    tf = [r["result"]["img_per_s"] for r in rows if (r["size"], r["batch"], r["mode"]) == k and r["side"] == "tf"]
+    te = [r["result"]["images_per_second"] for r in rows if (r["size"], r["batch"], r["mode"]) == k and r["side"] == "tessera"]
+    ratios = [b / a for a, b in zip(tf, te)]
+    print(f"{k[0]:<5} {k[1]:<6} {k[2]:<10} {statistics.median(tf):7.2f} ({', '.join(f'{v:.2f}' for v in tf)})   "
+          f"{statistics.median(te):7.2f} ({', '.join(f'{v:.2f}' for v in te)})   {statistics.median(ratios):.2f} "
+          f"({', '.join(f'{v:.2f}' for v in ratios)})")
+PY
+rm -f "$log"
