@@ -121,9 +121,13 @@ struct EvalCommand: ParsableCommand {
     let tile = self.tile ?? (native ? (cfg0["tile"] as? String) : nil)
     var input = [pipeline.channels, pipeline.height, pipeline.width]
     let ceiling = try budget.map { try ByteSize.parse($0) } ?? MachineMemory.availableBytes()
+    // Images read from their files crop by crop are never held whole: the reader's tile cache
+    // counts instead of the loader's batches (as in train).
+    let streamed = native && tile != nil
+    var cacheBytes = 0
     func needs(_ m: Sequential, _ b: Int) throws -> Int {
-      try Planner.plan(m, name: "", input: input, batch: b, optimizer: .sgd).peakInferenceBytes
-        + BatchLoader.bytesInFlight(batch: b, imageShape: input, prefetch: 2) + runtimeReserveBytes
+      try Planner.plan(m, name: "", input: input, batch: b, optimizer: .sgd, inputResident: !streamed).peakInferenceBytes
+        + (streamed ? cacheBytes : BatchLoader.bytesInFlight(batch: b, imageShape: input, prefetch: 2)) + runtimeReserveBytes
     }
     var ds: ImageDataset
     var indices: [Int]? = nil
@@ -137,17 +141,19 @@ struct EvalCommand: ParsableCommand {
       for i in indices ?? Array(ds.samples.indices) {
         let img = try RegionImages.open(ds.samples[i].url, reader: ImageReader(maxPixels: 1 << 40, maxFileBytes: 1 << 40))
         (h, w) = (max(h, img.levelSizes[0].height), max(w, img.levelSizes[0].width))
+        cacheBytes = max(cacheBytes, img.cacheLimitBytes)
       }
       input = [pipeline.channels, h, w]
+      try Limits.check([1] + input, "the largest held-out image")
     }
     if let t = tile {
       if t == "auto" && (try? needs(net, 1)).map({ $0 <= ceiling }) == true {
         note("--tile auto: the images fit without tiles")
       } else if t == "auto" {
-        let c = try Planner.applyStreaming(net, StreamingSettings(tile: 0), input: input, batch: 1,
-                                           budget: ceiling - runtimeReserveBytes, optimizer: .sgd)
+        let c = try Planner.applyStreaming(net, StreamingSettings(tile: 0, inputResident: !streamed), input: input, batch: 1,
+                                           budget: ceiling - runtimeReserveBytes - (streamed ? cacheBytes : 0), optimizer: .sgd)
         net = c.model
-        note(describe(c, StreamingSettings(tile: c.tile)))
+        note(describe(c, StreamingSettings(tile: c.tile, inputResident: !streamed)))
       } else {
         net = try Streamed.apply(to: net, blocks: max(1, Streamed.streamableBlocks(of: net)), tile: Int(t)!)
         _ = try net.outputShape(for: [1] + input)  // a tile off the stride fails here
