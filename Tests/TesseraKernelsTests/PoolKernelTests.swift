@@ -10,6 +10,11 @@ final class PoolKernelTests: XCTestCase {
                  padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
     PoolGeometry(planes: 1, inHeight: 5, inWidth: 6, kernelH: 2, kernelW: 3, strideH: 1, strideW: 3),
     PoolGeometry(planes: 4, inHeight: 6, inWidth: 6, kernelH: 3, kernelW: 3, strideH: 1, strideW: 1),
+    // Wide rows (the SIMD part and its tail), odd widths, asymmetric padding.
+    PoolGeometry(planes: 2, inHeight: 11, inWidth: 37, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2,
+                 padTop: 1, padLeft: 1, padBottom: 1, padRight: 0),
+    PoolGeometry(planes: 3, inHeight: 5, inWidth: 19, kernelH: 2, kernelW: 4, strideH: 3, strideW: 1,
+                 padTop: 0, padLeft: 2, padBottom: 1, padRight: 3),
   ]
 
   /// Max over each window by the definition, with padded cells never winning.
@@ -41,6 +46,10 @@ final class PoolKernelTests: XCTestCase {
       var argmax = [Int32](repeating: -1, count: outCount)
       Pool2DKernels.maxForward(g, x: x, y: &y, argmax: &argmax)
       XCTAssertEqual(y, referenceMax(g, x), "forward \(g)")
+      // Inference (no arg-max): the same values.
+      var yi = [Float](repeating: 0, count: outCount)
+      Pool2DKernels.maxForward(g, x: x, y: &yi)
+      XCTAssertEqual(yi, referenceMax(g, x), "inference forward \(g)")
       let dy = randomFloats(outCount, seed: 50)
       var fast = [Float](repeating: 9, count: x.count), slow = fast
       Pool2DKernels.maxBackward(g, argmax: argmax, dy: dy, dx: &fast)
