@@ -43,6 +43,13 @@ func niceTicks(_ lo: Double, _ hi: Double, count: Int = 5) -> [Double] {
   return out
 }
 
+/// The opening of a chart: `<svg>` sized and labelled for screen readers by its `<title>` and
+/// `<desc>` (`desc` is plain text, escaped here).
+func svgOpen(id: String, width: Double, height: Double, title: String, desc: String) -> String {
+  "<svg id=\"\(esc(id))\" class=\"chart\" role=\"img\" aria-labelledby=\"\(esc(id))-t \(esc(id))-d\" viewBox=\"0 0 \(fmt(width, 0)) \(fmt(height, 0))\" width=\"\(fmt(width, 0))\" height=\"\(fmt(height, 0))\" xmlns=\"http://www.w3.org/2000/svg\">"
+    + "<title id=\"\(esc(id))-t\">\(esc(title))</title><desc id=\"\(esc(id))-d\">\(esc(desc))</desc>"
+}
+
 /// A marker shape per series index: circle, square, triangle, diamond, cross, …
 func marker(_ i: Int, _ x: Double, _ y: Double, _ colour: String) -> String {
   let s = 3.5, X = fmt(x, 1), Y = fmt(y, 1)
@@ -140,8 +147,7 @@ public struct LineChart {
     func Y(_ v: Double) -> Double { top + ph - (ty(v) - y0) / (y1 - y0) * ph }
     func Yt(_ t: Double) -> Double { top + ph - (t - y0) / (y1 - y0) * ph }
     let names = series.map(\.name).joined(separator: ", ")
-    var s = "<svg id=\"\(esc(id))\" class=\"chart\" role=\"img\" aria-labelledby=\"\(esc(id))-t \(esc(id))-d\" viewBox=\"0 0 \(fmt(width, 0)) \(fmt(height, 0))\" width=\"\(fmt(width, 0))\" height=\"\(fmt(height, 0))\" xmlns=\"http://www.w3.org/2000/svg\">"
-    s += "<title id=\"\(esc(id))-t\">\(esc(title))</title><desc id=\"\(esc(id))-d\">\(esc(yLabel)) against \(esc(xLabel)): \(esc(names)). The numbers are in the table below the chart.</desc>"
+    var s = svgOpen(id: id, width: width, height: height, title: title, desc: "\(yLabel) against \(xLabel): \(names). The numbers are in the table below the chart.")
     s += "<rect x=\"\(fmt(left, 1))\" y=\"\(fmt(top, 1))\" width=\"\(fmt(pw, 1))\" height=\"\(fmt(ph, 1))\" fill=\"#fff\" stroke=\"#888\"/>"
     for t in yt where t >= y0 && t <= y1 {
       s += "<line x1=\"\(fmt(left, 1))\" x2=\"\(fmt(left + pw, 1))\" y1=\"\(fmt(Yt(t), 1))\" y2=\"\(fmt(Yt(t), 1))\" stroke=\"#e3e3e3\"/>"
@@ -206,8 +212,7 @@ public struct StackedBarChart {
     let ticks = niceTicks(0, maxTotal)
     let x1 = max(maxTotal, ticks.last ?? maxTotal)
     func X(_ v: Double) -> Double { left + v / x1 * pw }
-    var s = "<svg id=\"\(esc(id))\" class=\"chart\" role=\"img\" aria-labelledby=\"\(esc(id))-t \(esc(id))-d\" viewBox=\"0 0 \(fmt(width, 0)) \(fmt(height, 0))\" width=\"\(fmt(width, 0))\" height=\"\(fmt(height, 0))\" xmlns=\"http://www.w3.org/2000/svg\">"
-    s += "<title id=\"\(esc(id))-t\">\(esc(title))</title><desc id=\"\(esc(id))-d\">\(esc(valueLabel)) per row, stacked by \(esc(categories.joined(separator: ", "))). The numbers are in the table below the chart.</desc>"
+    var s = svgOpen(id: id, width: width, height: height, title: title, desc: "\(valueLabel) per row, stacked by \(categories.joined(separator: ", ")). The numbers are in the table below the chart.")
     // Patterns: each category also differs in texture, so the stack reads without colour.
     s += "<defs>"
     for (i, _) in categories.enumerated() {
@@ -281,8 +286,7 @@ public struct HeatmapChart {
     let left = 150.0, top = 120.0
     let width = left + Double(m) * cell + 20, height = top + Double(n) * cell + 20
     let maxV = max(values.flatMap { $0 }.max() ?? 1, 1e-12)
-    var s = "<svg id=\"\(esc(id))\" class=\"chart\" role=\"img\" aria-labelledby=\"\(esc(id))-t \(esc(id))-d\" viewBox=\"0 0 \(fmt(width, 0)) \(fmt(height, 0))\" width=\"\(fmt(width, 0))\" height=\"\(fmt(height, 0))\" xmlns=\"http://www.w3.org/2000/svg\">"
-    s += "<title id=\"\(esc(id))-t\">\(esc(title))</title><desc id=\"\(esc(id))-d\">Rows: \(esc(rowAxis)); columns: \(esc(columnAxis)). Darker cells hold larger shares; every cell shows its number, and the table below repeats them.</desc>"
+    var s = svgOpen(id: id, width: width, height: height, title: title, desc: "Rows: \(rowAxis); columns: \(columnAxis). Darker cells hold larger shares; every cell shows its number, and the table below repeats them.")
     s += "<text x=\"\(fmt(left + Double(m) * cell / 2, 1))\" y=\"14\" text-anchor=\"middle\" class=\"axis\">\(esc(columnAxis)) →</text>"
     s += "<text transform=\"translate(14 \(fmt(top + Double(n) * cell / 2, 1))) rotate(-90)\" text-anchor=\"middle\" class=\"axis\">\(esc(rowAxis)) →</text>"
     for (j, c) in columnLabels.enumerated() {

@@ -197,7 +197,7 @@ enum RunReportBuilder {
 }
 
 extension Tensor {
-  /// (C, H, W) with 1 or 3 channels for a picture: extra channels dropped, 2 made grey.
+  /// (C, H, W) with 1 or 3 channels for a picture: beyond 3 the first 3, with 2 the first (grey).
   func channelsForDisplay() -> Tensor {
     let c = shape[0]
     if c == 1 || c == 3 { return self }
