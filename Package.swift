@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 // Target flags: without them SwiftPM's release build lowers SIMD `addingProduct` to one `fmaf` call per
@@ -28,6 +28,9 @@ let package = Package(
     .library(name: "TesseraTraining", targets: ["TesseraTraining"]),
     .executable(name: "tessera", targets: ["tessera"]),
   ],
+  // `swift build -c release --traits MPI` builds the same `tessera` with Open MPI inside (needs
+  // Debian's libopenmpi-dev); the default build needs nothing of it.
+  traits: [.trait(name: "MPI", description: "Data-, tile- and pipeline-parallel training over Open MPI (mpirun).")],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
@@ -47,15 +50,20 @@ let package = Package(
     .target(name: "CTesseraTIFF", cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("jpeg")]),
     .target(name: "TesseraTIFF", dependencies: ["Tessera", "TesseraData", "CTesseraTIFF"], swiftSettings: kernelFlags),
-    .target(name: "TesseraTraining", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTIFF"], swiftSettings: targetFlags),
+    .target(name: "TesseraTraining", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTIFF", "TesseraDistributed"], swiftSettings: targetFlags),
     // ONNX in and out: onnx.pb.swift generated from onnx.proto (scripts/generate_onnx_swift.sh).
     .target(name: "TesseraONNX", dependencies: ["Tessera", "TesseraKernels", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: targetFlags),
+    // Open MPI's C API (only with the MPI trait) and the runs spread over processes.
+    .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
+    .target(name: "TesseraDistributed",
+            dependencies: ["Tessera", "TesseraKernels", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
             swiftSettings: targetFlags),
     // Reports people look at: the HTML run report, the plan page, TensorBoard event files.
     .target(name: "TesseraReport", dependencies: ["Tessera", "TesseraData", "TesseraPlanner", "TesseraTraining"], swiftSettings: targetFlags),
     .executableTarget(
       name: "tessera",
-      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTIFF", "TesseraTraining", "TesseraReport", "TesseraONNX", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["Tessera", "TesseraPlanner", "TesseraData", "TesseraTIFF", "TesseraTraining", "TesseraReport", "TesseraONNX", "TesseraDistributed", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       swiftSettings: targetFlags),
     // Fuzz targets (scripts/fuzz.sh builds them with libFuzzer; a plain build replays inputs).
     .executableTarget(name: "tessera-fuzz", dependencies: ["Tessera", "TesseraData", "TesseraTIFF", "TesseraTraining", "TesseraONNX"],

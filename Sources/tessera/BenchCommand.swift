@@ -5,6 +5,7 @@ import TesseraKernels
 import TesseraPlanner
 import TesseraData
 import TesseraTIFF
+import TesseraDistributed
 
 struct BenchCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -193,11 +194,23 @@ struct TrainBench: ParsableCommand {
   @Option(help: "With --tile: train on this image file (TIFF level 0, JPEG, PNG, PNM), read crop by crop, never held; sets --input.")
   var image: String?
   @Option(help: "Refuse to run when the planned peak exceeds this (e.g. 2GiB).") var budget: String?
+  @OptionGroup var parallelOptions: ParallelOptions
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
   func run() throws {
     try global.apply()
+    let parallel = try parallelOptions.start()
+    if parallel != nil && inference { throw ValidationError("--parallel is for training steps, not --inference") }
+    if parallel?.mode == .tiles && streaming.tile == nil { throw ValidationError("--parallel tiles needs --tile") }
+    if parallel?.mode == .data && (streamedInput || image != nil) {
+      throw ValidationError("--parallel data shares a resident batch; for one image read region by region use --parallel tiles")
+    }
+    if let (c, mode) = parallel, mode == .data, batch < c.size {
+      throw ValidationError("--parallel data: --batch \(batch) is the global batch and needs at least one image for each of the \(c.size) ranks")
+    }
+    // This rank's images of the global batch (all of them outside data-parallel runs).
+    let mine = parallel.map { $0.mode == .data ? $0.communicator.share(of: batch) : 0..<batch } ?? 0..<batch
     let fileSource = try image.map { try RegionTileSource(URL(fileURLWithPath: $0)) }
     if image != nil && (streaming.tile == nil || inference || batch != 1) {
       throw ValidationError("--image trains one image read crop by crop: it needs --tile and --batch 1 (not --inference)")
@@ -217,7 +230,7 @@ struct TrainBench: ParsableCommand {
     var base = zoo, streamChoice: StreamingChoice?
     if let settings = streaming.settings(inputResident: !streamedInput) {
       // Within the budget less the runtime's reserve and the file reader's tile cache.
-      let c = try Planner.applyStreaming(zoo, settings, input: chw, batch: batch,
+      let c = try Planner.applyStreaming(zoo, settings, input: chw, batch: mine.count,
                                          budget: budgetBytes.map { $0 - runtimeReserveBytes - (fileSource?.cacheBytes ?? 0) })
       streamChoice = c
       base = c.model
@@ -226,7 +239,7 @@ struct TrainBench: ParsableCommand {
     let net = policy.apply(to: base)
     let shape = [batch] + chw
     _ = try net.checkInput(shape)
-    let plan = try Planner.plan(net, name: model, input: chw, batch: batch, optimizer: .momentum, inputResident: !streamedInput)
+    let plan = try Planner.plan(net, name: model, input: chw, batch: mine.count, optimizer: .momentum, inputResident: !streamedInput)
     // A file's tile cache lives beside the step.
     let planned = (inference ? plan.peakInferenceBytes : plan.peakTrainingBytes) + (fileSource?.cacheBytes ?? 0)
     if let b = budgetBytes, planned + runtimeReserveBytes > b {
@@ -244,8 +257,24 @@ struct TrainBench: ParsableCommand {
     let labels = (0..<batch).map { _ in Int(g.next() % UInt64(k)) }
     let opt = SGD(momentum: 0.9)
     var losses = [Float]()
+    var dp: DataParallel?
+    if let (c, mode) = parallel {
+      switch mode {
+      case .data: dp = DataParallel(model: net, communicator: c, bucketBytes: parallelOptions.bucketMb << 20,
+                                    synchronizedBatchNorm: parallelOptions.bn == "sync")
+      case .tiles: for s in net.layers.compactMap({ $0.1 as? Streamed }) { s.collective = c }
+      }
+    }
+    let xLocal = dp != nil ? x.map { $0.slice(images: mine) } : x
+    let bytes0 = parallel?.communicator.bytesReduced ?? 0, comm0 = parallel?.communicator.collectiveSeconds ?? 0
     func step() throws {
-      if let x {
+      if let dp, let x = xLocal {
+        dp.arm()
+        let r = try net.trainingStep(input: x, labels: Array(labels[mine]), gradientScale: Float(mine.count) / Float(batch))
+        dp.finish()
+        opt.step(net.namedParameters(), lr: 0.01)
+        losses.append(Float(dp.globalMean(Double(r.loss), count: mine.count)))
+      } else if let x {
         if inference { _ = try net.predict(x) } else {
           losses.append(try net.trainingStep(input: x, labels: labels, optimizer: opt, lr: 0.01).loss)
         }
@@ -262,6 +291,8 @@ struct TrainBench: ParsableCommand {
     }
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     let ips = Double(batch * steps) / seconds
+    let allSteps = Double(steps + warmup)
+    guard quietRank == 0 else { return }  // rank 0 alone reports
     if profile {
       for (k, v) in Profiler.shared.entries.sorted(by: { $0.1 > $1.1 }) {
         note(String(format: "%8.1f ms/step  %@", v * 1000 / Double(steps), k))
@@ -278,6 +309,24 @@ struct TrainBench: ParsableCommand {
       "planned_peak_bytes": planned,
     ]
     if let b = budgetBytes { out["budget_bytes"] = b }
+    if let (c, mode) = parallel {
+      // Per step, averaged over every step run (warm-up included: the sums are the same each step).
+      let bytes = Double(c.bytesReduced - bytes0) / allSteps
+      out["ranks"] = c.size
+      out["parallel"] = mode.rawValue
+      out["local_batch"] = mine.count
+      out["allreduce_bytes_per_step"] = Int(bytes)
+      // A ring allreduce sends 2(N − 1)/N of the buffer from each rank.
+      out["bytes_sent_per_step"] = Int(bytes * 2 * Double(c.size - 1) / Double(c.size))
+      out["allreduce_seconds_per_step"] = (c.collectiveSeconds - comm0) / allSteps
+      if let dp {
+        out["bn"] = parallelOptions.bn
+        out["bucket_mb"] = parallelOptions.bucketMb
+        out["buckets"] = dp.bucketSizes
+        out["gradient_allreduce_seconds_per_step"] = dp.allreduceSeconds / allSteps
+        out["allreduce_hidden_share"] = (dp.hiddenShare * 1000).rounded() / 1000
+      }
+    }
     if let c = streamChoice {
       out["tile"] = c.tile
       out["stream_blocks"] = c.blocks

@@ -3,6 +3,7 @@ import Foundation
 import Tessera
 import TesseraKernels
 import TesseraPlanner
+import TesseraDistributed
 
 struct StepCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -26,6 +27,7 @@ struct StepCommand: ParsableCommand {
   @Option(help: "Gradient checkpointing: none, sqrt, all or N (same gradients, less memory).") var checkpointing = "none"
   @Option(help: "Storage of what the step keeps for backward: fp32, fp16 or bf16.") var precision = "fp32"
   @OptionGroup var streaming: StreamingOptions
+  @OptionGroup var parallelOptions: ParallelOptions
   @Flag(help: "Print a JSON summary.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -39,6 +41,10 @@ struct StepCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
+    let parallel = try parallelOptions.start()
+    if parallel?.mode == .tiles && streaming.tile == nil {
+      throw ValidationError("--parallel tiles spreads a streamed step's tiles over the ranks: it needs --tile")
+    }
     ActivationStorage.precision = StoragePrecision(rawValue: precision)!
     let file = try SafeTensors.read(URL(fileURLWithPath: batch))
     guard let rawInput = file.tensors["input"] else {
@@ -76,7 +82,31 @@ struct StepCommand: ParsableCommand {
     do { _ = try net.checkInput(input.shape) } catch {
       throw BatchError("\(batch): input \(input.shape) does not fit \(model): \(error)")
     }
-    let result = try net.trainingStep(input: input, labels: rawLabels.toIntArray())
+    let labels = rawLabels.toIntArray()
+    let result: StepResult
+    if let (comm, mode) = parallel, mode == .data {
+      // This rank's share of the batch; the gradients summed over the ranks in buckets.
+      let n = input.shape[0]
+      guard n >= comm.size else { throw ValidationError("--parallel data: the batch has \(n) images for \(comm.size) ranks; each rank needs at least one") }
+      let mine = comm.share(of: n)
+      let dp = DataParallel(model: net, communicator: comm, bucketBytes: parallelOptions.bucketMb << 20,
+                            synchronizedBatchNorm: parallelOptions.bn == "sync")
+      dp.arm()
+      var r = try net.trainingStep(input: input.slice(images: mine), labels: Array(labels[mine]),
+                                   gradientScale: Float(mine.count) / Float(n))
+      dp.finish()
+      r.loss = Float(dp.globalMean(Double(r.loss), count: mine.count))
+      let k = r.logits.shape[1], all = Tensor(zeros: [n, k])
+      (all.floats + mine.lowerBound * k).update(from: r.logits.floats, count: mine.count * k)
+      comm.allreduceSum(all.floats, count: all.count)
+      r.logits = all
+      result = r
+    } else {
+      if let (comm, _) = parallel { for s in net.layers.compactMap({ $0.1 as? Streamed }) { s.collective = comm } }
+      result = try net.trainingStep(input: input, labels: labels)
+    }
+    // Rank 0 alone writes.
+    guard quietRank == 0 else { return }
     var outTensors: [(String, Tensor)] = [
       ("loss", Tensor(shape: [1], values: [result.loss])), ("logits", result.logits),
     ]

@@ -4,6 +4,7 @@ import Tessera
 import TesseraKernels
 import TesseraPlanner
 import TesseraTIFF
+import TesseraDistributed
 
 @main
 struct TesseraCLI: ParsableCommand {
@@ -21,7 +22,21 @@ struct TesseraCLI: ParsableCommand {
       i += 1
     }
     TIFFFile.registerWithTesseraData()
-    main(args)
+    do {
+      var command = try parseAsRoot(args)
+      try command.run()
+    } catch {
+      // Under mpirun a usage error is the same on every rank: said once, by rank 0.
+      // A rank's own failure (a file only it reads) is said by that rank.
+      if let l = Communicator.launch, l.rank != 0 {
+        if Communicator.shared != nil && !(error is ValidationError || error is DistributedError) {
+          FileHandle.standardError.write("rank \(l.rank): \(fullMessage(for: error))\n".data(using: .utf8)!)
+        }
+        Foundation.exit(exitCode(for: error).rawValue)
+      }
+      exit(withError: error)
+    }
+    Communicator.shared?.finish()
   }
 
   static let configuration = CommandConfiguration(
@@ -68,8 +83,14 @@ func printJSON(_ object: [String: Any]) {
   print(String(decoding: d, as: UTF8.self))
 }
 
-/// Writes a line to stderr (progress, warnings).
+/// Writes a line to stderr (progress, warnings); under mpirun only rank 0 writes progress, the
+/// others their warnings and errors, prefixed with their rank.
 func note(_ s: String) {
+  if quietRank != 0 {
+    guard s.hasPrefix("warning") || s.hasPrefix("error") || s.hasPrefix("rank") else { return }
+    FileHandle.standardError.write(("rank \(quietRank): " + s + "\n").data(using: .utf8)!)
+    return
+  }
   FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
 }
 

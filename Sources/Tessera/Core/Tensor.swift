@@ -63,6 +63,14 @@ public struct Tensor: @unchecked Sendable {
     return Tensor(shape: newShape, dtype: dtype, storage: storage)
   }
 
+  /// A copy of images `range` of an (N, …) F32 tensor (a rank's share of a batch).
+  public func slice(images range: Range<Int>) -> Tensor {
+    let per = count / max(shape[0], 1)
+    let t = Tensor(uninitialized: [range.count] + shape.dropFirst(), category: storage.category)
+    t.floats.update(from: floats + range.lowerBound * per, count: range.count * per)
+    return t
+  }
+
   public func copy(category: MemoryCategory? = nil) -> Tensor {
     let t = Tensor(zeros: shape, dtype: dtype, category: category ?? storage.category)
     t.storage.raw.copyMemory(from: storage.raw, byteCount: byteCount)

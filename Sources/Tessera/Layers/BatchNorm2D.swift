@@ -21,6 +21,11 @@ public final class BatchNorm2D: Layer {
   public var fixedStatistics: (mean: [Float], variance: [Float])?
   /// Streamed training (set by `Streamed`): backward of one tile with the whole image's gradient sums.
   public var streamedBackward: StreamedBatchNormBackward?
+  /// Synchronized BatchNorm (data-parallel training): a training forward normalises with the
+  /// statistics of the global batch — every rank's images — and backward uses the global gradient
+  /// sums, so N ranks compute what one process computes on the whole batch. The γ and β gradients
+  /// stay this rank's part (the gradient allreduce adds them up).
+  public var collective: Collective?
   private var saved: (x: Tensor, mean: [Float], invstd: [Float], shift: [Float])?
 
   public init(channels: Int, epsilon: Float = 1e-3, momentum: Float = 0.99, fusedReLU: Bool = false) {
@@ -56,15 +61,12 @@ public final class BatchNorm2D: Layer {
     if training, let f = fixedStatistics {
       mean = f.mean
       variance = f.variance
+    } else if training, let sync = collective {
+      synchronizedStatistics(x, sync, mean: &mean, variance: &variance)
+      updateRunningStatistics(mean, variance)
     } else if training {
       BatchNormKernels.statistics(x: x.floats, batch: n, channels: c, spatial: hw, mean: &mean, variance: &variance)
-      if !freezeRunningStatistics {
-        let rm = runningMean.value.floats, rv = runningVariance.value.floats
-        for i in 0..<c {
-          rm[i] = momentum * rm[i] + (1 - momentum) * mean[i]
-          rv[i] = momentum * rv[i] + (1 - momentum) * variance[i]
-        }
-      }
+      updateRunningStatistics(mean, variance)
     } else {
       mean = runningMean.value.toArray()
       variance = runningVariance.value.toArray()
@@ -94,10 +96,69 @@ public final class BatchNorm2D: Layer {
     return y
   }
 
+  private func updateRunningStatistics(_ mean: [Float], _ variance: [Float]) {
+    guard !freezeRunningStatistics else { return }
+    let rm = runningMean.value.floats, rv = runningVariance.value.floats
+    for i in 0..<channels {
+      rm[i] = momentum * rm[i] + (1 - momentum) * mean[i]
+      rv[i] = momentum * rv[i] + (1 - momentum) * variance[i]
+    }
+  }
+
+  /// The global batch's mean and biased variance, in two rounds as `BatchNormKernels.statistics`:
+  /// Σx and the element count summed over the ranks give the mean, then Σ(x − mean)² the variance.
+  private func synchronizedStatistics(_ x: Tensor, _ sync: Collective, mean: inout [Float], variance: inout [Float]) {
+    let s = x.shape, c = channels, whole = MapRegion(rows: 0..<s[2], cols: 0..<s[3])
+    var sums = [Double](repeating: 0, count: c + 1), squares = [Double](repeating: 0, count: c)
+    BatchNormKernels.accumulateStatistics(x: x.floats, batch: s[0], channels: c, height: s[2], width: s[3],
+                                          region: whole, shift: [Float](repeating: 0, count: c), sum: &sums, sumSquares: &squares)
+    sums[c] = Double(s[0] * s[2] * s[3])
+    sync.allreduceSum(&sums)
+    let count = max(sums[c], 1)
+    for i in 0..<c { mean[i] = Float(sums[i] / count) }
+    var deviations = [Double](repeating: 0, count: 2 * c)
+    deviations.withUnsafeMutableBufferPointer { d in
+      BatchNormKernels.accumulateStatistics(x: x.floats, batch: s[0], channels: c, height: s[2], width: s[3],
+                                            region: whole, shift: mean, sum: d.baseAddress!, sumSquares: d.baseAddress! + c)
+    }
+    sync.allreduceSum(&deviations)
+    for i in 0..<c {
+      let m = deviations[i] / count
+      variance[i] = Float(max(0, deviations[c + i] / count - m * m))
+    }
+  }
+
+  /// Backward with the global batch's gradient sums: this rank's Σdy and Σdy·x̂ summed over the
+  /// ranks, then dx = γ·invstd·(dy − meanDy − x̂·meanDyXhat) with the global means.
+  private func synchronizedBackward(x: Tensor, dy: Tensor, dx: Tensor?, mean: [Float], invstd: [Float],
+                                    shift: [Float], _ sync: Collective) {
+    let s = x.shape, c = channels
+    let step = StreamedBatchNormBackward(channels: c)
+    step.region = MapRegion(rows: 0..<s[2], cols: 0..<s[3])
+    step.run(x: x, dy: dy, dx: nil, mean: mean, invstd: invstd, gamma: weight.value.floats, reluShift: fusedReLU ? shift : nil)
+    let dg = weight.gradient, db = bias.gradient
+    for i in 0..<c {
+      dg[i] += Float(step.sumDyXhat[i])
+      db[i] += Float(step.sumDy[i])
+    }
+    var sums = step.sumDy + step.sumDyXhat + [Double(s[0] * s[2] * s[3])]
+    sync.allreduceSum(&sums)
+    guard let dx else { return }
+    let count = max(sums[2 * c], 1)
+    step.meanDy = (0..<c).map { Float(sums[$0] / count) }
+    step.meanDyXhat = (0..<c).map { Float(sums[c + $0] / count) }
+    step.run(x: x, dy: dy, dx: dx, mean: mean, invstd: invstd, gamma: weight.value.floats, reluShift: fusedReLU ? shift : nil)
+  }
+
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
     guard let (kept, mean, invstd, shift) = saved else { preconditionFailure("BatchNorm2D.backward without a training forward") }
     saved = nil
     let x = ActivationStorage.restore(kept)
+    if let sync = collective, streamedBackward == nil {
+      let dx = needInputGradient ? Tensor(uninitialized: x.shape) : nil
+      synchronizedBackward(x: x, dy: dy, dx: dx, mean: mean, invstd: invstd, shift: shift, sync)
+      return dx
+    }
     if let s = streamedBackward {
       let dx = s.inputGradient && needInputGradient ? Tensor(uninitialized: x.shape) : nil
       s.run(x: x, dy: dy, dx: dx, mean: mean, invstd: invstd, gamma: weight.value.floats,

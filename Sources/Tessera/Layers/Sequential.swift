@@ -4,6 +4,9 @@ import TesseraKernels
 /// (`stage1.conv1.weight`).
 public final class Sequential: Layer {
   public private(set) var layers: [(String, Layer)]
+  /// Called after child i's backward, when its parameters' gradients for this step are complete
+  /// (data-parallel training starts their allreduce there, overlapped with the rest of backward).
+  public var onChildBackward: ((Int) -> Void)?
 
   public init(_ layers: [(String, Layer)]) {
     precondition(Set(layers.map(\.0)).count == layers.count, "layer names must be unique")
@@ -43,6 +46,7 @@ public final class Sequential: Layer {
       let need = i > 0 || needInputGradient
       g = l is Sequential ? l.backward(d, needInputGradient: need)
         : Profiler.shared.time("\(layers[i].0) \(l.kind) backward") { l.backward(d, needInputGradient: need) }
+      onChildBackward?(i)
     }
     return g
   }

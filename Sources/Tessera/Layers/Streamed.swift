@@ -28,6 +28,10 @@ public final class Streamed: Layer {
   public let leaves: [Layer]
   public let paths: [String]
   private var saved: (source: TileSource, geometry: StreamGeometry)?
+  /// Tile-parallel streaming: rank r of N takes tiles r, r + N, r + 2N, …; the BatchNorm sums, the
+  /// stitched output, the input gradient and the segment's weight gradients are summed over the
+  /// ranks, so every rank ends the step with what one process computes alone.
+  public var collective: Collective?
 
   public init(_ segment: Sequential, tile: Int, frozenBatchNorm: Bool = false) throws {
     precondition(tile > 0, "tile must be positive")
@@ -127,12 +131,20 @@ public final class Streamed: Layer {
       }
     }
     let y = Tensor(zeros: geo.output)
-    for t in geo.tiles {
+    for t in myTiles(geo) {
       let h = try BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
       Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
     }
+    // Each cell is owned by one tile, so the sum over ranks is the stitched output, exactly.
+    collective?.allreduceSum(y.floats, count: y.count)
     if record { saved = (source, geo) } else { reset() }
     return y
+  }
+
+  /// The tiles this process runs: all of them, or its share in a tile-parallel run.
+  private func myTiles(_ geo: StreamGeometry) -> [StreamGeometry.Tile] {
+    guard let c = collective, c.size > 1 else { return Array(geo.tiles) }
+    return geo.tiles.enumerated().filter { $0.offset % c.size == c.rank }.map(\.element)
   }
 
   /// Runs the first `end` layers on a tile's crop, recording from layer `recordFrom` on.
@@ -153,10 +165,11 @@ public final class Streamed: Layer {
   /// over the cells each tile owns; then the running statistics are updated once.
   private func gatherStatistics(_ k: Int, _ geo: StreamGeometry, _ source: TileSource) throws {
     let bn = leaves[k] as! BatchNorm2D, C = bn.channels
-    var sum = [Double](repeating: 0, count: C), squares = sum, shift: [Float]?
-    for t in geo.tiles {
+    var sum = [Double](repeating: 0, count: C), squares = sum, shift: [Float]?, cells = 0
+    for t in myTiles(geo) {
       let h = try BackwardRecording.without { try run(source, t, through: k, recordFrom: nil, true) }
       let s = h.shape, region = t.owned[k]
+      cells += s[0] * region.count
       if shift == nil {  // the first tile's mean: keeps the one-pass variance accurate
         var a = [Double](repeating: 0, count: C), b = a
         BatchNormKernels.accumulateStatistics(x: h.floats, batch: s[0], channels: C, height: s[2], width: s[3],
@@ -167,6 +180,9 @@ public final class Streamed: Layer {
                                             region: region, shift: shift!, sum: &sum, sumSquares: &squares)
     }
     let M = Double(geo.counts[k])
+    if let coll = collective, coll.size > 1 {
+      (sum, squares, shift) = Self.combine(coll, sum: sum, squares: squares, shift: shift, cells: cells, channels: C)
+    }
     var mean = [Float](repeating: 0, count: C), variance = mean
     for c in 0..<C {
       let m = sum[c] / M
@@ -181,6 +197,27 @@ public final class Streamed: Layer {
         rv[c] = mo * rv[c] + (1 - mo) * variance[c]
       }
     }
+  }
+
+  /// Every rank's shifted sums over its `n` cells moved to rank 0's shift S (its first tile's
+  /// mean, which one process would use) and added in rank order: with d = s − S,
+  /// Σ(x − S) = Σ(x − s) + n·d and Σ(x − S)² = Σ(x − s)² + 2d·Σ(x − s) + n·d².
+  static func combine(_ coll: Collective, sum: [Double], squares: [Double], shift: [Float]?, cells n: Int,
+                      channels C: Int) -> ([Double], [Double], [Float]) {
+    let mine = sum + squares + (shift ?? [Float](repeating: 0, count: C)).map(Double.init) + [Double(n)]
+    let all = coll.allGather(mine).filter { $0[3 * C] > 0 }
+    guard let first = all.first else { return (sum, squares, shift ?? [Float](repeating: 0, count: C)) }
+    let S = Array(first[(2 * C)..<(3 * C)])
+    var a = [Double](repeating: 0, count: C), b = a
+    for r in all {
+      let cells = r[3 * C]
+      for c in 0..<C {
+        let d = r[2 * C + c] - S[c]
+        a[c] += r[c] + cells * d
+        b[c] += r[C + c] + 2 * d * r[c] + cells * d * d
+      }
+    }
+    return (a, b, S.map(Float.init))
   }
 
   /// Clears what the passes set on the segment's layers.
@@ -223,11 +260,18 @@ public final class Streamed: Layer {
     // The input gradient: each tile's crop gradient comes from the sources it owns only, so the
     // crops' gradients add up to the whole image's (made in the last pass).
     let dx: Tensor? = needInputGradient ? Tensor(zeros: geo.input) : nil
+    // Tile-parallel: this step's weight gradients start from zero here and are summed over the
+    // ranks at the end; what was accumulated before (earlier micro-batches) is added back after.
+    let parallel = collective.map { $0.size > 1 } ?? false
+    let weights = parallel ? segment.namedParameters().map(\.1).filter(\.trainable) : []
+    let earlier = weights.map { p in p.grad.map { g in (0..<g.count).map { g.floats[$0] } } }
+    weights.forEach { $0.zeroGradient() }
+    let tiles = myTiles(geo)
     for pass in passes() {
       let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
-      for t in geo.tiles {
+      for t in tiles {
         for k in batchNorms { bn(k).streamedBackward!.region = t.owned[k] }
         do {
           _ = try run(source, t, through: L, recordFrom: pass.from, true)
@@ -247,13 +291,27 @@ public final class Streamed: Layer {
       }
       if let k = pass.gather {
         let s = bn(k).streamedBackward!, M = Double(geo.counts[k])
+        addBatchNormGradients(bn(k))  // this rank's part (summed with the other weights below)
+        if let c = collective, parallel {
+          var both = s.sumDy + s.sumDyXhat
+          c.allreduceSum(&both)
+          s.sumDy = Array(both[0..<bn(k).channels])
+          s.sumDyXhat = Array(both[bn(k).channels...])
+        }
         s.meanDy = s.sumDy.map { Float($0 / M) }
         s.meanDyXhat = s.sumDyXhat.map { Float($0 / M) }
         s.inputGradient = true
-        addBatchNormGradients(bn(k))
       }
     }
     if frozenBatchNorm { for k in batchNorms { addBatchNormGradients(bn(k)) } }
+    if let c = collective, parallel {
+      for (p, before) in zip(weights, earlier) {
+        let g = p.gradient
+        c.allreduceSum(g, count: p.count)
+        if let before { for i in 0..<p.count { g[i] += before[i] } }
+      }
+      if let dx { c.allreduceSum(dx.floats, count: dx.count) }
+    }
     return dx
   }
 
