@@ -250,7 +250,7 @@ struct TrainBench: ParsableCommand {
     let macs = try Planner.plan(net, name: model, input: chw, batch: 1, optimizer: .sgd).macs
     MemoryLedger.shared.resetPeak()
     var g = SeededGenerator(seed: 1)
-    let x: Tensor? = streamedInput ? nil : Tensor(uninitialized: shape, category: .data)
+    var x: Tensor? = streamedInput ? nil : Tensor(uninitialized: shape, category: .data)
     if let x { for i in 0..<x.count { x.floats[i] = g.nextNormal() } }
     let source: TileSource = fileSource ?? SyntheticTileSource(shape: shape, seed: 1)
     let k = try net.outputShape(for: shape).last ?? 1  // the model's classes (an ONNX model's own)
@@ -266,6 +266,10 @@ struct TrainBench: ParsableCommand {
       }
     }
     let xLocal = dp != nil ? x.map { $0.slice(images: mine) } : x
+    if dp != nil {  // the global batch was made whole for the same numbers as one process; kept: this rank's share
+      x = nil
+      MemoryLedger.shared.resetPeak()
+    }
     let bytes0 = parallel?.communicator.bytesReduced ?? 0, comm0 = parallel?.communicator.collectiveSeconds ?? 0
     func step() throws {
       if let dp, let x = xLocal {

@@ -50,6 +50,13 @@ struct PlanCommand: ParsableCommand {
   var prefetch = 2
   @Option(help: "Also write the plan as one self-contained HTML page: bytes per layer, receptive-field growth and, with --budget, every memory mode with its largest batch.")
   var html: String?
+  @Option(help: ArgumentHelp("Predict the time per step on this many machines (e.g. 8 or 64; several: 2,8,64).",
+                              discussion: "From one process's measured step (--step-seconds, or one measured here at --batch) and a ring allreduce over --link-gbps."))
+  var ranks: String?
+  @Option(help: "With --ranks: the link between machines in Gbit/s.") var linkGbps: Double = 10
+  @Option(help: "With --ranks: data (each rank a share of the batch) or tiles (each image's tiles spread; needs --tile).") var parallel = "data"
+  @Option(help: "With --ranks: seconds of one process's training step at this --batch (from tessera bench train --json); measured here when left out.")
+  var stepSeconds: Double?
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -65,6 +72,11 @@ struct PlanCommand: ParsableCommand {
     guard CheckpointingPolicy(checkpointing) != nil else {
       throw ValidationError("--checkpointing must be none, sqrt, all or a number of blocks per segment")
     }
+    if let r = ranks { _ = try rankList(r) }
+    guard linkGbps.isFinite, linkGbps > 0 else { throw ValidationError("--link-gbps must be a positive number, got \(linkGbps)") }
+    guard parallel == "data" || parallel == "tiles" else { throw ValidationError("--parallel must be data or tiles, got '\(parallel)'") }
+    if parallel == "tiles" && ranks != nil && streaming.tile == nil { throw ValidationError("--parallel tiles needs --tile") }
+    if let t = stepSeconds, !(t.isFinite && t > 0) { throw ValidationError("--step-seconds must be a positive number") }
 
   }
 
@@ -106,8 +118,10 @@ struct PlanCommand: ParsableCommand {
       }
       if !json { note("plan page: \(path)") }
     }
+    let cluster = try ranks.map { try clusterEstimates($0, model: model, plan: plan, streamChoice: streamChoice, input: input) }
     if json {
       var o = planJSON(plan, advice: advice)
+      if let c = cluster { o["cluster"] = c.map(clusterJSON) }
       o["run"] = ["loaderBytes": loaderBytes(batch), "loaderBatches": prefetch + 1, "runtimeReserveBytes": runtimeReserveBytes,
                   "peakBytes": runPeak] as [String: Any]
       func modeJSON(_ m: MemoryMode) -> [String: Any] {
@@ -129,6 +143,11 @@ struct PlanCommand: ParsableCommand {
       return
     }
     printTable(plan)
+    for e in cluster ?? [] {
+      print(String(format: "%@ %d ranks over %g Gbit/s: %.3f s per step (compute %.3f s, allreduce %.3f s of %@ sent per rank; overlapped %.3f s), speed-up %.2f, efficiency %.0f %%",
+                   e.parallel, e.ranks, e.linkGbps, e.secondsPerStep, e.computeSeconds, e.commSeconds, ByteSize.format(e.bytesSent),
+                   e.secondsPerStepOverlapped, e.speedup, e.efficiency * 100))
+    }
     print("a training run adds: the loader's \(prefetch + 1) batches in flight \(ByteSize.format(loaderBytes(batch))) + runtime reserve \(ByteSize.format(runtimeReserveBytes)) → \(ByteSize.format(runPeak))")
     if let c = streamChoice { print(describe(c, streaming.settings(inputResident: !streamedInput)!)) }
     if let a = advice { printAdvice(a, plan: plan) }
@@ -137,6 +156,51 @@ struct PlanCommand: ParsableCommand {
       for c in m.all { print("  \(pad(c.mode.description, 40)) batch \(pad(String(c.batch), 6)) peak \(ByteSize.format(c.peakTrainingBytes))  ×\(String(format: "%.2f", c.relativeTime))") }
       if let b = m.best { print("  → fastest that fits batch \(batch): \(b.mode)") }
     }
+  }
+
+  func rankList(_ s: String) throws -> [Int] {
+    let v = s.split(separator: ",").map { Int($0) }
+    guard !v.isEmpty, v.allSatisfy({ ($0 ?? 0) >= 1 && ($0 ?? 0) <= 1_000_000 }) else {
+      throw ValidationError("--ranks must be a number of machines (or several: 2,8,64), got '\(s)'")
+    }
+    return v.map { $0! }
+  }
+
+  /// The cost model's prediction for each rank count, from one process's step time.
+  func clusterEstimates(_ r: String, model: Sequential, plan: Plan, streamChoice: StreamingChoice?, input: [Int]) throws -> [ClusterEstimate] {
+    let t1 = try stepSeconds ?? measureStep(model, input: input)
+    return try rankList(r).map { n in
+      if parallel == "tiles" {
+        // The streamed segments' share of the step: their MACs, weighted by the recomputation the
+        // streaming estimate adds (relative time t: the rest is (1 − m) of the plain step).
+        let streamed = plan.layers.filter { $0.name.hasPrefix("streamed") }.reduce(0) { $0 + $1.macs }
+        let m = plan.macs > 0 ? Double(streamed) / Double(plan.macs * plan.batch) : 0
+        let rel = max(streamChoice?.relativeTime ?? 1, 1e-9)
+        return try Planner.tileParallelEstimate(model: model, plan: plan, stepSeconds: t1, streamedShare: 1 - (1 - min(m, 1)) / rel,
+                                                ranks: n, linkGbps: linkGbps)
+      }
+      return Planner.dataParallelEstimate(plan: plan, stepSeconds: t1, ranks: n, linkGbps: linkGbps)
+    }
+  }
+
+  /// One training step timed here (after one untimed), at the planned batch on seeded noise.
+  func measureStep(_ model: Sequential, input: [Int]) throws -> Double {
+    if !json { note("measuring one training step at batch \(batch) (give --step-seconds to skip)…") }
+    if !ModelLoader.isPretrained(modelOptions.model) { model.initializeParameters(seed: 0) }
+    var g = SeededGenerator(seed: 1)
+    let x = Tensor(uninitialized: [batch] + input, category: .data)
+    for i in 0..<x.count { x.floats[i] = g.nextNormal() }
+    let k = try model.outputShape(for: [batch] + input).last ?? 1
+    let labels = (0..<batch).map { _ in Int(g.next() % UInt64(k)) }
+    let opt = SGD(momentum: 0.9)
+    return try medianSeconds(runs: 1) { _ = try model.trainingStep(input: x, labels: labels, optimizer: opt, lr: 0.01) }
+  }
+
+  func clusterJSON(_ e: ClusterEstimate) -> [String: Any] {
+    ["parallel": e.parallel, "ranks": e.ranks, "linkGbps": e.linkGbps, "latencySeconds": e.latencySeconds,
+     "singleStepSeconds": e.singleStepSeconds, "computeSeconds": e.computeSeconds, "allreduceBytes": e.allreduceBytes,
+     "bytesSent": e.bytesSent, "messages": e.messages, "commSeconds": e.commSeconds, "secondsPerStep": e.secondsPerStep,
+     "secondsPerStepOverlapped": e.secondsPerStepOverlapped, "speedup": e.speedup, "efficiency": e.efficiency]
   }
 
   func planJSON(_ p: Plan, advice: BudgetAdvice?) -> [String: Any] {
