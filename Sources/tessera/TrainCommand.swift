@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TesseraDistributed
 import Tessera
 import TesseraData
 import TesseraKernels
@@ -102,6 +103,11 @@ struct TrainCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
+    // Several ranks would train independent copies into one folder: refused until train shares
+    // the work (step and bench train do, with --parallel data|tiles).
+    if let l = Communicator.launch, l.size > 1 {
+      throw ValidationError("train does not run under mpirun yet (\(l.size) ranks would train \(l.size) separate copies): run it as one process; `tessera step` and `tessera bench train` take --parallel data|tiles under mpirun")
+    }
     // The folder is locked first, so two runs never interleave; a folder this run created is
     // removed again if it is refused before training starts.
     let outURL = URL(fileURLWithPath: out)

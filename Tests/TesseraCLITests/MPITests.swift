@@ -62,17 +62,9 @@ final class MPITests: TemporaryDirectoryTestCase {
     return (r, Date().timeIntervalSince(t0))
   }
 
+  /// One process of the MPI build, without mpirun.
   func one(_ args: [String]) throws -> CLIResult {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: try mpiBinary)
-    p.arguments = args
-    let err = Pipe()
-    p.standardError = err
-    p.standardOutput = Pipe()
-    try p.run()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return CLIResult(status: p.terminationStatus, stdout: "", stderr: String(decoding: e, as: UTF8.self))
+    try CLI.run(args, binary: URL(fileURLWithPath: try mpiBinary))
   }
 
   func batch(_ name: String, _ shape: [Int], labels: [Int], seed: UInt64) throws -> String {
@@ -140,16 +132,7 @@ final class MPITests: TemporaryDirectoryTestCase {
                 "--warmup", "1", "--threads", "1", "--json"]
     let single = try one(args)
     XCTAssertEqual(single.status, 0, single.stderr)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: try mpiBinary)
-    p.arguments = args
-    let o = Pipe()
-    p.standardOutput = o
-    p.standardError = Pipe()
-    try p.run()
-    let data = o.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    let s = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+    let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(single.stdout.utf8)) as? [String: Any])
     let (m, _) = try mpirun(2, args)
     XCTAssertEqual(m.status, 0, m.stderr)
     let lines = m.stdout.split(separator: "\n")
@@ -196,6 +179,11 @@ final class MPITests: TemporaryDirectoryTestCase {
     XCTAssertLessThan(seconds, 60)
     XCTAssert(r.stderr.contains("no answer from the other ranks within 5 s"), r.stderr)
     XCTAssertFalse(FileManager.default.fileExists(atPath: path("x.safetensors")), "nothing written")
+    // train does not share its work yet: refused, its folder not made.
+    (r, _) = try mpirun(2, ["train", "--data", dir.path, "--out", path("run")])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("train does not run under mpirun yet"), r.stderr)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: path("run")))
   }
 }
 

@@ -24,7 +24,8 @@ public enum CLI {
 
   public static var binary: URL { productsDirectory.appendingPathComponent("tessera") }
 
-  public static func run(_ args: [String], environment: [String: String] = [:]) throws -> CLIResult {
+  public static func run(_ args: [String], environment: [String: String] = [:], binary other: URL? = nil) throws -> CLIResult {
+    let binary = other ?? binary
     guard FileManager.default.isExecutableFile(atPath: binary.path) else {
       throw XCTSkip("tessera binary not built at \(binary.path); run `swift build` first")
     }
