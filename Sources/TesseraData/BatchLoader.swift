@@ -93,6 +93,11 @@ public final class BatchLoader: @unchecked Sendable {
   /// Images at native resolution, one per batch, each handed to the model as a file read crop by
   /// crop (`Batch.source`), never decoded whole: for streamed training on images larger than memory.
   public var streamFromFiles = false
+  /// Data-parallel training: this rank's share of every batch (`Tessera.share`), the batches
+  /// themselves formed as one process forms them. A batch smaller than the number of ranks is
+  /// left out, and a batch whose files all failed comes back empty instead of being passed over,
+  /// so every rank sees the same batches.
+  public var shard: (rank: Int, ranks: Int)?
   /// Called (from worker threads) with one line per skipped file.
   public var onWarning: @Sendable (String) -> Void = { _ in }
 
@@ -148,6 +153,9 @@ public final class BatchLoader: @unchecked Sendable {
     let o = order(epoch: e)
     var groups = stride(from: 0, to: o.count, by: batchSize).map { Array(o[$0..<min(o.count, $0 + batchSize)]) }
     if dropLast, let last = groups.last, last.count < batchSize { groups.removeLast() }
+    if let (r, n) = shard {
+      groups = groups.filter { $0.count >= n }.map { Array($0[share(of: $0.count, rank: r, ranks: n)]) }
+    }
     return EpochIterator(loader: self, epoch: e, groups: Array(groups.dropFirst(from)))
   }
 
@@ -316,7 +324,10 @@ public final class EpochIterator: @unchecked Sendable {
         cancelled = true
         throw e
       }
-      guard let t = job.tensor else { continue }  // every file of this batch was skipped
+      guard let t = job.tensor else {  // every file of this batch was skipped
+        if loader.shard == nil { continue }
+        return Batch(images: Tensor(zeros: [0]), labels: [], urls: [], index: b)
+      }
       let kept = job.filled.indices.filter { job.filled[$0] }
       let per = t.count / groups[b].count
       var images = t

@@ -30,9 +30,6 @@ public final class DataParallel {
   private var pending: [Communicator.Request] = []
   private var armed = false
 
-  /// Steps whose gradients were summed, and what they cost.
-  public private(set) var steps = 0
-  public private(set) var gradientBytes = 0
   /// Seconds the MPI thread spent on gradient sums, and seconds the training thread waited for them
   /// after backward (the rest was hidden behind backward).
   public private(set) var allreduceSeconds = 0.0
@@ -108,8 +105,6 @@ public final class DataParallel {
     for r in pending { r.wait() }
     waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     allreduceSeconds += pending.reduce(0) { $0 + $1.seconds }
-    gradientBytes += buckets.reduce(0) { $0 + $1.bytes }
-    steps += 1
     pending = []
   }
 
@@ -117,6 +112,14 @@ public final class DataParallel {
   public func sumAll() {
     arm()
     finish()
+  }
+
+  /// The global batch's size from this rank's `count`, or nil when some rank has no image in it
+  /// (all of its share unreadable): then every rank leaves the batch out.
+  public func globalCount(_ count: Int) -> Int? {
+    var v = [Double(count), count == 0 ? 1 : 0]
+    communicator.allreduceSum(&v)
+    return v[1] > 0 ? nil : Int(v[0])
   }
 
   /// The share of the gradient sums' time that ran while backward was still computing.

@@ -29,6 +29,28 @@ public struct ClassificationMetrics: Sendable, Codable, Equatable {
     lossSum += Double(loss) * Double(n)
   }
 
+  /// Adds another set of the same classes (another rank's, another batch's).
+  public mutating func add(_ o: ClassificationMetrics) {
+    precondition(o.classes == classes, "metrics of \(o.classes) and \(classes) classes")
+    for i in 0..<classes { for j in 0..<classes { confusion[i][j] += o.confusion[i][j] } }
+    samples += o.samples
+    topKHits += o.topKHits
+    lossSum += o.lossSum
+  }
+
+  /// The sum of every rank's metrics (data-parallel: each rank saw its share of the images).
+  public func summed(over c: Collective) -> ClassificationMetrics {
+    var v = confusion.flatMap { $0.map(Double.init) } + [Double(samples), Double(topKHits), lossSum]
+    c.allreduceSum(&v)
+    var m = self
+    let k = classes
+    for i in 0..<k { for j in 0..<k { m.confusion[i][j] = Int(v[i * k + j]) } }
+    m.samples = Int(v[k * k])
+    m.topKHits = Int(v[k * k + 1])
+    m.lossSum = v[k * k + 2]
+    return m
+  }
+
   public var loss: Double { samples == 0 ? 0 : lossSum / Double(samples) }
   public var accuracy: Double {
     samples == 0 ? 0 : Double((0..<classes).reduce(0) { $0 + confusion[$1][$1] }) / Double(samples)

@@ -2,6 +2,7 @@ import Foundation
 import Tessera
 import TesseraData
 import TesseraKernels
+import TesseraDistributed
 
 /// What happened in one epoch.
 public struct EpochLog: Sendable {
@@ -89,6 +90,12 @@ public final class Trainer {
   public var maxSkippedShare = 1.0
   /// Polled after every update; true stops training there (`TrainingInterrupted`).
   public var interruptRequested: () -> Bool = { false }
+  /// Data-parallel training (under mpirun): the loaders give this rank's share of each batch
+  /// (`BatchLoader.shard`); gradients are summed over the ranks before each update, metrics are
+  /// every rank's together, and a stop asked of any rank stops all of them at the same update.
+  public var dataParallel: DataParallel?
+  /// Batches left out on every rank because one rank's share could not be read at all.
+  public private(set) var batchesLeftOut = 0
 
   public init(model: Sequential, optimizer: Optimizer, schedule: LRSchedule, classes: Int, accumulate: Int = 1,
               labelSmoothing: Float = 0) {
@@ -122,41 +129,64 @@ public final class Trainer {
       while let batch = try it.next() {
         lr = schedule.learningRate(at: step)
         let last = micro == accumulate - 1
+        // Data-parallel: this rank's share of the global batch, scaled so the sum over the ranks is
+        // the global mean's gradient. A batch one rank could not read at all is left out by all.
+        var scale = 1 / Float(accumulate)
+        if let dp = dataParallel {
+          guard let total = dp.globalCount(batch.labels.count) else {
+            batchesLeftOut += 1
+            b += 1
+            continue
+          }
+          scale *= Float(batch.labels.count) / Float(total)
+          if last { dp.arm() }
+        }
         let r = try batch.source.map {
           try model.trainingStep(source: $0, labels: batch.labels, optimizer: nil, lr: lr, labelSmoothing: labelSmoothing,
-                                 accumulate: micro > 0, gradientScale: 1 / Float(accumulate))
+                                 accumulate: micro > 0, gradientScale: scale)
         } ?? model.trainingStep(input: batch.images, labels: batch.labels, optimizer: nil,
                                 lr: lr, labelSmoothing: labelSmoothing, accumulate: micro > 0,
-                                gradientScale: 1 / Float(accumulate))
-        guard r.loss.isFinite else {
+                                gradientScale: scale)
+        if last { dataParallel?.finish() }
+        var batchMetrics = ClassificationMetrics(classes: classes)
+        batchMetrics.add(logits: r.logits, labels: batch.labels, loss: r.loss)
+        if let dp = dataParallel { batchMetrics = batchMetrics.summed(over: dp.communicator) }
+        let loss = Float(batchMetrics.loss)
+        guard loss.isFinite else {
           let names = batch.urls.prefix(3).map(\.lastPathComponent).joined(separator: ", ")
-          throw TrainingError("the loss is \(r.loss) in epoch \(epoch + 1), batch \(b + 1) (\(names)\(batch.urls.count > 3 ? ", …" : "")) at learning rate \(lr): training diverged. Nothing of this epoch was saved; the run folder holds the last complete epoch. Lower --lr (or add --warmup) and start again, or --resume")
+          throw TrainingError("the loss is \(loss) in epoch \(epoch + 1), batch \(b + 1) (\(names)\(batch.urls.count > 3 ? ", …" : "")) at learning rate \(lr): training diverged. Nothing of this epoch was saved; the run folder holds the last complete epoch. Lower --lr (or add --warmup) and start again, or --resume")
         }
         if last { update(lr: lr) }
-        metrics.add(logits: r.logits, labels: batch.labels, loss: r.loss)
-        lastBatchLoss = r.loss
+        metrics.add(batchMetrics)
+        lastBatchLoss = loss
         lastLearningRate = lr
         micro = last ? 0 : micro + 1
         if last { step += 1 }
         b += 1
-        let ips = it.imagesPerSecond
+        let ips = it.imagesPerSecond * Double(dataParallel?.communicator.size ?? 1)  // every rank's
         callbacks.forEach { $0.onBatchEnd(epoch, batch: b, of: it.batchCount, running: metrics, imagesPerSecond: ips) }
-        if micro == 0 && interruptRequested() && b < it.batchCount + (resumed?.0 ?? 0) {
+        if micro == 0 && b < it.batchCount + (resumed?.0 ?? 0) && stopAsked() {
           for c in callbacks {
             try c.onInterrupt(epoch: epoch, batchesDone: b, metrics: metrics, skippedFiles: skippedBefore + it.skipped.count, trainer: self)
           }
           throw TrainingInterrupted(epoch: epoch, batchesDone: b, batches: it.batchCount + (resumed?.0 ?? 0))
         }
       }
-      let files = it.imageCount
-      if files > 0 && (it.skipped.count == files || Double(it.skipped.count) > maxSkippedShare * Double(files)) {
+      var files = it.imageCount, skippedCount = it.skipped.count
+      if let dp = dataParallel {  // every rank's files
+        var v = [Double(files), Double(skippedCount)]
+        dp.communicator.allreduceSum(&v)
+        (files, skippedCount) = (Int(v[0]), Int(v[1]))
+      }
+      if files > 0 && (skippedCount == files || Double(skippedCount) > maxSkippedShare * Double(files)) {
         let first = it.skipped.first.map { " (first: \($0.reason))" } ?? ""
-        throw TrainingError("\(it.skipped.count) of \(files) training images could not be read in epoch \(epoch + 1)\(first); more than the \(Int(maxSkippedShare * 100)) % allowed. Fix or remove them, or raise --max-skipped")
+        throw TrainingError("\(skippedCount) of \(files) training images could not be read in epoch \(epoch + 1)\(first); more than the \(Int(maxSkippedShare * 100)) % allowed. Fix or remove them, or raise --max-skipped")
       }
       if micro > 0 {  // a partial group at the end of the epoch still updates, scaled to its size
         for (_, p) in model.namedParameters() where p.trainable {
           if let g = p.grad { ElementwiseKernels.scale(g.floats, by: Float(accumulate) / Float(micro), count: g.count) }
         }
+        dataParallel?.sumAll()
         update(lr: lr)
         step += 1
       }
@@ -167,7 +197,7 @@ public final class Trainer {
       let log = EpochLog(epoch: epoch + 1, train: metrics, validation: val, seconds: seconds,
                          imagesPerSecond: Double(metrics.samples - (resumed?.1.partialMetrics?.samples ?? 0)) / max(seconds, 1e-9),
                          learningRate: lr,
-                         skippedFiles: skippedBefore + it.skipped.count, peakBytes: MemoryLedger.shared.peakBytes,
+                         skippedFiles: skippedBefore + skippedCount, peakBytes: MemoryLedger.shared.peakBytes,
                          skippedSteps: skippedUpdates)
       logs.append(log)
       for c in callbacks { try c.onEpochEnd(log, trainer: self) }
@@ -177,6 +207,12 @@ public final class Trainer {
   }
 
   private var skippedThisEpoch = 0
+
+  /// Whether training should stop at this update: asked of this process, or of any rank.
+  private func stopAsked() -> Bool {
+    let mine = interruptRequested()
+    return dataParallel.map { $0.communicator.any(mine) } ?? mine
+  }
 
   /// The optimizer's step, unless a gradient is not finite.
   private func update(lr: Float) {
@@ -225,10 +261,11 @@ public final class Trainer {
     var m = ClassificationMetrics(classes: classes)
     let it = loader.epoch(0)
     while let b = try it.next() {
+      if b.labels.isEmpty { continue }  // a rank's share that could not be read
       let logits = try b.source.map { try model.predict(source: $0) } ?? model.predict(b.images)
       let loss = try SoftmaxCrossEntropy.compute(logits: logits, labels: b.labels).loss
       m.add(logits: logits, labels: b.labels, loss: loss)
     }
-    return m
+    return dataParallel.map { m.summed(over: $0.communicator) } ?? m
   }
 }

@@ -173,8 +173,10 @@ struct PlanCommand: ParsableCommand {
       if parallel == "tiles" {
         // The streamed segments' share of the step: their MACs, weighted by the recomputation the
         // streaming estimate adds (relative time t: the rest is (1 − m) of the plain step).
-        let streamed = plan.layers.filter { $0.name.hasPrefix("streamed") }.reduce(0) { $0 + $1.macs }
-        let m = plan.macs > 0 ? Double(streamed) / Double(plan.macs * plan.batch) : 0
+        // (Streamed is transparent in the plan: its layers are named by their own blocks.)
+        let blocks = Set(model.layers.compactMap { $0.1 as? Streamed }.flatMap { $0.segment.layers.map(\.0) })
+        let streamed = plan.layers.filter { blocks.contains(String($0.name.split(separator: ".")[0])) }.reduce(0) { $0 + $1.macs }
+        let m = plan.macs > 0 ? Double(streamed) / Double(plan.macs) : 0
         let rel = max(streamChoice?.relativeTime ?? 1, 1e-9)
         return try Planner.tileParallelEstimate(model: model, plan: plan, stepSeconds: t1, streamedShare: 1 - (1 - min(m, 1)) / rel,
                                                 ranks: n, linkGbps: linkGbps)

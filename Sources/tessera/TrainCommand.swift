@@ -69,6 +69,7 @@ struct TrainCommand: ParsableCommand {
   var logEvery = 0
   @Option(help: "Write TensorBoard scalar event files to this folder (epoch curves, and steps with --log-every).")
   var tensorboard: String?
+  @OptionGroup var parallelOptions: ParallelOptions
   @Flag(help: "Print a JSON summary at the end.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -103,10 +104,21 @@ struct TrainCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
-    // Several ranks would train independent copies into one folder: refused until train shares
-    // the work (step and bench train do, with --parallel data|tiles).
-    if let l = Communicator.launch, l.size > 1 {
-      throw ValidationError("train does not run under mpirun yet (\(l.size) ranks would train \(l.size) separate copies): run it as one process; `tessera step` and `tessera bench train` take --parallel data|tiles under mpirun")
+    let parallel = try parallelOptions.start()
+    if let (c, mode) = parallel {
+      switch mode {
+      case .data:
+        guard batch != "auto" else { throw ValidationError("--parallel data: give the global --batch (auto chooses one process's batch)") }
+        guard !native else { throw ValidationError("--parallel data shares batches of several images; --native trains one image per batch: use --parallel tiles with --tile") }
+        guard (Int(batch) ?? 0) >= c.size else { throw ValidationError("--parallel data: --batch \(batch) is the global batch and needs at least one image for each of the \(c.size) ranks") }
+      case .tiles:
+        guard streaming.tile != nil else { throw ValidationError("--parallel tiles spreads each image's tiles over the ranks: it needs --tile") }
+      }
+      // Rank 0 alone owns the run folder; the others only read a checkpoint to --resume.
+      if c.rank != 0 {
+        var started = false
+        return try train(URL(fileURLWithPath: out), started: &started, parallel: parallel)
+      }
     }
     // The folder is locked first, so two runs never interleave; a folder this run created is
     // removed again if it is refused before training starts.
@@ -118,10 +130,12 @@ struct TrainCommand: ParsableCommand {
       if !started && !existed { try? FileManager.default.removeItem(at: outURL) }
       withExtendedLifetime(lock) {}
     }
-    try train(outURL, started: &started)
+    try train(outURL, started: &started, parallel: parallel)
   }
 
-  func train(_ outURL: URL, started: inout Bool) throws {
+  func train(_ outURL: URL, started: inout Bool, parallel: (communicator: Communicator, mode: ParallelOptions.Mode)?) throws {
+    let dataRanks = parallel?.mode == .data ? parallel!.communicator.size : 1
+    let writer = quietRank == 0  // the one process that writes the run folder
     ActivationStorage.precision = StoragePrecision(rawValue: precision ?? "fp32")!
     // Data: train and held-out indices.
     let ds: ImageDataset
@@ -212,13 +226,15 @@ struct TrainCommand: ParsableCommand {
         + loaderBytes(mb) + runtimeReserveBytes > budgetBytes! { mb -= 1 }
       b = mb
     }
-    let plan = try Planner.plan(net, name: name, input: input, batch: b, optimizer: opt, inputResident: !streamedFiles)
-    let predicted = plan.peakTrainingBytes + loaderBytes(b)
+    // Data-parallel: each rank holds its share of the batch (the largest share).
+    let localBatch = (b + dataRanks - 1) / dataRanks
+    let plan = try Planner.plan(net, name: name, input: input, batch: localBatch, optimizer: opt, inputResident: !streamedFiles)
+    let predicted = plan.peakTrainingBytes + loaderBytes(localBatch)
     let machine = MachineMemory.availableBytes()
     let ceiling = budgetBytes ?? machine
-    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(input.reduce(4, *))) per image, batch \(b), predicted peak \(ByteSize.format(predicted + runtimeReserveBytes)) (step \(ByteSize.format(plan.peakTrainingBytes)) + \(streamedFiles ? "the file reader's tile cache" : "\(prefetch + 1) batches in the loader") \(ByteSize.format(loaderBytes(b))) + runtime \(ByteSize.format(runtimeReserveBytes))) of \(ByteSize.format(ceiling))" + (budgetBytes == nil ? " available (no --budget)" : ""))
+    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(input.reduce(4, *))) per image, batch \(b)\(dataRanks > 1 ? " (\(localBatch) per rank on \(dataRanks) ranks)" : ""), predicted peak \(ByteSize.format(predicted + runtimeReserveBytes)) (step \(ByteSize.format(plan.peakTrainingBytes)) + \(streamedFiles ? "the file reader's tile cache" : "\(prefetch + 1) batches in the loader") \(ByteSize.format(loaderBytes(localBatch))) + runtime \(ByteSize.format(runtimeReserveBytes))) of \(ByteSize.format(ceiling))" + (budgetBytes == nil ? " available (no --budget)" : ""))
     if predicted + runtimeReserveBytes > ceiling {
-      throw refusal(net, input: input, batch: b, opt: opt, budget: ceiling, what: budgetBytes == nil ? "the memory this machine has available" : nil)
+      throw refusal(net, input: input, batch: localBatch, opt: opt, budget: ceiling, what: budgetBytes == nil ? "the memory this machine has available" : nil)
     }
     limitBlockCache(budget: ceiling, planned: predicted)
 
@@ -249,7 +265,7 @@ struct TrainCommand: ParsableCommand {
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
       "predictedPeakBytes": predicted + runtimeReserveBytes, "plannedLedgerBytes": predicted, "prefetch": prefetch, "workers": workers,
       "native": native, "tile": streaming.tile as Any? ?? NSNull(), "budget": budgetBytes as Any? ?? NSNull(),
-      "input": input,
+      "input": input, "ranks": parallel?.communicator.size ?? 1, "parallel": parallel?.mode.rawValue ?? NSNull(),
     ]
     // What a resume may not change: what the weights were trained to take and to say.
     let fixed = ["model", "classes", "imageSize", "policy"]
@@ -272,6 +288,7 @@ struct TrainCommand: ParsableCommand {
       history.append(["atEpoch": st.epoch, "atBatch": st.batchesDone ?? 0, "changed": changed])
       config["resumes"] = history
       if !changed.isEmpty { note("resuming with changes: " + changed.keys.sorted().map { "\($0) \(changed[$0]!)" }.joined(separator: "; ")) }
+      if !writer { note("rank \(quietRank) resumes from \(lastURL.path)") }
       note("resuming from \(lastURL.path): epoch \(st.epoch) done" + (st.batchesDone.map { ", and \($0) batches of epoch \(st.epoch + 1)" } ?? "") + ", step \(st.step)")
       guard startEpoch < epochs || st.batchesDone != nil else {
         throw CLIError("\(out) already trained \(st.epoch) epochs; give --epochs above \(st.epoch) to train more")
@@ -279,19 +296,34 @@ struct TrainCommand: ParsableCommand {
     }
     // Event files are opened before the run folder is touched: a bad --tensorboard leaves nothing.
     var tensorBoard: TensorBoardLogger?
-    if let dir = tensorboard {
+    if let dir = tensorboard, writer {
       do { tensorBoard = try TensorBoardLogger(directory: URL(fileURLWithPath: dir), logEvery: logEvery) } catch {
         throw CLIError("--tensorboard \(dir): cannot write event files there (\(error.localizedDescription))")
       }
     }
+    // Every rank has passed its checks (and read the checkpoint it resumes) before rank 0 touches
+    // the folder; a rank that refused has ended the run by now.
+    if let (c, _) = parallel { _ = c.any(false) }
     started = true
-    let folder = try RunFolder(outURL, config: config, seed: seed, bestAccuracy: best, overwrite: overwrite)
-    folder.heldOut = !valIdx.isEmpty
-    if let st = resumed { try folder.keepMetrics(through: st.epoch, steps: st.step) }
-    try ds.saveClassMap(to: outURL.appendingPathComponent("classes.json"))
-    // The step's plan, for the report (the bytes of every layer, the planned peak).
-    try AtomicFile.write(try JSONEncoder().encode(plan), to: outURL.appendingPathComponent("plan.json"))
-    folder.logEvery = logEvery
+    var folder: RunFolder?
+    if writer {
+      let f = try RunFolder(outURL, config: config, seed: seed, bestAccuracy: best, overwrite: overwrite)
+      f.heldOut = !valIdx.isEmpty
+      if let st = resumed { try f.keepMetrics(through: st.epoch, steps: st.step) }
+      try ds.saveClassMap(to: outURL.appendingPathComponent("classes.json"))
+      // The step's plan, for the report (the bytes of every layer, the planned peak).
+      try AtomicFile.write(try JSONEncoder().encode(plan), to: outURL.appendingPathComponent("plan.json"))
+      f.logEvery = logEvery
+      folder = f
+    }
+    switch parallel {
+    case let (c, .data)?:
+      trainer.dataParallel = DataParallel(model: net, communicator: c, bucketBytes: parallelOptions.bucketMb << 20,
+                                          synchronizedBatchNorm: parallelOptions.bn == "sync")
+    case let (c, .tiles)?:
+      for st in net.layers.compactMap({ $0.1 as? Streamed }) { st.collective = c }
+    case nil: break
+    }
 
     let pipeline = ImagePipeline(size: imageSize, policy: native ? .none : ResizePolicy(rawValue: policy)!, channels: channels)
     let trainLoader = BatchLoader(dataset: ds, indices: trainIdx, pipeline: pipeline, batchSize: b)
@@ -299,6 +331,7 @@ struct TrainCommand: ParsableCommand {
     trainLoader.workers = workers
     trainLoader.prefetch = prefetch
     trainLoader.streamFromFiles = streamedFiles
+    if dataRanks > 1 { trainLoader.shard = (quietRank, dataRanks) }
     trainer.maxSkippedShare = maxSkipped
     trainLoader.badFilePolicy = BadFilePolicy(rawValue: onBadFile)!
     trainLoader.onWarning = { note("warning: " + $0) }
@@ -310,12 +343,13 @@ struct TrainCommand: ParsableCommand {
       v.workers = workers
       v.prefetch = prefetch
       v.streamFromFiles = streamedFiles
+      if dataRanks > 1 { v.shard = (quietRank, dataRanks) }
       v.onWarning = { note("warning: " + $0) }
       valLoader = v
     }
     let interrupt = Interrupt.install()
     trainer.interruptRequested = { interrupt.requested }
-    var callbacks: [TrainingCallback] = [ProgressPrinter(epochs: epochs), folder]
+    var callbacks: [TrainingCallback] = folder.map { [ProgressPrinter(epochs: epochs), $0] } ?? []
     if let tb = tensorBoard, let dir = tensorboard {
       tb.onError = { note("warning: TensorBoard event not written: \($0)") }
       note("TensorBoard: \(tb.file.path) (tensorboard --logdir \(dir))")
@@ -328,7 +362,7 @@ struct TrainCommand: ParsableCommand {
         try AtomicFile.write(Data(r.html.utf8), to: outURL.appendingPathComponent("report.html"))
       } catch { note("warning: report not written: \(error)") }
     }
-    if report {
+    if report && writer {
       writeReport(predictions: 0, refresh: 30)
       note("report: \(outURL.appendingPathComponent("report.html").path) (reloads every 30 s while training)")
       callbacks.append(EpochHook { writeReport(predictions: 0, refresh: 30) })
@@ -342,9 +376,13 @@ struct TrainCommand: ParsableCommand {
       logs = try trainer.fit(train: trainLoader, validation: valLoader, epochs: epochs, startEpoch: startEpoch,
                              resumeFrom: resumed, callbacks: callbacks)
     } catch let e as TrainingInterrupted {
-      note("\(e); saved \(folder.last.path)")
+      if let folder { note("\(e); saved \(folder.last.path)") }
       throw ExitCode(130)
     }
+    if trainer.batchesLeftOut > 0 && writer {
+      note("warning: \(trainer.batchesLeftOut) batches were left out on every rank because one rank could not read any image of its share")
+    }
+    guard let folder else { return }  // ranks other than 0 report nothing
     if report { writeReport(predictions: 24, refresh: nil) }
     let lastLog = logs.last
     let summary: [String: Any] = [

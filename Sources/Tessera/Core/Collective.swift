@@ -27,10 +27,14 @@ extension Collective {
     return (0..<size).map { Array(all[($0 * n)..<(($0 + 1) * n)]) }
   }
 
-  /// The part of `0 ..< count` that rank `r` takes: contiguous, sizes differing by at most one.
-  public func share(of count: Int, rank r: Int? = nil) -> Range<Int> {
-    let r = r ?? rank, q = count / size, extra = count % size
-    let lo = r * q + min(r, extra)
-    return lo..<(lo + q + (r < extra ? 1 : 0))
-  }
+  /// The part of `0 ..< count` this rank takes (`share(of:rank:ranks:)`).
+  public func share(of count: Int) -> Range<Int> { Tessera.share(of: count, rank: rank, ranks: size) }
+}
+
+/// The part of `0 ..< count` that rank `r` of `ranks` takes: contiguous, in rank order, sizes
+/// differing by at most one (a data-parallel rank's images of a global batch).
+public func share(of count: Int, rank r: Int, ranks: Int) -> Range<Int> {
+  let q = count / ranks, extra = count % ranks
+  let lo = r * q + min(r, extra)
+  return lo..<(lo + q + (r < extra ? 1 : 0))
 }
