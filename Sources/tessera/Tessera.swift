@@ -29,7 +29,7 @@ struct TesseraCLI: ParsableCommand {
       // Under mpirun a usage error is the same on every rank: said once, by rank 0.
       // A rank's own failure (a file only it reads) is said by that rank.
       if let l = Communicator.launch, l.rank != 0 {
-        if Communicator.shared != nil && !(error is ValidationError || error is DistributedError) {
+        if Communicator.shared != nil && !(error is ValidationError || error is DistributedError || error is ExitCode) {
           FileHandle.standardError.write("rank \(l.rank): \(fullMessage(for: error))\n".data(using: .utf8)!)
         }
         Foundation.exit(exitCode(for: error).rawValue)

@@ -281,7 +281,8 @@ struct TrainCommand: ParsableCommand {
       // Allowed changes are kept in the config's history.
       var changed = [String: String]()
       for (k, v) in config where !fixed.contains(k) && !["predictedPeakBytes", "plannedLedgerBytes", "threads"].contains(k) {
-        let a = old[k].map { "\($0)" } ?? "none", b = "\(v)"
+        // Compared as JSON text: a Bool read back from config.json prints as 0/1, the new one as false/true.
+        let a = old[k].map(jsonText) ?? "none", b = jsonText(v)
         if a != b { changed[k] = "\(a) → \(b)" }
       }
       var history = old["resumes"] as? [Any] ?? []
@@ -377,6 +378,8 @@ struct TrainCommand: ParsableCommand {
                              resumeFrom: resumed, callbacks: callbacks)
     } catch let e as TrainingInterrupted {
       if let folder { note("\(e); saved \(folder.last.path)") }
+      // Every rank waits for rank 0's checkpoint: mpirun ends the job at the first rank that exits.
+      if let (c, _) = parallel { _ = c.any(false) }
       throw ExitCode(130)
     }
     if trainer.batchesLeftOut > 0 && writer {
@@ -409,6 +412,11 @@ struct TrainCommand: ParsableCommand {
     lines.append("  or a memory mode: --precision fp16, --checkpointing sqrt|all, streamed training --tile N (tessera plan --budget lists what fits)")
     return CLIError(lines.joined(separator: "\n"))
   }
+}
+
+/// A config value as JSON text (how config.json holds it).
+func jsonText(_ v: Any) -> String {
+  (try? JSONSerialization.data(withJSONObject: [v], options: [.sortedKeys])).map { String(decoding: $0.dropFirst().dropLast(), as: UTF8.self) } ?? "\(v)"
 }
 
 /// Runs `body` after every epoch (after the run folder has written it).

@@ -203,6 +203,8 @@ final class HardeningTests: TemporaryDirectoryTestCase {
     let cfg = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("config.json"))) as? [String: Any])
     let resumes = try XCTUnwrap(cfg["resumes"] as? [[String: Any]])
     XCTAssertEqual((resumes.last?["changed"] as? [String: String])?["lr"], "0.01 → 0.002")
+    // only what was changed (a flag read back from config.json is not "0 → false")
+    XCTAssertEqual(Set((resumes.last?["changed"] as? [String: String] ?? [:]).keys), ["lr", "epochs"])
     let metrics = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
     XCTAssertEqual(metrics.count, 3)
     // --overwrite replaces it.
