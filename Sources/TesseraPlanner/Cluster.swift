@@ -2,7 +2,8 @@ import Tessera
 
 /// What a step would take spread over `ranks` machines joined by a `linkGbps` link: the measured
 /// single-process compute divided as the parallel mode divides it, plus the collectives' time from
-/// a ring allreduce, which sends 2(N − 1)/N of the summed bytes from each rank in 2(N − 1) messages.
+/// a ring allreduce, which sends 2(N − 1)/N of the summed bytes from each rank in 2(N − 1) messages
+/// (sums of a few numbers, such as synchronized BatchNorm's: ⌈log2 N⌉ messages).
 public struct ClusterEstimate: Sendable, Codable, Equatable {
   public var parallel: String
   public var ranks: Int
@@ -28,15 +29,20 @@ public struct ClusterEstimate: Sendable, Codable, Equatable {
 
 extension Planner {
   /// Data-parallel: each rank computes ⌈B/N⌉ of the B images; the gradients (`plan.gradientBytes`)
-  /// are summed in buckets of `bucketBytes`.
+  /// are summed in buckets of `bucketBytes`, which can overlap backward. With synchronized
+  /// BatchNorm each BatchNorm layer adds three small blocking sums (two in forward, one in
+  /// backward), which cannot.
   public static func dataParallelEstimate(plan: Plan, stepSeconds: Double, ranks: Int, linkGbps: Double,
-                                          bucketBytes: Int = 25 << 20, latency: Double = 20e-6) -> ClusterEstimate {
+                                          bucketBytes: Int = 25 << 20, latency: Double = 20e-6,
+                                          synchronizedBatchNorm: Bool = true) -> ClusterEstimate {
     let n = max(ranks, 1), b = max(plan.batch, 1)
     let local = Double((b + n - 1) / n) / Double(b)
     let compute = stepSeconds * local
     let payload = plan.gradientBytes
     let buckets = max(1, (payload + bucketBytes - 1) / bucketBytes) + 1  // + the packed small parameters
-    return estimate("data", n, linkGbps, latency, stepSeconds, compute, payload, buckets, overlapShare: 2.0 / 3)
+    let batchNorms = synchronizedBatchNorm ? plan.layers.filter { $0.kind.hasPrefix("BatchNorm") }.count : 0
+    return estimate("data", n, linkGbps, latency, stepSeconds, compute, payload, buckets, overlapShare: 2.0 / 3,
+                    blockingMessages: 3 * batchNorms)
   }
 
   /// Tile-parallel: the streamed segments' share `streamedShare` of the step divides over the ranks,
@@ -66,14 +72,21 @@ extension Planner {
     return estimate("tiles", n, linkGbps, latency, stepSeconds, compute, payload, messages, overlapShare: 0)
   }
 
+  /// `messages` collectives carry the payload (they may overlap `overlapShare` of the compute);
+  /// `blockingMessages` more carry next to nothing and cannot overlap.
   static func estimate(_ mode: String, _ n: Int, _ gbps: Double, _ latency: Double, _ t1: Double, _ compute: Double,
-                       _ payload: Int, _ messages: Int, overlapShare: Double) -> ClusterEstimate {
+                       _ payload: Int, _ messages: Int, overlapShare: Double, blockingMessages: Int = 0) -> ClusterEstimate {
     let sent = n > 1 ? Int(Double(payload) * 2 * Double(n - 1) / Double(n)) : 0
-    let comm = n > 1 ? Double(messages) * 2 * Double(n - 1) * latency + Double(sent) * 8 / (gbps * 1e9) : 0
+    let ring = n > 1 ? 2 * Double(n - 1) * latency : 0
+    // A sum of a few numbers goes by recursive doubling: ⌈log2 N⌉ messages.
+    let doubling = n > 1 ? Double(Int.bitWidth - (n - 1).leadingZeroBitCount) * latency : 0
+    let hideable = Double(messages) * ring + Double(sent) * 8 / (gbps * 1e9), blocking = Double(blockingMessages) * doubling
+    let comm = n > 1 ? hideable + blocking : 0
     let serial = compute + comm
-    let overlapped = compute + max(0, comm - overlapShare * compute)
+    let overlapped = compute + blocking + max(0, hideable - overlapShare * compute)
     return ClusterEstimate(parallel: mode, ranks: n, linkGbps: gbps, latencySeconds: latency, singleStepSeconds: t1,
-                           computeSeconds: compute, allreduceBytes: n > 1 ? payload : 0, bytesSent: sent, messages: n > 1 ? messages : 0,
+                           computeSeconds: compute, allreduceBytes: n > 1 ? payload : 0, bytesSent: sent,
+                           messages: n > 1 ? messages + blockingMessages : 0,
                            commSeconds: comm, secondsPerStep: serial, secondsPerStepOverlapped: overlapped,
                            speedup: t1 / overlapped, efficiency: t1 / overlapped / Double(n))
   }
