@@ -216,6 +216,52 @@ public final class Communicator: Collective, @unchecked Sendable {
     }
   #endif
 
+  /// Sends `count` floats to rank `to` under `tag` (in chunks that fit MPI's Int32 count); the
+  /// buffer must stay untouched until `wait`.
+  public func send(_ values: UnsafeMutablePointer<Float>, count: Int, to: Int, tag: Int) -> Request {
+    let p = SendablePointer(values)
+    return submit("sending \(count) floats to rank \(to)", bytes: 0) {
+      #if MPI
+        Communicator.pointToPoint(p.p, count: count, peer: to, tag: tag, send: true)
+      #endif
+    }
+  }
+
+  /// Receives `count` floats from rank `from` under `tag` into `values`; returns when they are there.
+  public func receive(_ values: UnsafeMutablePointer<Float>, count: Int, from: Int, tag: Int) {
+    let p = SendablePointer(values)
+    submit("receiving \(count) floats from rank \(from)", bytes: 0) {
+      #if MPI
+        Communicator.pointToPoint(p.p, count: count, peer: from, tag: tag, send: false)
+      #endif
+    }.wait()
+  }
+
+  #if MPI
+    /// MPI_Isend / MPI_Irecv in chunks, polled to completion (on the MPI thread).
+    static func pointToPoint(_ p: UnsafeMutablePointer<Float>, count: Int, peer: Int, tag: Int, send: Bool) {
+      let chunk = 1 << 28
+      var done = 0, part = 0
+      repeat {
+        let n = min(chunk, count - done)
+        var request = tessera_mpi_request_null()
+        // Tags below MPI's guaranteed 32767: the chunk number goes in the low bits.
+        let t = Int32((tag * 8 + part) % 32_768)
+        let rc = send
+          ? MPI_Isend(p + done, Int32(n), tessera_mpi_float(), Int32(peer), t, tessera_mpi_comm_world(), &request)
+          : MPI_Irecv(p + done, Int32(n), tessera_mpi_float(), Int32(peer), t, tessera_mpi_comm_world(), &request)
+        if rc != 0 { fail("MPI_\(send ? "Isend" : "Irecv") failed (error \(rc))") }
+        var flag: Int32 = 0
+        while flag == 0 {
+          MPI_Test(&request, &flag, tessera_mpi_status_ignore())
+          if flag == 0 { usleep(20) }
+        }
+        done += n
+        part += 1
+      } while done < count
+    }
+  #endif
+
   func submitJob(_ name: String, bytes: Int, _ body: @escaping () -> Void) -> Request {
     submit(name, bytes: bytes, body)
   }

@@ -74,17 +74,22 @@ public struct Plan: Sendable, Codable {
 
 /// Pure arithmetic from a model and settings to a `Plan`; builds nothing, allocates nothing.
 public enum Planner {
-  /// Plans `model` on `batch` images of `input` (C, H, W).
+  /// Plans `model` on `batch` images of `input` (C, H, W). `inputGradient`: backward also makes the
+  /// gradient of the input (a pipeline stage that passes it on); `logits: false` plans a part of a
+  /// network whose output is not (batch, classes); `holdOutput: false`: the output is let go before
+  /// backward.
   public static func plan(
     _ model: Layer, name: String, input: [Int], batch: Int, optimizer: OptimizerKind = .momentum,
-    threads: Int = Parallel.threadCount, inputResident: Bool = true
+    threads: Int = Parallel.threadCount, inputResident: Bool = true, inputGradient: Bool = false, logits: Bool = true,
+    holdOutput: Bool = true
   ) throws -> Plan {
     guard input.count == 3 else { throw SizeError("input must be (C, H, W), got \(input)") }
     try Limits.check(batch, in: 1...Limits.maxBatch, "batch")
     try Limits.check(input[0], in: 1...Limits.maxChannels, "input channels")
     let shape = [batch] + input
     try Limits.check(shape, "input (N, C, H, W)")
-    _ = try model.checkInput(shape)
+    // (logits: false — a part of a network, such as a pipeline stage, may end anywhere.)
+    _ = try logits ? model.checkInput(shape) : model.outputShape(for: shape)
 
     // Per-layer table: shapes, parameters, MACs, receptive fields (walk), kept bytes (simulation).
     var rows = [LayerPlan]()
@@ -123,10 +128,13 @@ public enum Planner {
     do {
       // An input read region by region (a TileSource for a Streamed model) is never held whole.
       let x = train.allocate(shape, bytesPerElement: inputResident ? 4 : 0)
-      let logits = try model.planForward(x, training: true, train)
+      var logits: SimTensor? = try model.planForward(x, training: true, train)
       for (i, (_, leaf)) in leaves.enumerated() { rows[i].keptBytes = train.keptBytes(of: leaf) }
-      let dLogits = train.allocate(logits.shape)
-      let dx = model.planBackward(dLogits, needInputGradient: false, train)
+      let outShape = logits!.shape
+      if !holdOutput { logits = nil }  // a pipeline stage sends its output on and lets it go
+      let dLogits = train.allocate(outShape)
+      // (inputGradient: a pipeline stage after the first sends its input's gradient back.)
+      let dx = model.planBackward(dLogits, needInputGradient: inputGradient, train)
       withExtendedLifetime((x, logits, dLogits, dx)) {}
     }
     let infer = MemorySimulation(threads: threads)

@@ -94,6 +94,12 @@ public final class Trainer {
   /// (`BatchLoader.shard`); gradients are summed over the ranks before each update, metrics are
   /// every rank's together, and a stop asked of any rank stops all of them at the same update.
   public var dataParallel: DataParallel?
+  /// Pipeline training (under mpirun): every rank reads the same batches; the network's stages run on
+  /// the ranks in micro-batches; rank 0 gathers every stage's weights and optimizer state for the
+  /// callbacks (checkpoints) and lets go of them after.
+  public var pipeline: PipelineParallel?
+  /// The processes of a run spread over ranks, if any.
+  var communicator: Communicator? { dataParallel?.communicator ?? pipeline?.communicator }
   /// Batches left out on every rank because one rank's share could not be read at all.
   public private(set) var batchesLeftOut = 0
 
@@ -141,7 +147,10 @@ public final class Trainer {
           scale *= Float(batch.labels.count) / Float(total)
           if last { dp.arm() }
         }
-        let r = try batch.source.map {
+        let r = try pipeline.map {
+          try $0.trainingStep(input: batch.images, inputShape: Array(batch.images.shape.dropFirst()), labels: batch.labels,
+                              gradientScale: scale, labelSmoothing: labelSmoothing, accumulate: micro > 0)
+        } ?? batch.source.map {
           try model.trainingStep(source: $0, labels: batch.labels, optimizer: nil, lr: lr, labelSmoothing: labelSmoothing,
                                  accumulate: micro > 0, gradientScale: scale)
         } ?? model.trainingStep(input: batch.images, labels: batch.labels, optimizer: nil,
@@ -166,6 +175,7 @@ public final class Trainer {
         let ips = it.imagesPerSecond * Double(dataParallel?.communicator.size ?? 1)  // every rank's
         callbacks.forEach { $0.onBatchEnd(epoch, batch: b, of: it.batchCount, running: metrics, imagesPerSecond: ips) }
         if micro == 0 && b < it.batchCount + (resumed?.0 ?? 0) && stopAsked() {
+          pipeline?.gatherToFirst(optimizer: optimizer)
           for c in callbacks {
             try c.onInterrupt(epoch: epoch, batchesDone: b, metrics: metrics, skippedFiles: skippedBefore + it.skipped.count, trainer: self)
           }
@@ -200,7 +210,9 @@ public final class Trainer {
                          skippedFiles: skippedBefore + skippedCount, peakBytes: MemoryLedger.shared.peakBytes,
                          skippedSteps: skippedUpdates)
       logs.append(log)
+      pipeline?.gatherToFirst(optimizer: optimizer)
       for c in callbacks { try c.onEpochEnd(log, trainer: self) }
+      pipeline?.releaseOtherStages(optimizer: optimizer)
     }
     callbacks.forEach { $0.onTrainEnd(logs) }
     return logs
@@ -211,12 +223,14 @@ public final class Trainer {
   /// Whether training should stop at this update: asked of this process, or of any rank.
   private func stopAsked() -> Bool {
     let mine = interruptRequested()
-    return dataParallel.map { $0.communicator.any(mine) } ?? mine
+    return communicator.map { $0.any(mine) } ?? mine
   }
 
   /// The optimizer's step, unless a gradient is not finite.
   private func update(lr: Float) {
-    if Self.gradientsAreFinite(model) {
+    // Pipeline ranks hold different gradients: they skip an update together or not at all.
+    let finite = Self.gradientsAreFinite(model)
+    if pipeline.map({ !$0.communicator.any(!finite) }) ?? finite {
       optimizer.step(model.namedParameters(), lr: lr)
     } else {
       skippedSteps += 1
@@ -262,7 +276,8 @@ public final class Trainer {
     let it = loader.epoch(0)
     while let b = try it.next() {
       if b.labels.isEmpty { continue }  // a rank's share that could not be read
-      let logits = try b.source.map { try model.predict(source: $0) } ?? model.predict(b.images)
+      let logits = try pipeline.map { try $0.predict(b.images, inputShape: Array(b.images.shape.dropFirst()), batch: b.labels.count) }
+        ?? b.source.map { try model.predict(source: $0) } ?? model.predict(b.images)
       let loss = try SoftmaxCrossEntropy.compute(logits: logits, labels: b.labels).loss
       m.add(logits: logits, labels: b.labels, loss: loss)
     }

@@ -206,6 +206,9 @@ struct TrainBench: ParsableCommand {
     if parallel?.mode == .data && (streamedInput || image != nil) {
       throw ValidationError("--parallel data shares a resident batch; for one image read region by region use --parallel tiles")
     }
+    if parallel?.mode == .pipeline && (streaming.tile != nil || checkpointing != "none") {
+      throw ValidationError("--parallel pipeline already runs each micro-batch again in backward: leave out --tile and --checkpointing")
+    }
     if let (c, mode) = parallel, mode == .data, batch < c.size {
       throw ValidationError("--parallel data: --batch \(batch) is the global batch and needs at least one image for each of the \(c.size) ranks")
     }
@@ -241,7 +244,15 @@ struct TrainBench: ParsableCommand {
     _ = try net.checkInput(shape)
     let plan = try Planner.plan(net, name: model, input: chw, batch: mine.count, optimizer: .momentum, inputResident: !streamedInput)
     // A file's tile cache lives beside the step.
-    let planned = (inference ? plan.peakInferenceBytes : plan.peakTrainingBytes) + (fileSource?.cacheBytes ?? 0)
+    var planned = (inference ? plan.peakInferenceBytes : plan.peakTrainingBytes) + (fileSource?.cacheBytes ?? 0)
+    // Pipeline: this rank's stage, the split chosen within the budget.
+    var pipelined: (PipelineParallel, PipelinePlan)?
+    if let (c, mode) = parallel, mode == .pipeline {
+      let pp = try parallelOptions.pipeline(net, input: chw, batch: batch, communicator: c,
+                                            stageMemory: budgetBytes.map { $0 - runtimeReserveBytes }, optimizer: .momentum)
+      planned = pp.1.stages[c.rank].peakBytes
+      pipelined = pp
+    }
     if let b = budgetBytes, planned + runtimeReserveBytes > b {
       throw ValidationError("planned peak \(ByteSize.format(planned)) + the runtime's \(ByteSize.format(runtimeReserveBytes)) exceeds --budget \(ByteSize.format(b)); try --tile, --checkpointing, --precision fp16 or a smaller batch (tessera plan --budget lists what fits)")
     }
@@ -263,16 +274,27 @@ struct TrainBench: ParsableCommand {
       case .data: dp = DataParallel(model: net, communicator: c, bucketBytes: parallelOptions.bucketMb << 20,
                                     synchronizedBatchNorm: parallelOptions.bn == "sync")
       case .tiles: for s in net.layers.compactMap({ $0.1 as? Streamed }) { s.collective = c }
+      case .pipeline: break
       }
     }
-    let xLocal = dp != nil ? x.map { $0.slice(images: mine) } : x
+    var xLocal = dp != nil ? x.map { $0.slice(images: mine) } : x
     if dp != nil {  // the global batch was made whole for the same numbers as one process; kept: this rank's share
       x = nil
       MemoryLedger.shared.resetPeak()
     }
+    if let (pp, _) = pipelined {  // the batch stays with the first stage; each rank keeps its stage's weights
+      if pp.communicator.rank != 0 { x = nil }
+      xLocal = nil
+      pp.releaseOtherStages(optimizer: nil)
+      MemoryLedger.shared.resetPeak()
+    }
     let bytes0 = parallel?.communicator.bytesReduced ?? 0, comm0 = parallel?.communicator.collectiveSeconds ?? 0
     func step() throws {
-      if let dp, let x = xLocal {
+      if let (pp, _) = pipelined {
+        let r = try pp.trainingStep(input: x, inputShape: chw, labels: labels)
+        opt.step(net.namedParameters(), lr: 0.01)
+        losses.append(r.loss)
+      } else if let dp, let x = xLocal {
         dp.arm()
         let r = try net.trainingStep(input: x, labels: Array(labels[mine]), gradientScale: Float(mine.count) / Float(batch))
         dp.finish()
@@ -296,6 +318,8 @@ struct TrainBench: ParsableCommand {
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     let ips = Double(batch * steps) / seconds
     let allSteps = Double(steps + warmup)
+    // Every rank's ledger peak, for rank 0's report.
+    let rankPeaks = parallel.map { $0.communicator.allGather([Double(MemoryLedger.shared.peakBytes)]).map { Int($0[0]) } }
     guard quietRank == 0 else { return }  // rank 0 alone reports
     if profile {
       for (k, v) in Profiler.shared.entries.sorted(by: { $0.1 > $1.1 }) {
@@ -318,11 +342,17 @@ struct TrainBench: ParsableCommand {
       let bytes = Double(c.bytesReduced - bytes0) / allSteps
       out["ranks"] = c.size
       out["parallel"] = mode.rawValue
+      out["rank_peak_bytes"] = rankPeaks ?? []
       out["local_batch"] = mine.count
       out["allreduce_bytes_per_step"] = Int(bytes)
       // A ring allreduce sends 2(N − 1)/N of the buffer from each rank.
       out["bytes_sent_per_step"] = Int(bytes * 2 * Double(c.size - 1) / Double(c.size))
       out["allreduce_seconds_per_step"] = (c.collectiveSeconds - comm0) / allSteps
+      if let (pp, p) = pipelined {
+        out["stages"] = p.stages.map { $0.names }
+        out["micro_batches"] = pp.microBatches
+        out["stage_planned_peak_bytes"] = p.stages.map(\.peakBytes)
+      }
       if let dp {
         out["bn"] = parallelOptions.bn
         out["bucket_mb"] = parallelOptions.bucketMb

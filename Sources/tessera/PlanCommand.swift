@@ -57,6 +57,11 @@ struct PlanCommand: ParsableCommand {
   @Option(help: "With --ranks: data (each rank a share of the batch) or tiles (each image's tiles spread; needs --tile).") var parallel = "data"
   @Option(help: "With --ranks: seconds of one process's training step at this --batch (from tessera bench train --json); measured here when left out.")
   var stepSeconds: Double?
+  @Option(help: ArgumentHelp("Split the network into this many consecutive stages for mpirun -np N tessera train --parallel pipeline.",
+                              discussion: "Each stage's planned peak (exact: its parameters, gradients and optimizer state, one micro-batch's step with re-materialisation, the other micro-batches' stored inputs) fits --stage-memory; the stages' MACs are as even as that allows."))
+  var stages: Int?
+  @Option(help: "With --stages: the memory of each rank, e.g. 2GiB.") var stageMemory: String?
+  @Option(help: "With --stages: micro-batches per batch (as train --micro-batches).") var microBatches = 4
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -77,6 +82,12 @@ struct PlanCommand: ParsableCommand {
     guard parallel == "data" || parallel == "tiles" else { throw ValidationError("--parallel must be data or tiles, got '\(parallel)'") }
     if parallel == "tiles" && ranks != nil && streaming.tile == nil { throw ValidationError("--parallel tiles needs --tile") }
     if let t = stepSeconds, !(t.isFinite && t > 0) { throw ValidationError("--step-seconds must be a positive number") }
+    if let n = stages { try checkRange(n, 1...10_000, "--stages") }
+    try checkRange(microBatches, 1...Limits.maxBatch, "--micro-batches")
+    if stages == nil && stageMemory != nil { throw ValidationError("--stage-memory goes with --stages N") }
+    if stages != nil && (streaming.tile != nil || checkpointing != "none") {
+      throw ValidationError("--stages plans a pipeline, which runs each micro-batch again in backward itself: leave out --tile and --checkpointing")
+    }
 
   }
 
@@ -119,9 +130,18 @@ struct PlanCommand: ParsableCommand {
       if !json { note("plan page: \(path)") }
     }
     let cluster = try ranks.map { try clusterEstimates($0, model: model, plan: plan, streamChoice: streamChoice, input: input) }
+    let pipeline = try stages.map {
+      try Planner.planPipeline(model, input: input, batch: batch, microBatches: microBatches, stages: $0,
+                               stageMemory: try stageMemory.map { try ByteSize.parse($0) }, optimizer: opt)
+    }
     if json {
       var o = planJSON(plan, advice: advice)
       if let c = cluster { o["cluster"] = c.map(clusterJSON) }
+      if let p = pipeline {
+        o["pipeline"] = ["microBatches": p.microBatches, "microBatch": p.microBatch, "stageMemory": p.stageMemory as Any? ?? NSNull(),
+                         "imbalance": p.imbalance,
+                         "stages": p.stages.map { ["blocks": $0.names, "input": $0.input, "macs": $0.macs, "peakBytes": $0.peakBytes] as [String: Any] }] as [String: Any]
+      }
       o["run"] = ["loaderBytes": loaderBytes(batch), "loaderBatches": prefetch + 1, "runtimeReserveBytes": runtimeReserveBytes,
                   "peakBytes": runPeak] as [String: Any]
       func modeJSON(_ m: MemoryMode) -> [String: Any] {
@@ -143,6 +163,12 @@ struct PlanCommand: ParsableCommand {
       return
     }
     printTable(plan)
+    if let p = pipeline {
+      print("pipeline of \(p.stages.count) stages, \(p.microBatches) micro-batches of up to \(p.microBatch)\(p.stageMemory.map { " within \(ByteSize.format($0)) each" } ?? ""); the slowest stage \(String(format: "%.2f", p.imbalance))× the mean:")
+      for (i, st) in p.stages.enumerated() {
+        print("  rank \(i): \(pad(st.names.joined(separator: ", "), 40)) \(String(format: "%6.2f", Double(st.macs) / 1e9)) G MACs/image  peak \(ByteSize.format(st.peakBytes))")
+      }
+    }
     for e in cluster ?? [] {
       print(String(format: "%@ %d ranks over %g Gbit/s: %.3f s per step (compute %.3f s, allreduce %.3f s of %@ sent per rank; overlapped %.3f s), speed-up %.2f, efficiency %.0f %%",
                    e.parallel, e.ranks, e.linkGbps, e.secondsPerStep, e.computeSeconds, e.commSeconds, ByteSize.format(e.bytesSent),

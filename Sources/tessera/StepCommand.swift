@@ -45,6 +45,9 @@ struct StepCommand: ParsableCommand {
     if parallel?.mode == .tiles && streaming.tile == nil {
       throw ValidationError("--parallel tiles spreads a streamed step's tiles over the ranks: it needs --tile")
     }
+    if parallel?.mode == .pipeline && (streaming.tile != nil || checkpointing != "none") {
+      throw ValidationError("--parallel pipeline already runs each micro-batch again in backward: leave out --tile and --checkpointing")
+    }
     ActivationStorage.precision = StoragePrecision(rawValue: precision)!
     let file = try SafeTensors.read(URL(fileURLWithPath: batch))
     guard let rawInput = file.tensors["input"] else {
@@ -101,6 +104,13 @@ struct StepCommand: ParsableCommand {
       comm.allreduceSum(all.floats, count: all.count)
       r.logits = all
       result = r
+    } else if let (comm, mode) = parallel, mode == .pipeline {
+      // One stage per rank; the gradients gathered to rank 0 for --out.
+      let (pp, _) = try parallelOptions.pipeline(net, input: Array(input.shape.dropFirst()), batch: input.shape[0],
+                                                 communicator: comm, stageMemory: nil, optimizer: .momentum)
+      pp.releaseOtherStages(optimizer: nil)
+      result = try pp.trainingStep(input: input, inputShape: Array(input.shape.dropFirst()), labels: labels)
+      pp.gatherGradients()
     } else {
       if let (comm, _) = parallel { for s in net.layers.compactMap({ $0.1 as? Streamed }) { s.collective = comm } }
       result = try net.trainingStep(input: input, labels: labels)

@@ -113,6 +113,10 @@ struct TrainCommand: ParsableCommand {
         guard (Int(batch) ?? 0) >= c.size else { throw ValidationError("--parallel data: --batch \(batch) is the global batch and needs at least one image for each of the \(c.size) ranks") }
       case .tiles:
         guard streaming.tile != nil else { throw ValidationError("--parallel tiles spreads each image's tiles over the ranks: it needs --tile") }
+      case .pipeline:
+        guard batch != "auto", !native, streaming.tile == nil, checkpointing == nil || checkpointing == "none" else {
+          throw ValidationError("--parallel pipeline needs a given --batch, and runs each micro-batch again in backward itself: leave out --native, --tile and --checkpointing")
+        }
       }
       // Rank 0 alone owns the run folder; the others only read a checkpoint to --resume.
       if c.rank != 0 {
@@ -229,10 +233,18 @@ struct TrainCommand: ParsableCommand {
     // Data-parallel: each rank holds its share of the batch (the largest share).
     let localBatch = (b + dataRanks - 1) / dataRanks
     let plan = try Planner.plan(net, name: name, input: input, batch: localBatch, optimizer: opt, inputResident: !streamedFiles)
-    let predicted = plan.peakTrainingBytes + loaderBytes(localBatch)
+    var predicted = plan.peakTrainingBytes + loaderBytes(localBatch)
+    // Pipeline: this rank's stage (the split keeps every stage within the budget).
+    var pipelined: (PipelineParallel, PipelinePlan)?
+    if let (c, mode) = parallel, mode == .pipeline {
+      let stageMemory = budgetBytes.map { $0 - runtimeReserveBytes - loaderBytes(b) }
+      let pp = try parallelOptions.pipeline(net, input: input, batch: b, communicator: c, stageMemory: stageMemory, optimizer: opt)
+      predicted = pp.1.stages[c.rank].peakBytes + loaderBytes(b)
+      pipelined = pp
+    }
     let machine = MachineMemory.availableBytes()
     let ceiling = budgetBytes ?? machine
-    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(input.reduce(4, *))) per image, batch \(b)\(dataRanks > 1 ? " (\(localBatch) per rank on \(dataRanks) ranks)" : ""), predicted peak \(ByteSize.format(predicted + runtimeReserveBytes)) (step \(ByteSize.format(plan.peakTrainingBytes)) + \(streamedFiles ? "the file reader's tile cache" : "\(prefetch + 1) batches in the loader") \(ByteSize.format(loaderBytes(localBatch))) + runtime \(ByteSize.format(runtimeReserveBytes))) of \(ByteSize.format(ceiling))" + (budgetBytes == nil ? " available (no --budget)" : ""))
+    note("plan: \(name) on \(input.map(String.init).joined(separator: "×")), \(ByteSize.format(input.reduce(4, *))) per image, batch \(b)\(dataRanks > 1 ? " (\(localBatch) per rank on \(dataRanks) ranks)" : ""), predicted peak \(ByteSize.format(predicted + runtimeReserveBytes)) (step \(ByteSize.format(predicted - loaderBytes(localBatch)))\(parallel?.mode == .pipeline ? " on this rank's stage" : "") + \(streamedFiles ? "the file reader's tile cache" : "\(prefetch + 1) batches in the loader") \(ByteSize.format(loaderBytes(localBatch))) + runtime \(ByteSize.format(runtimeReserveBytes))) of \(ByteSize.format(ceiling))" + (budgetBytes == nil ? " available (no --budget)" : ""))
     if predicted + runtimeReserveBytes > ceiling {
       throw refusal(net, input: input, batch: localBatch, opt: opt, budget: ceiling, what: budgetBytes == nil ? "the memory this machine has available" : nil)
     }
@@ -323,6 +335,9 @@ struct TrainCommand: ParsableCommand {
                                           synchronizedBatchNorm: parallelOptions.bn == "sync")
     case let (c, .tiles)?:
       for st in net.layers.compactMap({ $0.1 as? Streamed }) { st.collective = c }
+    case (_, .pipeline)?:
+      trainer.pipeline = pipelined?.0
+      pipelined?.0.releaseOtherStages(optimizer: optimizerObj)
     case nil: break
     }
 
@@ -335,7 +350,10 @@ struct TrainCommand: ParsableCommand {
     if dataRanks > 1 { trainLoader.shard = (quietRank, dataRanks) }
     trainer.maxSkippedShare = maxSkipped
     trainLoader.badFilePolicy = BadFilePolicy(rawValue: onBadFile)!
-    trainLoader.onWarning = { note("warning: " + $0) }
+    // (Pipeline ranks all read the same files: rank 0 alone says which it skipped.)
+    let quiet = parallel?.mode == .pipeline && !writer
+    let warn: @Sendable (String) -> Void = { if !quiet { note("warning: " + $0) } }
+    trainLoader.onWarning = warn
     if augment { trainLoader.augmentation = Augmentation(horizontalFlip: true, brightness: 0.1, contrast: 0.1) }
     var valLoader: BatchLoader? = nil
     if !valIdx.isEmpty {
@@ -345,7 +363,7 @@ struct TrainCommand: ParsableCommand {
       v.prefetch = prefetch
       v.streamFromFiles = streamedFiles
       if dataRanks > 1 { v.shard = (quietRank, dataRanks) }
-      v.onWarning = { note("warning: " + $0) }
+      v.onWarning = warn
       valLoader = v
     }
     let interrupt = Interrupt.install()

@@ -251,6 +251,76 @@ final class MPITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(try stepLosses("two").count, 14)
   }
 
+  func testPipelineStepEqualsOneProcess() throws {
+    let input = randomTensor([4, 3, 64, 64], seed: 21), labels = [0, 3, 1, 4]
+    let b = try batch("p.safetensors", [4, 3, 64, 64], labels: labels, seed: 21)
+    let common = ["step", "--classes", "5", "--batch", b, "--threads", "1"]
+    let r = try one(common + ["--out", path("one.safetensors")])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    // One micro-batch: the plain step, over 2 and 3 stages.
+    for n in [2, 3] {
+      let (m, _) = try mpirun(n, common + ["--out", path("pp\(n).safetensors"), "--parallel", "pipeline", "--micro-batches", "1"])
+      XCTAssertEqual(m.status, 0, m.stderr)
+      try assertSame(path("one.safetensors"), path("pp\(n).safetensors"), rtol: 1e-6, "\(n) stages, 1 micro-batch")
+    }
+    // Two micro-batches: one process accumulating the two halves (BatchNorm per micro-batch).
+    let (m, _) = try mpirun(2, common + ["--out", path("pp2m.safetensors"), "--parallel", "pipeline", "--micro-batches", "2"])
+    XCTAssertEqual(m.status, 0, m.stderr)
+    let model = Zoo.fcnLarge(classes: 5)
+    model.initializeParameters(seed: 0)
+    let first = try model.trainingStep(input: input.slice(images: 0..<2), labels: [0, 3], gradientScale: 0.5)
+    let second = try model.trainingStep(input: input.slice(images: 2..<4), labels: [1, 4], accumulate: true, gradientScale: 0.5)
+    let f = try SafeTensors.read(URL(fileURLWithPath: path("pp2m.safetensors")))
+    XCTAssertEqual(f.tensors["loss"]!.toArray()[0], (first.loss + second.loss) / 2, accuracy: 1e-5)
+    for (name, p) in model.namedParameters() where p.trainable {
+      XCTAssertLessThanOrEqual(maxRelativeError(try XCTUnwrap(f.tensors["grad." + name]).toArray(), p.grad!.toArray()), 1e-5, name)
+    }
+  }
+
+  func testPipelineRanksPeakAtTheirStagePlanToTheByte() throws {
+    var lastPlanned = [Int]()
+    for (n, m) in [(2, 2), (3, 4)] {
+      let (r, _) = try mpirun(n, ["bench", "train", "--model", "fcn-large", "--input", "3x128x128", "--batch", "4", "--steps", "1",
+                                  "--warmup", "1", "--threads", "1", "--json", "--parallel", "pipeline", "--micro-batches", "\(m)",
+                                  "--budget", "200MiB"])
+      XCTAssertEqual(r.status, 0, r.stderr)
+      let d = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+      let peaks = try XCTUnwrap(d["rank_peak_bytes"] as? [Int]), planned = try XCTUnwrap(d["stage_planned_peak_bytes"] as? [Int])
+      XCTAssertEqual(peaks, planned, "every rank's ledger peak is its stage's plan, \(n) stages, \(m) micro-batches")
+      XCTAssertEqual((d["stages"] as? [[String]])?.count, n)
+      lastPlanned = planned
+    }
+    // plan --stages gives the same split and peaks (the budget less the runtime's 96 MiB per stage).
+    let p = try CLI.run(["plan", "--model", "fcn-large", "--classes", "10", "--input", "3x128x128", "--batch", "4", "--stages", "3",
+                         "--micro-batches", "4", "--stage-memory", "104MiB", "--threads", "1", "--json"])
+    XCTAssertEqual(p.status, 0, p.stderr)
+    let plan = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(p.stdout.utf8)) as? [String: Any])
+    let stages = try XCTUnwrap((plan["pipeline"] as? [String: Any])?["stages"] as? [[String: Any]])
+    XCTAssertEqual(stages.compactMap { $0["peakBytes"] as? Int }, lastPlanned)
+  }
+
+  func testTrainPipelineEqualsOneProcessAccumulatingTheMicroBatches() throws {
+    let data = try TrainCLITests.makeData(in: dir)
+    let common = ["train", "--data", data.path, "--image-size", "48", "--epochs", "1", "--test", "0.25", "--lr", "0.001",
+                  "--schedule", "constant", "--seed", "2", "--threads", "1", "--workers", "1"]
+    let r = try one(common + ["--batch", "3", "--accumulate", "2", "--out", path("acc")])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let (m, _) = try mpirun(2, common + ["--batch", "6", "--parallel", "pipeline", "--micro-batches", "2", "--out", path("pp")])
+    XCTAssertEqual(m.status, 0, m.stderr)
+    XCTAssert(m.stderr.contains("pipeline: rank 0:"), m.stderr)
+    // Rank 0 gathered every stage's weights and optimizer state into its checkpoint.
+    try assertSame(path("acc/last.safetensors"), path("pp/last.safetensors"), rtol: 1e-5, "pipeline vs accumulation")
+    func epoch(_ run: String) throws -> [String: Any] {
+      let line = try String(contentsOfFile: path(run) + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").last!
+      return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+    let a = try epoch("acc"), b = try epoch("pp")
+    for key in ["loss", "val_loss"] {
+      let x = try XCTUnwrap(a[key] as? Double), y = try XCTUnwrap(b[key] as? Double)
+      XCTAssertEqual(y, x, accuracy: 1e-5 * x, key)
+    }
+  }
+
   func testTrainTileParallelEqualsTheStreamedRun() throws {
     let data = try TrainCLITests.makeData(in: dir)
     // Each 128² image's stem in 4 tiles of 64 px, 2 per rank; 12 updates, 8 held-out images. (At
@@ -268,7 +338,7 @@ final class ParallelHintTests: TemporaryDirectoryTestCase {
     let r = try CLI.run(["step", "--batch", "none.safetensors", "--out", dir.appendingPathComponent("x").path, "--parallel", "data"])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("--traits MPI"), r.stderr)
-    let p = try CLI.run(["step", "--batch", "none.safetensors", "--out", "x", "--parallel", "pipeline"])
-    XCTAssert(p.stderr.contains("--parallel pipeline is not built yet"), p.stderr)
+    let p = try CLI.run(["step", "--batch", "none.safetensors", "--out", "x", "--parallel", "pipelined"])
+    XCTAssert(p.stderr.contains("--parallel must be data, tiles or pipeline"), p.stderr)
   }
 }

@@ -74,6 +74,13 @@ public final class Parameter {
 
   /// Frees the gradient buffer.
   public func dropGradient() { grad = nil }
+
+  /// Frees the value and the gradient (a pipeline rank's parameters of the other stages); reading
+  /// `value` again gives the role's fresh default.
+  public func releaseValue() {
+    _value = nil
+    grad = nil
+  }
 }
 
 /// Whether a training-mode forward keeps what backward needs. `Checkpointed` turns it off while it

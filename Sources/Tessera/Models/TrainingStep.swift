@@ -8,6 +8,13 @@ public struct StepResult {
   public var probabilities: [Float]
   /// Labels predicted (arg-max of the logits).
   public var predictions: [Int]
+
+  public init(loss: Float, logits: Tensor, probabilities: [Float], predictions: [Int]) {
+    self.loss = loss
+    self.logits = logits
+    self.probabilities = probabilities
+    self.predictions = predictions
+  }
 }
 
 /// Problems with a batch handed to a model, named with shapes.
