@@ -38,3 +38,46 @@ final class ClusterTests: XCTestCase {
     XCTAssertLessThan(e.speedup, 1 / 0.2 + 1e-9, "the unstreamed rest bounds the speed-up")
   }
 }
+
+/// The pipeline split: every stage within its memory, the slowest stage as light as a split can make it.
+final class PipelinePlanTests: XCTestCase {
+  func testStagesFitTheirMemoryAndBalanceTheWork() throws {
+    let model = Zoo.fcnLarge(classes: 10)
+    let input = [3, 512, 512]
+    let free = try Planner.planPipeline(model, input: input, batch: 8, microBatches: 4, stages: 3, stageMemory: nil, optimizer: .momentum, threads: 1)
+    XCTAssertEqual(free.stages.map(\.blocks.count).reduce(0, +), model.layers.count)
+    XCTAssertEqual(free.stages.first?.blocks.lowerBound, 0)
+    for (a, b) in zip(free.stages, free.stages.dropFirst()) { XCTAssertEqual(a.blocks.upperBound, b.blocks.lowerBound) }
+    // Against every split into 3 (each stage's peak from pipelineStagePeak): within each memory, the
+    // split's slowest stage is the lightest of those that fit.
+    let perBlock = try Planner.planPipeline(model, input: input, batch: 8, microBatches: 4, stages: model.layers.count,
+                                            stageMemory: nil, optimizer: .momentum, threads: 1).stages
+    let shapes = perBlock.map(\.input)
+    for memory in [nil, 75 << 20, 80 << 20] as [Int?] {
+      var bestMax = Int.max
+      for i in 1..<(perBlock.count - 1) where shapes[i].count == 3 {
+        for j in (i + 1)..<perBlock.count where shapes[j].count == 3 {
+          let ranges = [0..<i, i..<j, j..<perBlock.count]
+          let peaks = try ranges.map { try Planner.pipelineStagePeak(model, blocks: $0, input: shapes[$0.lowerBound], batch: 8,
+                                                                     microBatches: 4, optimizer: .momentum, threads: 1) }
+          guard memory.map({ m in peaks.allSatisfy { $0 <= m } }) ?? true else { continue }
+          bestMax = min(bestMax, ranges.map { r in r.reduce(0) { $0 + perBlock[$1].macs } }.max()!)
+        }
+      }
+      let split = try Planner.planPipeline(model, input: input, batch: 8, microBatches: 4, stages: 3, stageMemory: memory,
+                                           optimizer: .momentum, threads: 1)
+      XCTAssertEqual(split.stages.map(\.macs).max(), bestMax, "memory \(String(describing: memory))")
+      if let m = memory { XCTAssert(split.stages.allSatisfy { $0.peakBytes <= m }) }
+    }
+    // Each stage's peak is its own plan: more micro-batches store more inputs but run smaller steps.
+    let more = try Planner.planPipeline(model, input: input, batch: 8, microBatches: 8, stages: 3, stageMemory: nil, optimizer: .momentum, threads: 1)
+    XCTAssertLessThan(more.stages[0].peakBytes, free.stages[0].peakBytes)
+    // Too little memory for any split: refused, naming the block that cannot fit.
+    XCTAssertThrowsError(try Planner.planPipeline(model, input: input, batch: 8, microBatches: 4, stages: 3, stageMemory: 1 << 20,
+                                                  optimizer: .momentum, threads: 1)) { e in
+      XCTAssert("\(e)".contains("alone needs"), "\(e)")
+    }
+    XCTAssertThrowsError(try Planner.planPipeline(model, input: input, batch: 8, microBatches: 4, stages: 8, stageMemory: nil))
+    XCTAssertThrowsError(try Planner.planPipeline(model, input: input, batch: 2, microBatches: 4, stages: 2, stageMemory: nil))
+  }
+}
