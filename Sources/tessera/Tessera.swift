@@ -87,8 +87,8 @@ func printJSON(_ object: [String: Any]) {
 /// others their warnings and errors, prefixed with their rank.
 func note(_ s: String) {
   if quietRank != 0 {
-    guard s.hasPrefix("warning") || s.hasPrefix("error") || s.hasPrefix("rank") else { return }
-    FileHandle.standardError.write(("rank \(quietRank): " + s + "\n").data(using: .utf8)!)
+    guard s.hasPrefix("warning") || s.hasPrefix("error") || s.hasPrefix("rank ") else { return }
+    FileHandle.standardError.write(((s.hasPrefix("rank ") ? "" : "rank \(quietRank): ") + s + "\n").data(using: .utf8)!)
     return
   }
   FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
