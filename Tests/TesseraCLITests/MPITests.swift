@@ -233,6 +233,13 @@ final class MPITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(m.stderr.components(separatedBy: "epoch 1/1").count, 2, "one progress line: \(m.stderr)")
     let config = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("two/config.json")))) as? [String: Any])
     XCTAssertEqual(config["ranks"] as? Int, 2)
+    // Ctrl-C on every rank mid-epoch, then --resume: rank 0's checkpoint as if never stopped.
+    let (stopped, _) = try mpirun(2, args + ["--out", path("stopped")], env: ["TESSERA_TEST_SIGINT_AFTER_BATCHES": "3"])
+    XCTAssertNotEqual(stopped.status, 0)
+    XCTAssert(stopped.stderr.contains("interrupted in epoch 1 after batch 3"), stopped.stderr)
+    let (resumed, _) = try mpirun(2, args + ["--out", path("stopped"), "--resume"])
+    XCTAssertEqual(resumed.status, 0, resumed.stderr)
+    try assertSame(path("two/last.safetensors"), path("stopped/last.safetensors"), rtol: 0, "stopped and resumed")
     // --resume on every rank: a second epoch from rank 0's checkpoint.
     var twoEpochs = args
     twoEpochs[args.firstIndex(of: "--epochs")! + 1] = "2"
@@ -319,6 +326,15 @@ final class MPITests: TemporaryDirectoryTestCase {
       let x = try XCTUnwrap(a[key] as? Double), y = try XCTUnwrap(b[key] as? Double)
       XCTAssertEqual(y, x, accuracy: 1e-5 * x, key)
     }
+    // Ctrl-C on every rank mid-epoch (the test hook raises SIGINT after 3 batches), then --resume:
+    // the same checkpoint as the run that was not stopped, bit for bit.
+    let pp = common + ["--batch", "6", "--parallel", "pipeline", "--micro-batches", "2"]
+    let (stopped, _) = try mpirun(2, pp + ["--out", path("stopped")], env: ["TESSERA_TEST_SIGINT_AFTER_BATCHES": "3"])
+    XCTAssertNotEqual(stopped.status, 0)
+    XCTAssert(stopped.stderr.contains("interrupted in epoch 1 after batch 3"), stopped.stderr)
+    let (resumed, _) = try mpirun(2, pp + ["--out", path("stopped"), "--resume"])
+    XCTAssertEqual(resumed.status, 0, resumed.stderr)
+    try assertSame(path("pp/last.safetensors"), path("stopped/last.safetensors"), rtol: 0, "stopped and resumed")
   }
 
   func testTrainTileParallelEqualsTheStreamedRun() throws {
