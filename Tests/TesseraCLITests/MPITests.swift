@@ -223,6 +223,18 @@ final class MPITests: TemporaryDirectoryTestCase {
     return m
   }
 
+  /// Ctrl-C on every rank mid-epoch (the test hook raises SIGINT after 3 batches), then --resume: the
+  /// same checkpoint as the run `uninterrupted` that was not stopped, bit for bit.
+  func assertStopAndResumeIsExact(_ args: [String], uninterrupted: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    let (stopped, _) = try mpirun(2, args + ["--out", path("stopped")], env: ["TESSERA_TEST_SIGINT_AFTER_BATCHES": "3"])
+    XCTAssertNotEqual(stopped.status, 0, file: file, line: line)
+    XCTAssert(stopped.stderr.contains("interrupted in epoch 1 after batch 3"), stopped.stderr, file: file, line: line)
+    let (resumed, _) = try mpirun(2, args + ["--out", path("stopped"), "--resume"])
+    XCTAssertEqual(resumed.status, 0, resumed.stderr, file: file, line: line)
+    try assertSame(path(uninterrupted + "/last.safetensors"), path("stopped/last.safetensors"), rtol: 0, "stopped and resumed",
+                   file: file, line: line)
+  }
+
   func testTrainDataParallelEqualsOneProcessAndRankZeroAloneWrites() throws {
     let data = try TrainCLITests.makeData(in: dir)
     // One epoch of 7 updates (32 images, global batch 5: shares 3/2, the last batch 2 → 1/1).
@@ -233,13 +245,7 @@ final class MPITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(m.stderr.components(separatedBy: "epoch 1/1").count, 2, "one progress line: \(m.stderr)")
     let config = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("two/config.json")))) as? [String: Any])
     XCTAssertEqual(config["ranks"] as? Int, 2)
-    // Ctrl-C on every rank mid-epoch, then --resume: rank 0's checkpoint as if never stopped.
-    let (stopped, _) = try mpirun(2, args + ["--out", path("stopped")], env: ["TESSERA_TEST_SIGINT_AFTER_BATCHES": "3"])
-    XCTAssertNotEqual(stopped.status, 0)
-    XCTAssert(stopped.stderr.contains("interrupted in epoch 1 after batch 3"), stopped.stderr)
-    let (resumed, _) = try mpirun(2, args + ["--out", path("stopped"), "--resume"])
-    XCTAssertEqual(resumed.status, 0, resumed.stderr)
-    try assertSame(path("two/last.safetensors"), path("stopped/last.safetensors"), rtol: 0, "stopped and resumed")
+    try assertStopAndResumeIsExact(args, uninterrupted: "two")
     // --resume on every rank: a second epoch from rank 0's checkpoint.
     var twoEpochs = args
     twoEpochs[args.firstIndex(of: "--epochs")! + 1] = "2"
@@ -326,15 +332,7 @@ final class MPITests: TemporaryDirectoryTestCase {
       let x = try XCTUnwrap(a[key] as? Double), y = try XCTUnwrap(b[key] as? Double)
       XCTAssertEqual(y, x, accuracy: 1e-5 * x, key)
     }
-    // Ctrl-C on every rank mid-epoch (the test hook raises SIGINT after 3 batches), then --resume:
-    // the same checkpoint as the run that was not stopped, bit for bit.
-    let pp = common + ["--batch", "6", "--parallel", "pipeline", "--micro-batches", "2"]
-    let (stopped, _) = try mpirun(2, pp + ["--out", path("stopped")], env: ["TESSERA_TEST_SIGINT_AFTER_BATCHES": "3"])
-    XCTAssertNotEqual(stopped.status, 0)
-    XCTAssert(stopped.stderr.contains("interrupted in epoch 1 after batch 3"), stopped.stderr)
-    let (resumed, _) = try mpirun(2, pp + ["--out", path("stopped"), "--resume"])
-    XCTAssertEqual(resumed.status, 0, resumed.stderr)
-    try assertSame(path("pp/last.safetensors"), path("stopped/last.safetensors"), rtol: 0, "stopped and resumed")
+    try assertStopAndResumeIsExact(common + ["--batch", "6", "--parallel", "pipeline", "--micro-batches", "2"], uninterrupted: "pp")
   }
 
   func testTrainTileParallelEqualsTheStreamedRun() throws {
