@@ -283,7 +283,7 @@ public final class Communicator: Collective, @unchecked Sendable {
   /// Refuses a run whose ranks were started with different settings or builds: every rank's
   /// fingerprint (a hash of its arguments and of its executable) must equal rank 0's.
   public func checkSameSettings(_ fingerprint: String) throws {
-    let h = Self.fnv1a(Array(fingerprint.utf8))
+    let h = Self.fnv1a(fingerprint.utf8)
     let mine = [Double(h >> 32), Double(h & 0xffff_ffff)]
     let all = allGather(mine)
     let differ = all.indices.filter { all[$0] != all[0] }
@@ -298,14 +298,14 @@ public final class Communicator: Collective, @unchecked Sendable {
     let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
     if let d = try? Data(contentsOf: exe, options: .alwaysMapped) {
       // 8 bytes a round: the hash of a 30 MB executable takes a few milliseconds.
-      let h = d.withUnsafeBytes { fnv1a(Array($0.bindMemory(to: UInt64.self))) }
+      let h = d.withUnsafeBytes { fnv1a($0.bindMemory(to: UInt64.self)) }
       parts.append("exe \(d.count) \(h)")
     }
     return parts.joined(separator: "\u{1}")
   }
 
   /// FNV-1a over words (bytes or 8-byte words).
-  static func fnv1a<W: FixedWidthInteger>(_ words: [W]) -> UInt64 {
+  static func fnv1a<S: Sequence>(_ words: S) -> UInt64 where S.Element: FixedWidthInteger {
     var h: UInt64 = 0xcbf2_9ce4_8422_2325
     for w in words { h = (h ^ UInt64(truncatingIfNeeded: w)) &* 0x100_0000_01b3 }
     return h
