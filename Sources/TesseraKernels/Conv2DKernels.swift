@@ -57,8 +57,9 @@ public enum Conv2DKernels {
 
   /// Workspace bytes each kernel holds at its peak (all its buffers live together), for the planner;
   /// tests check them against the ledger.
-  public static func forwardWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
-    4 * (packedWeightFloats(g) + imageWorkers(g, threads: threads) * paddedFloats(g))
+  public static func forwardWorkspaceBytes(_ g: ConvGeometry, threads: Int, winograd: Bool = false) -> Int {
+    if winograd && Winograd.applies(g) { return Winograd.workspaceBytes(g, threads: threads) }
+    return 4 * (packedWeightFloats(g) + imageWorkers(g, threads: threads) * paddedFloats(g))
   }
 
   public static func backwardWeightsWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
@@ -99,10 +100,19 @@ public enum Conv2DKernels {
   // MARK: forward
 
   /// y (N, K, Ho, Wo) = conv(x (N, C, H, W), w (K, C/groups, kh, kw)) + bias (K). Overwrites y.
+  ///
+  /// With `scale`, each output channel's weights are multiplied by scale[k] as they are packed, and
+  /// `relu` clamps the result at 0 as it is stored: y = max(scale·conv(x, w) + bias, 0), an
+  /// inference-mode BatchNorm (+ ReLU) folded into the convolution at no extra pass or tensor.
+  /// `winograd` lets 3×3 stride-1 layers take `Winograd` (inference: its rounding, a few times the
+  /// direct kernel's, would break training's streamed = plain equality at 1e-5).
   public static func forward(
     _ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-    y: UnsafeMutablePointer<Float>
+    y: UnsafeMutablePointer<Float>, scale: UnsafePointer<Float>? = nil, relu: Bool = false, winograd: Bool = false
   ) {
+    if winograd && Winograd.applies(g) {
+      return Winograd.forward(g, x: x, w: w, bias: bias, y: y, scale: scale, relu: relu)
+    }
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
     let P = g.outHeight * g.outWidth
     // Weights packed [group][kblock][tap][16], zero beyond the group's channels.
@@ -112,7 +122,8 @@ public enum Conv2DKernels {
       for k in 0..<kg {
         let src = w + (gi * kg + k) * T
         let dst = wt + (gi * KB + k / lanes) * T * lanes + k % lanes
-        for t in 0..<T { dst[t * lanes] = src[t] }
+        let sk = scale?[gi * kg + k] ?? 1
+        for t in 0..<T { dst[t * lanes] = src[t] * sk }
       }
     }
     let tiles = (P + tile - 1) / tile
@@ -126,7 +137,7 @@ public enum Conv2DKernels {
         let top = tob.baseAddress!, pbp = pbb.baseAddress!
         func run(_ n: Int, _ xn: UnsafePointer<Float>, _ range: Range<Int>) {
           forwardTiles(g, image: n, xn: xn, plane: imgs[0].hp * imgs[0].wp, tiles: range, to: top, pb: pbp,
-                       wt: UnsafePointer(wtp.p), bias: bias, y: yy.p)
+                       wt: UnsafePointer(wtp.p), bias: bias, relu: relu, y: yy.p)
         }
         if workers > 1 {
           // Whole images per worker: one parallel region for the batch, no per-image barriers.
@@ -156,10 +167,11 @@ public enum Conv2DKernels {
   static func forwardTiles(
     _ g: ConvGeometry, image n: Int, xn: UnsafePointer<Float>, plane: Int, tiles: Range<Int>,
     to: UnsafePointer<Int>, pb: UnsafePointer<Int>, wt: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-    y: UnsafeMutablePointer<Float>
+    relu: Bool = false, y: UnsafeMutablePointer<Float>
   ) {
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
     let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels
+    let floor: Float = relu ? 0 : -.infinity
     withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
       let s = scratch.baseAddress!
       var b0 = tiles.lowerBound
@@ -176,10 +188,11 @@ public enum Conv2DKernels {
               forwardTile(T: T, to: to, pb: pb, p0: p0, P: P, xg: xg, wk: wk, out: s)
               let pValid = min(tile, P - p0)
               let yo = y + (n * K + kBase) * P + p0
+              // Clamping below at 0 (ReLU) or at −∞ (none): one branch-free store loop for both.
               for j in 0..<kValid {
                 let bj = bias?[kBase + j] ?? 0
                 let yj = yo + j * P
-                for i in 0..<pValid { yj[i] = s[i * lanes + j] + bj }
+                for i in 0..<pValid { yj[i] = max(s[i * lanes + j] + bj, floor) }
               }
             }
           }

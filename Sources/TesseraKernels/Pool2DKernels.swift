@@ -42,6 +42,7 @@ public enum Pool2DKernels {
     _ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
     argmax: UnsafeMutablePointer<Int32>? = nil
   ) {
+    guard argmax != nil else { return maxForwardRows(g, x: x, y: y) }
     let Ho = g.outHeight, Wo = g.outWidth, H = g.inHeight, W = g.inWidth
     let yy = SendablePointer(y), am = argmax.map { SendablePointer($0) }
     let k3 = g.kernelH == 3 && g.kernelW == 3
@@ -84,6 +85,51 @@ public enum Pool2DKernels {
             }
             yp[oy * Wo + ox] = m
             ap?[oy * Wo + ox] = Int32(truncatingIfNeeded: at)
+          }
+        }
+      }
+    }
+  }
+
+  /// Max pooling with no arg-maxes to record (inference): for each output row, the element-wise max
+  /// of the window's input rows, 8 lanes at a time, then the max along each window of that one row.
+  /// The same values as the recording path (a cell wins only when strictly greater).
+  static func maxForwardRows(_ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+    let Ho = g.outHeight, Wo = g.outWidth, H = g.inHeight, W = g.inWidth
+    let yy = SendablePointer(y)
+    Parallel.forRanges(g.planes * Ho) { _, r in
+      withUnsafeTemporaryAllocation(of: Float.self, capacity: W) { buf in
+        let m = buf.baseAddress!
+        for row in r {
+          let pl = row / Ho, oy = row % Ho
+          let (y0, y1, _, _) = g.window(oy, 0)
+          let xp = x + pl * H * W, yp = yy.p + row * Wo
+          guard y1 > y0 else {
+            yp.update(repeating: -.infinity, count: Wo)
+            continue
+          }
+          m.update(from: xp + y0 * W, count: W)
+          for iy in (y0 + 1)..<max(y0 + 1, y1) {
+            let src = xp + iy * W
+            var i = 0
+            while i + 8 <= W {
+              let a = load8(m + i), b = load8(src + i)
+              store8(a.replacing(with: b, where: b .> a), m + i)
+              i += 8
+            }
+            while i < W {
+              if src[i] > m[i] { m[i] = src[i] }
+              i += 1
+            }
+          }
+          for ox in 0..<Wo {
+            let (_, _, x0, x1) = g.window(oy, ox)
+            var v = -Float.infinity
+            if x1 > x0 {
+              v = m[x0]
+              for ix in (x0 + 1)..<max(x0 + 1, x1) where m[ix] > v { v = m[ix] }
+            }
+            yp[ox] = v
           }
         }
       }

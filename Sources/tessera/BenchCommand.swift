@@ -142,6 +142,12 @@ struct ConvBench: ParsableCommand {
     for i in 0..<g.weightCount { w.floats[i] = r.nextUniform() }
     let flop = 2 * Double(g.macs)
     let tf = medianSeconds(runs: runs) { Conv2DKernels.forward(g, x: x.floats, w: w.floats, bias: nil, y: y.floats) }
+    // Inference forward: Winograd F(4×4, 3×3) where it applies (`TESSERA_WINOGRAD=0` turns it off).
+    let winograd = Winograd.applies(g)
+    let ti = winograd
+      ? medianSeconds(runs: runs) {
+        Conv2DKernels.forward(g, x: x.floats, w: w.floats, bias: nil, y: y.floats, winograd: true)
+      } : tf
     let td = medianSeconds(runs: runs) {
       switch dataPath {
       case "scatter": Conv2DKernels.backwardDataScatter(g, dy: y.floats, w: w.floats, dx: dx.floats)
@@ -155,11 +161,13 @@ struct ConvBench: ParsableCommand {
     let out: [String: Any] = [
       "bench": "conv", "geometry": g.description, "threads": Parallel.threadCount, "gflop": flop / 1e9,
       "forward_gflops": gf(tf), "backward_data_gflops": gf(td), "backward_weights_gflops": gf(tw),
+      "inference_forward_gflops": gf(ti), "inference_algorithm": winograd ? "winograd" : "direct",
       "gflops": ((3 * flop / (tf + td + tw)) / 1e8).rounded() / 10,
     ]
     if json { printJSON(out) } else {
       print(g.description)
       print("forward \(gf(tf)) GFLOP/s, backward-data \(gf(td)), backward-weights \(gf(tw)) (threads \(Parallel.threadCount))")
+      print("inference forward \(gf(ti)) GFLOP/s (\(winograd ? "Winograd F(4×4, 3×3), as direct-convolution FLOPs" : "direct"))")
     }
   }
 }

@@ -30,12 +30,94 @@ final class ConvKernelTests: XCTestCase {
   ]
 
   func testFastMatchesReference() {
-    // Thread counts 1–3: batches of 2, 3 and 4 also take the whole-image-per-thread paths.
+    // Thread counts 1–3: batches of 2, 3 and 4 also take the whole-image-per-thread paths; with
+    // Winograd off, the direct kernel on every case.
+    let saved = (Parallel.threadCount, Winograd.enabled)
+    defer { (Parallel.threadCount, Winograd.enabled) = saved }
+    for threads in [1, 2, 3] {
+      for winograd in [true, false] {
+        Parallel.threadCount = threads
+        Winograd.enabled = winograd
+        compareAllCases()
+      }
+    }
+  }
+
+  /// The direct kernel element by element; the Winograd path (its transforms round more) by the
+  /// largest error relative to the largest reference value.
+  func assertConv(_ g: ConvGeometry, _ got: [Float], _ ref: [Float], _ what: String,
+                  file: StaticString = #filePath, line: UInt = #line, winograd: Bool = true) {
+    if winograd && Winograd.applies(g) {
+      XCTAssertLessThanOrEqual(maxRelativeError(got, ref), 1e-5, "Winograd \(what)", file: file, line: line)
+    } else {
+      assertClose(got, ref, what, file: file, line: line)
+    }
+  }
+
+  /// Winograd F(4×4, 3×3) on awkward shapes (partial tiles at both edges, no padding, uneven
+  /// padding, channels not a multiple of 8 or 16, several tile blocks, 1–3 threads), against the
+  /// double-precision reference; its error stays within a small multiple of the direct kernel's.
+  func testWinogradMatchesReferenceOnAwkwardShapes() {
+    let shapes = [
+      ConvGeometry(batch: 3, inChannels: 16, inHeight: 7, inWidth: 9, outChannels: 20, kernelH: 3, kernelW: 3,
+                   padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+      ConvGeometry(batch: 2, inChannels: 24, inHeight: 13, inWidth: 6, outChannels: 16, kernelH: 3, kernelW: 3),
+      ConvGeometry(batch: 1, inChannels: 19, inHeight: 10, inWidth: 11, outChannels: 33, kernelH: 3, kernelW: 3,
+                   padTop: 2, padLeft: 0, padBottom: 1, padRight: 2),
+      ConvGeometry(batch: 2, inChannels: 64, inHeight: 30, inWidth: 37, outChannels: 48, kernelH: 3, kernelW: 3,
+                   padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+    ]
+    let saved = (Parallel.threadCount, Winograd.enabled)
+    defer { (Parallel.threadCount, Winograd.enabled) = saved }
+    for (i, g) in shapes.enumerated() {
+      XCTAssertTrue(Winograd.applies(g), "\(g)")
+      let x = randomFloats(g.inputCount, seed: 40 + UInt64(i)), w = randomFloats(g.weightCount, seed: 50 + UInt64(i))
+      let bias = randomFloats(g.outChannels, seed: 60)
+      var ref = [Float](repeating: 0, count: g.outputCount), direct = ref
+      ConvReference.forward(g, x: x, w: w, bias: bias, y: &ref)
+      Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &direct)
+      let directError = maxRelativeError(direct, ref)
+      for threads in [1, 2, 3] {
+        Parallel.threadCount = threads
+        var y = [Float](repeating: .nan, count: g.outputCount)
+        Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &y, winograd: true)
+        let error = maxRelativeError(y, ref)
+        XCTAssertLessThanOrEqual(error, 1e-5, "\(g) threads \(threads)")
+        XCTAssertLessThanOrEqual(error, max(30 * directError, 1e-6), "\(g): Winograd \(error), direct \(directError)")
+        if threads == 1 { print("winograd error \(error) direct \(directError) \(g)") }
+      }
+    }
+    // Below 16 channels, or a map under one tile, the direct kernel runs.
+    XCTAssertFalse(Winograd.applies(ConvGeometry(batch: 1, inChannels: 8, inHeight: 9, inWidth: 9, outChannels: 32,
+                                                 kernelH: 3, kernelW: 3)))
+    XCTAssertFalse(Winograd.applies(ConvGeometry(batch: 1, inChannels: 32, inHeight: 5, inWidth: 9, outChannels: 32,
+                                                 kernelH: 3, kernelW: 3)))
+  }
+
+  /// The inference fold: y = max(scale·conv(x, w) + shift, 0) from scaled packed weights, against
+  /// the reference convolution followed by the affine map and the clamp.
+  func testFoldedScaleShiftReLUMatchesReference() {
     let saved = Parallel.threadCount
     defer { Parallel.threadCount = saved }
-    for threads in [1, 2, 3] {
+    for threads in [1, 2] {
       Parallel.threadCount = threads
-      compareAllCases()
+      for (ci, g) in Self.cases.enumerated() {
+        let x = randomFloats(g.inputCount, seed: 11 + UInt64(ci)), w = randomFloats(g.weightCount, seed: 12)
+        let scale = randomFloats(g.outChannels, seed: 13).map { $0 * 3 }, shift = randomFloats(g.outChannels, seed: 14)
+        var ref = [Float](repeating: .nan, count: g.outputCount)
+        ConvReference.forward(g, x: x, w: w, bias: nil, y: &ref)
+        let P = g.outHeight * g.outWidth
+        for relu in [false, true] {
+          let want = ref.indices.map { i -> Float in
+            let k = i / P % g.outChannels, v = ref[i] * scale[k] + shift[k]
+            return relu ? max(v, 0) : v
+          }
+          var y = [Float](repeating: .nan, count: g.outputCount)
+          Conv2DKernels.forward(g, x: x, w: w, bias: shift, y: &y, scale: scale, relu: relu, winograd: true)
+          assertConv(g, y, want, "folded relu=\(relu) \(g)")
+          if relu { XCTAssertTrue(y.allSatisfy { $0 >= 0 }, "clamped \(g)") }
+        }
+      }
     }
   }
 
@@ -47,9 +129,9 @@ final class ConvKernelTests: XCTestCase {
       let bias = randomFloats(g.outChannels, seed: 200 + UInt64(ci))
       let dy = randomFloats(g.outputCount, seed: 300 + UInt64(ci))
       var yFast = [Float](repeating: .nan, count: g.outputCount), yRef = yFast
-      Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &yFast)
+      Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &yFast, winograd: Winograd.enabled)
       ConvReference.forward(g, x: x, w: w, bias: bias, y: &yRef)
-      assertClose(yFast, yRef, "forward \(g)")
+      assertConv(g, yFast, yRef, "forward \(g)")
 
       var dxFast = [Float](repeating: .nan, count: g.inputCount), dxRef = dxFast
       Conv2DKernels.backwardData(g, dy: dy, w: w, dx: &dxFast)

@@ -21,10 +21,30 @@ final class WorkspaceTests: XCTestCase {
         var dw = [Float](repeating: 0, count: g.weightCount)
         XCTAssertEqual(peak { Conv2DKernels.forward(g, x: x, w: w, bias: nil, y: &y) },
                        Conv2DKernels.forwardWorkspaceBytes(g, threads: threads), "forward \(g)")
+        XCTAssertEqual(peak { Conv2DKernels.forward(g, x: x, w: w, bias: nil, y: &y, winograd: true) },
+                       Conv2DKernels.forwardWorkspaceBytes(g, threads: threads, winograd: true), "inference forward \(g)")
         XCTAssertEqual(peak { Conv2DKernels.backwardWeights(g, x: x, dy: dy, dw: &dw, dbias: nil) },
                        Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: threads), "backward-weights \(g)")
         XCTAssertEqual(peak { Conv2DKernels.backwardData(g, dy: dy, w: w, dx: &dx) },
                        Conv2DKernels.backwardDataWorkspaceBytes(g, threads: threads), "backward-data \(g)")
+      }
+    }
+  }
+
+  /// Winograd's U, V and M (several tile blocks, fewer blocks than threads) to the byte.
+  func testWinogradWorkspaceMatchesLedger() {
+    let saved = Parallel.threadCount
+    defer { Parallel.threadCount = saved }
+    for threads in [1, 2, 3, 5] {
+      Parallel.threadCount = threads
+      for g in [ConvGeometry(batch: 1, inChannels: 16, inHeight: 9, inWidth: 9, outChannels: 20, kernelH: 3, kernelW: 3),
+                ConvGeometry(batch: 2, inChannels: 24, inHeight: 30, inWidth: 37, outChannels: 40, kernelH: 3, kernelW: 3,
+                             padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)] {
+        XCTAssertTrue(Winograd.applies(g))
+        let x = randomFloats(g.inputCount, seed: 1), w = randomFloats(g.weightCount, seed: 2)
+        var y = [Float](repeating: 0, count: g.outputCount)
+        XCTAssertEqual(peak { Conv2DKernels.forward(g, x: x, w: w, bias: nil, y: &y, winograd: true) },
+                       Winograd.workspaceBytes(g, threads: threads), "\(g) threads \(threads)")
       }
     }
   }

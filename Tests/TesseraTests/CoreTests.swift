@@ -118,6 +118,33 @@ final class CoreTests: XCTestCase {
     XCTAssertLessThan(last, first / 10, "loss went from \(first) to \(last)")
   }
 
+  /// Inference folds conv → BatchNorm (→ ReLU) into one pass: the same numbers as the three layers
+  /// run one by one, with non-trivial running statistics, a conv bias, BN's own ReLU or a ReLU layer.
+  func testInferenceFoldsBatchNormAndReLUIntoTheConvolution() {
+    for (i, (bnReLU, reluLayer)) in [(false, false), (true, false), (false, true)].enumerated() {
+      let conv = Conv2D(inputChannels: 3, outputChannels: 5, kernelSize: 3, stride: 2, padding: .same, bias: true)
+      let bn = BatchNorm2D(channels: 5, fusedReLU: bnReLU)
+      var layers: [(String, Layer)] = [("conv", conv), ("bn", bn)]
+      if reluLayer { layers.append(("relu", ReLU())) }
+      layers.append(("pool", GlobalAvgPool2D()))
+      let net = Sequential(layers)
+      net.initializeParameters(seed: UInt64(i))
+      for (p, seed) in [(bn.runningMean, 1), (bn.runningVariance, 2), (bn.weight, 3), (bn.bias, 4), (conv.bias!, 5)] {
+        let v = randomFloats(5, seed: UInt64(seed))
+        p.value = Tensor(shape: [5], values: p === bn.runningVariance ? v.map { $0 + 1.5 } : v)
+      }
+      let x = Tensor(shape: [2, 3, 9, 8], values: randomFloats(2 * 3 * 9 * 8, seed: 9))
+      // Layer by layer, the way a training-mode graph would run them.
+      var h = conv.forward(x, training: false)
+      h = bn.forward(h, training: false)
+      if reluLayer { h = ReLU().forward(h, training: false) }
+      let unfolded = h.toArray()
+      let folded = Sequential(Array(layers.dropLast())).forward(x, training: false).toArray()
+      assertClose(folded, unfolded, rtol: 1e-5, atol: 1e-6, "bnReLU \(bnReLU) reluLayer \(reluLayer)")
+      XCTAssertEqual(net.forward(x, training: false).shape, [2, 5])
+    }
+  }
+
   func testShapeErrorsNameTheLayer() {
     let net = Zoo.fcnLarge(classes: 10)
     XCTAssertThrowsError(try net.outputShape(for: [1, 1, 64, 64])) { e in

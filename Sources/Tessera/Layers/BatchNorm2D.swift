@@ -96,6 +96,19 @@ public final class BatchNorm2D: Layer {
     return y
   }
 
+  /// Inference-mode BatchNorm as y = scale·x + shift per channel (from the running statistics), the
+  /// form a preceding convolution folds into its weights and bias (`Conv2D.forward(_:folding:)`).
+  public func inferenceAffine() -> (scale: [Float], shift: [Float]) {
+    let gamma = weight.value.floats, beta = bias.value.floats
+    let mean = runningMean.value.floats, variance = runningVariance.value.floats
+    var scale = [Float](repeating: 0, count: channels), shift = scale
+    for i in 0..<channels {
+      scale[i] = gamma[i] * (1 / (variance[i] + epsilon).squareRoot())  // as `forward` rounds it
+      shift[i] = beta[i] - mean[i] * scale[i]
+    }
+    return (scale, shift)
+  }
+
   private func updateRunningStatistics(_ mean: [Float], _ variance: [Float]) {
     guard !freezeRunningStatistics else { return }
     let rm = runningMean.value.floats, rv = runningVariance.value.floats

@@ -102,8 +102,23 @@ public final class Conv2D: Layer {
     let g: ConvGeometry
     do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
     let y = Tensor(uninitialized: [g.batch, g.outChannels, g.outHeight, g.outWidth])
-    Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: bias?.value.floats, y: y.floats)
+    Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: bias?.value.floats, y: y.floats,
+                          winograd: !training)
     if training && BackwardRecording.isOn { saved = (accumulatesWeightGradient ? ActivationStorage.keep(x) : nil, g) }
+    return y
+  }
+
+  /// Inference: this convolution followed by `bn` (running statistics) and, with `relu`, a ReLU, in
+  /// one pass and one output tensor — BN's scale multiplies the packed weights, its shift (and this
+  /// layer's bias, scaled) is the bias, and the clamp happens as results are stored.
+  public func forward(_ x: Tensor, folding bn: BatchNorm2D, relu: Bool) -> Tensor {
+    let g: ConvGeometry
+    do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
+    var (scale, shift) = bn.inferenceAffine()
+    if let b = bias?.value.floats { for k in 0..<outputChannels { shift[k] += scale[k] * b[k] } }
+    let y = Tensor(uninitialized: [g.batch, g.outChannels, g.outHeight, g.outWidth])
+    Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: shift, y: y.floats, scale: scale, relu: relu,
+                          winograd: true)
     return y
   }
 
@@ -128,7 +143,7 @@ public final class Conv2D: Layer {
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     let g = try geometry(for: x.shape)
     let y = sim.allocate([g.batch, g.outChannels, g.outHeight, g.outWidth])
-    sim.transient(Conv2DKernels.forwardWorkspaceBytes(g, threads: sim.threads))
+    sim.transient(Conv2DKernels.forwardWorkspaceBytes(g, threads: sim.threads, winograd: !training))
     if training && BackwardRecording.isOn {
       sim.keep(self, accumulatesWeightGradient ? [ActivationStorage.keep(x, sim)] : [])
       sim.notes[ObjectIdentifier(self)] = g

@@ -31,12 +31,31 @@ public final class Sequential: Layer {
   }
 
   public func forward(_ x: Tensor, training: Bool) -> Tensor {
-    var h = x
-    for (name, l) in layers {
+    var h = x, i = 0
+    while i < layers.count {
+      let (name, l) = layers[i]
+      if !training, let f = fold(at: i) {
+        h = Profiler.shared.time("\(f.name) forward") { f.conv.forward(h, folding: f.bn, relu: f.relu) }
+        i += f.span
+        continue
+      }
       h = l is Sequential ? l.forward(h, training: training)
         : Profiler.shared.time("\(name) \(l.kind) forward") { l.forward(h, training: training) }
+      i += 1
     }
     return h
+  }
+
+  /// Inference folds a convolution, the BatchNorm right after it and a ReLU right after that into
+  /// one pass (`Conv2D.forward(_:folding:relu:)`): `span` layers from i, named "conv+bn+relu".
+  func fold(at i: Int) -> (conv: Conv2D, bn: BatchNorm2D, relu: Bool, span: Int, name: String)? {
+    guard i + 1 < layers.count, let conv = layers[i].1 as? Conv2D, let bn = layers[i + 1].1 as? BatchNorm2D,
+          bn.channels == conv.outputChannels else { return nil }
+    let reluAfter = !bn.fusedReLU && i + 2 < layers.count && type(of: layers[i + 2].1) == ReLU.self
+    let span = reluAfter ? 3 : 2
+    let names = layers[i..<(i + span)].map(\.0).joined(separator: "+")
+    let kinds = layers[i..<(i + span)].map(\.1.kind).joined(separator: "+")
+    return (conv, bn, bn.fusedReLU || reluAfter, span, "\(names) \(kinds)")
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
@@ -54,11 +73,22 @@ public final class Sequential: Layer {
 
 extension Sequential {
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
-    var h = x
-    for (name, l) in layers {
-      do { h = try l.planForward(h, training: training, sim) } catch let e as ShapeError {
+    var h = x, i = 0
+    while i < layers.count {
+      let (name, l) = layers[i]
+      do {
+        if !training, let f = fold(at: i) {
+          // One output tensor and the convolution's workspace: BN (and ReLU) add nothing.
+          h = try f.conv.planForward(h, training: false, sim)
+          for (_, folded) in layers[(i + 1)..<(i + f.span)] { _ = try folded.outputShape(for: h.shape) }
+          i += f.span
+          continue
+        }
+        h = try l.planForward(h, training: training, sim)
+      } catch let e as ShapeError {
         throw ShapeError(layer: e.layer.isEmpty || e.layer == l.kind ? name : "\(name).\(e.layer)", e.message)
       }
+      i += 1
     }
     return h
   }

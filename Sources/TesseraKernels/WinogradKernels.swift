@@ -1,0 +1,254 @@
+import Foundation
+
+/// Winograd F(4×4, 3×3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+/// Networks", 2016) for 3×3, stride 1, dilation 1, ungrouped layers of 16 or more channels: each
+/// 4×4 output tile comes from a 6×6 input patch with 36 multiplies per (input, output) channel pair
+/// instead of 144 — transform, 36 small GEMMs, transform back:
+///
+///     U = G g Gᵀ (weights, once per call)   V = Bᵀ d B (input patches)
+///     M[e] = V[e] · U[e] for e in 0..<36    y = Aᵀ M A (+ bias, ReLU)
+///
+/// Work items are blocks of 24 tiles of one image; each worker holds the block's transformed input
+/// V [36][24][C] and, one 16-channel block of outputs at a time, M [36][24][16]. The GEMM register
+/// tile is the direct kernel's (6 rows × 16 channels). fp32 throughout; the transforms' constants
+/// (1/4, 1/6, 1/24 …) make the rounding a few times the direct kernel's, still ~1e-6 relative.
+/// Inference, training forward and stride-1 backward-data (a forward of the flipped weights) use it.
+public enum Winograd {
+  static let tileBlock = 24, lanes = 16
+  /// false: every convolution takes the direct kernel (`TESSERA_WINOGRAD=0`; `bench conv --algorithm`).
+  nonisolated(unsafe) public static var enabled: Bool =
+    ProcessInfo.processInfo.environment["TESSERA_WINOGRAD"] != "0"
+
+  /// Whether `Conv2DKernels.forward` takes this path for g.
+  public static func applies(_ g: ConvGeometry) -> Bool {
+    enabled && g.kernelH == 3 && g.kernelW == 3 && g.strideH == 1 && g.strideW == 1 && g.dilationH == 1
+      && g.dilationW == 1 && g.groups == 1 && g.inChannels >= 16 && g.outChannels >= 16
+      && g.outHeight >= 4 && g.outWidth >= 4
+      // Each work item streams all of U (36·C·K floats) for one block of tiles: with many channels
+      // and a small map that traffic outweighs the saved multiplies (256→256 on 16×16: ≈ 1.0×).
+      && (g.inChannels * g.outChannels <= 128 * 128 || tiles(g).h * tiles(g).w >= 4 * tileBlock)
+  }
+
+  static func tiles(_ g: ConvGeometry) -> (h: Int, w: Int, blocks: Int) {
+    let th = (g.outHeight + 3) / 4, tw = (g.outWidth + 3) / 4
+    return (th, tw, (th * tw + tileBlock - 1) / tileBlock)
+  }
+
+  static func workers(_ g: ConvGeometry, threads: Int) -> Int {
+    max(1, min(g.batch * tiles(g).blocks, threads))
+  }
+
+  /// Channels rounded up to 8 (a row of V), and output-channel blocks of 16.
+  static func paddedChannels(_ g: ConvGeometry) -> (c8: Int, kb: Int) {
+    ((g.inChannels + 7) / 8 * 8, (g.outChannels + lanes - 1) / lanes)
+  }
+
+  /// Bytes held at the peak: U, and V and M for each worker.
+  public static func workspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
+    let (c8, kb) = paddedChannels(g)
+    return 4 * (36 * kb * g.inChannels * lanes + workers(g, threads: threads) * 36 * tileBlock * (c8 + lanes))
+  }
+
+  /// y = conv(x, w)·scale + bias, clamped at 0 with `relu` (see `Conv2DKernels.forward`).
+  static func forward(
+    _ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    y: UnsafeMutablePointer<Float>, scale: UnsafePointer<Float>?, relu: Bool
+  ) {
+    let C = g.inChannels, K = g.outChannels, (c8, KB) = paddedChannels(g)
+    let (_, tw, blocks) = tiles(g)
+    let nWorkers = workers(g, threads: Parallel.threadCount)
+    // Every buffer is made before any thread starts, so the peak is fixed (and planned).
+    let uBuf = Buffer(floats: 36 * KB * C * lanes)
+    let scratch = (0..<nWorkers).map { _ in
+      (v: Buffer(floats: 36 * tileBlock * c8, zeroed: false), m: Buffer(floats: 36 * tileBlock * lanes, zeroed: false))
+    }
+    transformWeights(g, w: w, scale: scale, u: uBuf.floats)
+    let u = UnsafePointer(uBuf.floats), yy = SendablePointer(y)
+    let floor: Float = relu ? 0 : -.infinity
+    Parallel.forChunks(g.batch * blocks, chunk: 1, maxWorkers: nWorkers) { worker, items in
+      let v = scratch[worker].v.floats, m = scratch[worker].m.floats
+      for item in items {
+        let n = item / blocks, t0 = item % blocks * tileBlock
+        let tb = min(tileBlock, (g.outHeight + 3) / 4 * tw - t0)
+        transformInput(g, x: x + n * C * g.inHeight * g.inWidth, tiles: t0..<(t0 + tb), tilesWide: tw, c8: c8, v: v)
+        for kb in 0..<KB {
+          // M[e][tile][16] = V[e][tile][:C] · U[e][kb][:C][16], six tiles at a time.
+          for e in 0..<36 {
+            let ve = UnsafePointer(v) + e * tileBlock * c8, ue = u + (e * KB + kb) * C * lanes
+            var r = 0
+            while r < tb {
+              gemmTile(C: C, v: ve, row: r, lastRow: tb - 1, stride: c8, u: ue, out: m + (e * tileBlock + r) * lanes)
+              r += 6
+            }
+          }
+          transformOutput(g, m: UnsafePointer(m), tiles: t0..<(t0 + tb), tilesWide: tw, kBase: kb * lanes,
+                          kValid: min(lanes, K - kb * lanes), bias: bias, floor: floor,
+                          y: yy.p + n * K * g.outHeight * g.outWidth)
+        }
+      }
+    }
+    withExtendedLifetime((uBuf, scratch)) {}
+  }
+
+  /// U[e][kb][c][16] = (G g Gᵀ)[e] of output channel kb·16 + lane, input channel c (zero beyond K),
+  /// the weights scaled by scale[k] first; output channels split among the threads.
+  static func transformWeights(_ g: ConvGeometry, w: UnsafePointer<Float>, scale: UnsafePointer<Float>?,
+                               u: UnsafeMutablePointer<Float>) {
+    let C = g.inChannels, K = g.outChannels, KB = (K + lanes - 1) / lanes
+    let uu = SendablePointer(u)
+    @inline(__always) func gt(_ a: Float, _ b: Float, _ c: Float) -> SIMD8<Float> {
+      let ac = a + c, q = a * (1 / 24) + c * (1 / 6), h = b * (1 / 12)
+      return SIMD8(a * 0.25, -(ac + b) * (1 / 6), -(ac - b) * (1 / 6), q + h, q - h, c, 0, 0)
+    }
+    Parallel.forRanges(K) { _, ks in
+      for k in ks {
+        let s = scale?[k] ?? 1
+        for c in 0..<C {
+          let f = w + (k * C + c) * 9
+          // Columns: G times each column of g (3 → 6 rows); then rows: G times each row (3 → 6).
+          let c0 = gt(f[0] * s, f[3] * s, f[6] * s), c1 = gt(f[1] * s, f[4] * s, f[7] * s)
+          let c2 = gt(f[2] * s, f[5] * s, f[8] * s)
+          let dst = uu.p + (k / lanes) * C * lanes + c * lanes + k % lanes, eStride = KB * C * lanes
+          for i in 0..<6 {
+            let row = gt(c0[i], c1[i], c2[i])
+            for j in 0..<6 { dst[(i * 6 + j) * eStride] = row[j] }
+          }
+        }
+      }
+    }
+  }
+
+  /// Bᵀ d for six values (a column or a row of a patch).
+  @inline(__always)
+  static func bt(_ d: (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>))
+    -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
+  {
+    let (d0, d1, d2, d3, d4, d5) = d
+    let d42 = d4 - d2, d13 = d1 - d3
+    return (4 * d0 - 5 * d2 + d4, (d3 + d4) - 4 * (d1 + d2), (d4 - d3) + 4 * (d1 - d2),
+            d42 - 2 * d13, d42 + 2 * d13, 4 * d1 - 5 * d3 + d5)
+  }
+
+  /// V[e][tile][c] = (Bᵀ d B)[e] for the 6×6 patch d of each tile, eight channels at a time (lanes
+  /// beyond C repeat the last channel; they fill V's padding and are never read). Cells outside
+  /// the image are the zero padding.
+  static func transformInput(_ g: ConvGeometry, x: UnsafePointer<Float>, tiles: Range<Int>, tilesWide tw: Int,
+                             c8: Int, v: UnsafeMutablePointer<Float>) {
+    let H = g.inHeight, W = g.inWidth, C = g.inChannels, plane = H * W
+    let rowStride = tileBlock * c8
+    var patch = [SIMD8<Float>](repeating: .zero, count: 36)
+    patch.withUnsafeMutableBufferPointer { pb in
+      let d = pb.baseAddress!
+      for (ti, t) in tiles.enumerated() {
+        let iy0 = t / tw * 4 - g.padTop, ix0 = t % tw * 4 - g.padLeft
+        let inside = iy0 >= 0 && iy0 + 6 <= H && ix0 >= 0 && ix0 + 6 <= W
+        var c0 = 0
+        while c0 < C {
+          var planes = SIMD8<Int>()
+          for l in 0..<8 { planes[l] = min(c0 + l, C - 1) * plane }
+          for r in 0..<6 {
+            for s in 0..<6 {
+              let yy = iy0 + r, xx = ix0 + s
+              if inside || (yy >= 0 && yy < H && xx >= 0 && xx < W) {
+                let o = yy * W + xx
+                d[r * 6 + s] = SIMD8(x[planes[0] + o], x[planes[1] + o], x[planes[2] + o], x[planes[3] + o],
+                                     x[planes[4] + o], x[planes[5] + o], x[planes[6] + o], x[planes[7] + o])
+              } else {
+                d[r * 6 + s] = .zero
+              }
+            }
+          }
+          // Columns, then rows.
+          for s in 0..<6 {
+            let o = bt((d[s], d[6 + s], d[12 + s], d[18 + s], d[24 + s], d[30 + s]))
+            d[s] = o.0; d[6 + s] = o.1; d[12 + s] = o.2; d[18 + s] = o.3; d[24 + s] = o.4; d[30 + s] = o.5
+          }
+          let out = v + ti * c8 + c0
+          for r in 0..<6 {
+            let o = bt((d[r * 6], d[r * 6 + 1], d[r * 6 + 2], d[r * 6 + 3], d[r * 6 + 4], d[r * 6 + 5]))
+            let e = out + r * 6 * rowStride
+            store8(o.0, e); store8(o.1, e + rowStride); store8(o.2, e + 2 * rowStride)
+            store8(o.3, e + 3 * rowStride); store8(o.4, e + 4 * rowStride); store8(o.5, e + 5 * rowStride)
+          }
+          c0 += 8
+        }
+      }
+    }
+  }
+
+  /// Six rows of V (row `row` on, the last repeated past `lastRow`) times U's C×16 panel, stored as
+  /// six rows of 16 at `out`.
+  @inline(__always)
+  static func gemmTile(C: Int, v: UnsafePointer<Float>, row: Int, lastRow: Int, stride: Int,
+                       u: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>) {
+    let x0 = v + min(row, lastRow) * stride, x1 = v + min(row + 1, lastRow) * stride
+    let x2 = v + min(row + 2, lastRow) * stride, x3 = v + min(row + 3, lastRow) * stride
+    let x4 = v + min(row + 4, lastRow) * stride, x5 = v + min(row + 5, lastRow) * stride
+    var c00 = SIMD8<Float>(), c01 = SIMD8<Float>(), c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
+    var c20 = SIMD8<Float>(), c21 = SIMD8<Float>(), c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
+    var c40 = SIMD8<Float>(), c41 = SIMD8<Float>(), c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+    var wp = u
+    for c in 0..<C {
+      let w0 = load8(wp), w1 = load8(wp + 8)
+      var b = SIMD8<Float>(repeating: x0[c])
+      c00 = c00.addingProduct(b, w0); c01 = c01.addingProduct(b, w1)
+      b = SIMD8<Float>(repeating: x1[c])
+      c10 = c10.addingProduct(b, w0); c11 = c11.addingProduct(b, w1)
+      b = SIMD8<Float>(repeating: x2[c])
+      c20 = c20.addingProduct(b, w0); c21 = c21.addingProduct(b, w1)
+      b = SIMD8<Float>(repeating: x3[c])
+      c30 = c30.addingProduct(b, w0); c31 = c31.addingProduct(b, w1)
+      b = SIMD8<Float>(repeating: x4[c])
+      c40 = c40.addingProduct(b, w0); c41 = c41.addingProduct(b, w1)
+      b = SIMD8<Float>(repeating: x5[c])
+      c50 = c50.addingProduct(b, w0); c51 = c51.addingProduct(b, w1)
+      wp += 16
+    }
+    store8(c00, out); store8(c01, out + 8); store8(c10, out + 16); store8(c11, out + 24)
+    store8(c20, out + 32); store8(c21, out + 40); store8(c30, out + 48); store8(c31, out + 56)
+    store8(c40, out + 64); store8(c41, out + 72); store8(c50, out + 80); store8(c51, out + 88)
+  }
+
+  /// Aᵀ m for six values.
+  @inline(__always)
+  static func at(_ m: (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>))
+    -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
+  {
+    let (m0, m1, m2, m3, m4, m5) = m
+    let p12 = m1 + m2, d12 = m1 - m2, p34 = m3 + m4, d34 = m3 - m4
+    return (m0 + p12 + p34, d12 + 2 * d34, p12 + 4 * p34, d12 + 8 * d34 + m5)
+  }
+
+  /// y[k][4·ty + r][4·tx + s] = (Aᵀ M A)[r][s] + bias[k], clamped below at `floor`, for the 16
+  /// output channels from kBase (eight at a time) and each tile; cells past the map's edge are dropped.
+  static func transformOutput(_ g: ConvGeometry, m: UnsafePointer<Float>, tiles: Range<Int>, tilesWide tw: Int,
+                              kBase: Int, kValid: Int, bias: UnsafePointer<Float>?, floor: Float,
+                              y: UnsafeMutablePointer<Float>) {
+    let Ho = g.outHeight, Wo = g.outWidth, P = Ho * Wo
+    withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 28) { buf in
+      let t = buf.baseAddress!
+      for (ti, tile) in tiles.enumerated() {
+        let oy0 = tile / tw * 4, ox0 = tile % tw * 4
+        let rows = min(4, Ho - oy0), cols = min(4, Wo - ox0)
+        for half in 0..<2 where half * 8 < kValid {
+          let base = m + ti * lanes + half * 8
+          @inline(__always) func mv(_ e: Int) -> SIMD8<Float> { load8(base + e * tileBlock * lanes) }
+          // Columns (6 → 4 rows), then rows (6 → 4 columns).
+          for s in 0..<6 {
+            let o = at((mv(s), mv(6 + s), mv(12 + s), mv(18 + s), mv(24 + s), mv(30 + s)))
+            t[s] = o.0; t[6 + s] = o.1; t[12 + s] = o.2; t[18 + s] = o.3
+          }
+          for r in 0..<rows {
+            let o = at((t[r * 6], t[r * 6 + 1], t[r * 6 + 2], t[r * 6 + 3], t[r * 6 + 4], t[r * 6 + 5]))
+            t[24] = o.0; t[25] = o.1; t[26] = o.2; t[27] = o.3
+            for l in 0..<min(8, kValid - half * 8) {
+              let k = kBase + half * 8 + l, b = bias?[k] ?? 0
+              let yr = y + k * P + (oy0 + r) * Wo + ox0
+              for s in 0..<cols { yr[s] = max(t[24 + s][l] + b, floor) }
+            }
+          }
+        }
+      }
+    }
+  }
+}
