@@ -113,19 +113,9 @@ public enum Conv2DKernels {
     if winograd && Winograd.applies(g) {
       return Winograd.forward(g, x: x, w: w, bias: bias, y: y, scale: scale, relu: relu)
     }
-    let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
     let P = g.outHeight * g.outWidth
-    // Weights packed [group][kblock][tap][16], zero beyond the group's channels.
-    let wtBuf = Buffer(floats: packedWeightFloats(g))
+    let wtBuf = packWeights(g, w: w, scale: scale)
     let wt = wtBuf.floats
-    for gi in 0..<g.groups {
-      for k in 0..<kg {
-        let src = w + (gi * kg + k) * T
-        let dst = wt + (gi * KB + k / lanes) * T * lanes + k % lanes
-        let sk = scale?[gi * kg + k] ?? 1
-        for t in 0..<T { dst[t * lanes] = src[t] * sk }
-      }
-    }
     let tiles = (P + tile - 1) / tile
     let yy = SendablePointer(y), wtp = SendablePointer(wt)
     let workers = imageWorkers(g, threads: Parallel.threadCount)
@@ -157,6 +147,22 @@ public enum Conv2DKernels {
     withExtendedLifetime(imgs) {}
   }
 
+  /// Weights packed [group][16-channel block][tap][16], zero beyond the group's channels, each output
+  /// channel's multiplied by scale[k] when given.
+  static func packWeights(_ g: ConvGeometry, w: UnsafePointer<Float>, scale: UnsafePointer<Float>?) -> Buffer {
+    let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
+    let buf = Buffer(floats: packedWeightFloats(g))
+    for gi in 0..<g.groups {
+      for k in 0..<kg {
+        let src = w + (gi * kg + k) * T
+        let dst = buf.floats + (gi * KB + k / lanes) * T * lanes + k % lanes
+        let sk = scale?[gi * kg + k] ?? 1
+        for t in 0..<T { dst[t * lanes] = src[t] * sk }
+      }
+    }
+    return buf
+  }
+
   /// Threads that each take whole images (> 1), or 1 when the batch is spread tile by tile: whole
   /// images when the batch divides evenly among the threads, which spares a barrier per image.
   static func imageWorkers(_ g: ConvGeometry, threads: Int) -> Int {
@@ -169,31 +175,47 @@ public enum Conv2DKernels {
     to: UnsafePointer<Int>, pb: UnsafePointer<Int>, wt: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     relu: Bool = false, y: UnsafeMutablePointer<Float>
   ) {
+    let P = g.outHeight * g.outWidth
+    forwardPixels(g, xn: xn, plane: plane, pixels: (tiles.lowerBound * tile)..<min(P, tiles.upperBound * tile),
+                  to: to, pb: pb, wt: wt, bias: bias, relu: relu, out: y + n * g.outChannels * P, outPlane: P,
+                  outOrigin: 0)
+  }
+
+  /// Output pixels `pixels` of one image (flat indices into its Ho×Wo map), six at a time, all
+  /// groups and channel blocks; channel k's pixel p is stored at out[k·outPlane + p − outOrigin]
+  /// (the whole map, or a band of rows of it).
+  @inline(__always)
+  static func forwardPixels(
+    _ g: ConvGeometry, xn: UnsafePointer<Float>, plane: Int, pixels: Range<Int>,
+    to: UnsafePointer<Int>, pb: UnsafePointer<Int>, wt: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    relu: Bool, out: UnsafeMutablePointer<Float>, outPlane: Int, outOrigin: Int
+  ) {
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
-    let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels
+    let end = pixels.upperBound, cg = g.groupInChannels
     let floor: Float = relu ? 0 : -.infinity
     withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
       let s = scratch.baseAddress!
-      var b0 = tiles.lowerBound
-      while b0 < tiles.upperBound {
-        let b1 = min(tiles.upperBound, b0 + 48)
+      var b0 = pixels.lowerBound
+      while b0 < end {
+        let b1 = min(end, b0 + 48 * tile)
         for gi in 0..<g.groups {
           let xg = xn + gi * cg * plane
           for kb in 0..<KB {
             let wk = wt + (gi * KB + kb) * T * lanes
             let kValid = min(lanes, kg - kb * lanes)
             let kBase = gi * kg + kb * lanes
-            for ti in b0..<b1 {
-              let p0 = ti * tile
-              forwardTile(T: T, to: to, pb: pb, p0: p0, P: P, xg: xg, wk: wk, out: s)
-              let pValid = min(tile, P - p0)
-              let yo = y + (n * K + kBase) * P + p0
+            var p0 = b0
+            while p0 < b1 {
+              forwardTile(T: T, to: to, pb: pb, p0: p0, P: end, xg: xg, wk: wk, out: s)
+              let pValid = min(tile, end - p0)
+              let yo = out + kBase * outPlane + p0 - outOrigin
               // Clamping below at 0 (ReLU) or at −∞ (none): one branch-free store loop for both.
               for j in 0..<kValid {
                 let bj = bias?[kBase + j] ?? 0
-                let yj = yo + j * P
+                let yj = yo + j * outPlane
                 for i in 0..<pValid { yj[i] = max(s[i * lanes + j] + bj, floor) }
               }
+              p0 += tile
             }
           }
         }

@@ -99,40 +99,46 @@ public enum Pool2DKernels {
     let yy = SendablePointer(y)
     Parallel.forRanges(g.planes * Ho) { _, r in
       withUnsafeTemporaryAllocation(of: Float.self, capacity: W) { buf in
-        let m = buf.baseAddress!
         for row in r {
-          let pl = row / Ho, oy = row % Ho
-          let (y0, y1, _, _) = g.window(oy, 0)
-          let xp = x + pl * H * W, yp = yy.p + row * Wo
-          guard y1 > y0 else {
-            yp.update(repeating: -.infinity, count: Wo)
-            continue
-          }
-          m.update(from: xp + y0 * W, count: W)
-          for iy in (y0 + 1)..<max(y0 + 1, y1) {
-            let src = xp + iy * W
-            var i = 0
-            while i + 8 <= W {
-              let a = load8(m + i), b = load8(src + i)
-              store8(a.replacing(with: b, where: b .> a), m + i)
-              i += 8
-            }
-            while i < W {
-              if src[i] > m[i] { m[i] = src[i] }
-              i += 1
-            }
-          }
-          for ox in 0..<Wo {
-            let (_, _, x0, x1) = g.window(oy, ox)
-            var v = -Float.infinity
-            if x1 > x0 {
-              v = m[x0]
-              for ix in (x0 + 1)..<max(x0 + 1, x1) where m[ix] > v { v = m[ix] }
-            }
-            yp[ox] = v
-          }
+          maxPoolRow(g, oy: row % Ho, plane: x + row / Ho * H * W, scratch: buf.baseAddress!, y: yy.p + row * Wo)
         }
       }
+    }
+  }
+
+  /// Output row oy of one plane, whose input row iy is at plane + iy·W (only the window's rows are
+  /// read, so `plane` may point before a band of rows held elsewhere). `scratch` holds W floats.
+  @inline(__always)
+  static func maxPoolRow(_ g: PoolGeometry, oy: Int, plane xp: UnsafePointer<Float>, scratch m: UnsafeMutablePointer<Float>,
+                         y yp: UnsafeMutablePointer<Float>) {
+    let Wo = g.outWidth, W = g.inWidth
+    let (y0, y1, _, _) = g.window(oy, 0)
+    guard y1 > y0 else {
+      yp.update(repeating: -.infinity, count: Wo)
+      return
+    }
+    m.update(from: xp + y0 * W, count: W)
+    for iy in (y0 + 1)..<max(y0 + 1, y1) {
+      let src = xp + iy * W
+      var i = 0
+      while i + 8 <= W {
+        let a = load8(m + i), b = load8(src + i)
+        store8(a.replacing(with: b, where: b .> a), m + i)
+        i += 8
+      }
+      while i < W {
+        if src[i] > m[i] { m[i] = src[i] }
+        i += 1
+      }
+    }
+    for ox in 0..<Wo {
+      let (_, _, x0, x1) = g.window(oy, ox)
+      var v = -Float.infinity
+      if x1 > x0 {
+        v = m[x0]
+        for ix in (x0 + 1)..<max(x0 + 1, x1) where m[ix] > v { v = m[ix] }
+      }
+      yp[ox] = v
     }
   }
 

@@ -121,6 +121,46 @@ final class ConvKernelTests: XCTestCase {
     }
   }
 
+  /// Convolution + max pooling in bands (inference) equals the convolution then the pooling, bit
+  /// for bit: several bands (rows carried between them), windows wider than their stride, padding,
+  /// partial last bands, batches that split by image and by band, 1–3 threads.
+  func testConvolutionWithMaxPoolingInBandsEqualsTheTwoPasses() {
+    let saved = Parallel.threadCount
+    defer { Parallel.threadCount = saved }
+    let convs = [
+      ConvGeometry(batch: 1, inChannels: 3, inHeight: 75, inWidth: 41, outChannels: 16, kernelH: 7, kernelW: 7,
+                   strideH: 2, strideW: 2, padTop: 2, padLeft: 3, padBottom: 3, padRight: 3),
+      ConvGeometry(batch: 4, inChannels: 5, inHeight: 38, inWidth: 17, outChannels: 20, kernelH: 3, kernelW: 3,
+                   padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+      ConvGeometry(batch: 3, inChannels: 2, inHeight: 9, inWidth: 6, outChannels: 3, kernelH: 1, kernelW: 1),
+    ]
+    for (ci, g) in convs.enumerated() {
+      let x = randomFloats(g.inputCount, seed: 70 + UInt64(ci)), w = randomFloats(g.weightCount, seed: 80)
+      let scale = randomFloats(g.outChannels, seed: 81), shift = randomFloats(g.outChannels, seed: 82)
+      let P = g.batch * g.outChannels
+      let pools = [
+        PoolGeometry(planes: P, inHeight: g.outHeight, inWidth: g.outWidth, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2,
+                     padTop: 0, padLeft: 0, padBottom: 1, padRight: 1),
+        PoolGeometry(planes: P, inHeight: g.outHeight, inWidth: g.outWidth, kernelH: 2, kernelW: 2, strideH: 2, strideW: 2),
+        PoolGeometry(planes: P, inHeight: g.outHeight, inWidth: g.outWidth, kernelH: 3, kernelW: 2, strideH: 1, strideW: 2,
+                     padTop: 1, padLeft: 0, padBottom: 1, padRight: 0),
+      ]
+      for pg in pools {
+        for relu in [false, true] {
+          var conv = [Float](repeating: .nan, count: g.outputCount)
+          var want = [Float](repeating: .nan, count: P * pg.outHeight * pg.outWidth), got = want
+          Conv2DKernels.forward(g, x: x, w: w, bias: shift, y: &conv, scale: scale, relu: relu)
+          Pool2DKernels.maxForward(pg, x: conv, y: &want)
+          for threads in [1, 2, 3] {
+            Parallel.threadCount = threads
+            Conv2DKernels.forwardMaxPooled(g, x: x, w: w, bias: shift, scale: scale, relu: relu, pool: pg, y: &got)
+            XCTAssertEqual(got, want, "\(g) pool \(pg) relu \(relu) threads \(threads)")
+          }
+        }
+      }
+    }
+  }
+
   func compareAllCases() {
     for (ci, g) in Self.cases.enumerated() {
       XCTAssertNil(g.problem)

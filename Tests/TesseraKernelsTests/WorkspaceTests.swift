@@ -49,6 +49,24 @@ final class WorkspaceTests: XCTestCase {
     }
   }
 
+  func testConvolutionWithMaxPoolingWorkspaceMatchesLedger() {
+    let saved = Parallel.threadCount
+    defer { Parallel.threadCount = saved }
+    for threads in [1, 2, 3] {
+      Parallel.threadCount = threads
+      for batch in [1, 2, 3] {
+        let g = ConvGeometry(batch: batch, inChannels: 3, inHeight: 70, inWidth: 33, outChannels: 16, kernelH: 7,
+                             kernelW: 7, strideH: 2, strideW: 2, padTop: 2, padLeft: 3, padBottom: 3, padRight: 3)
+        let pg = PoolGeometry(planes: batch * 16, inHeight: g.outHeight, inWidth: g.outWidth, kernelH: 3, kernelW: 3,
+                              strideH: 2, strideW: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1)
+        let x = randomFloats(g.inputCount, seed: 1), w = randomFloats(g.weightCount, seed: 2)
+        var y = [Float](repeating: 0, count: pg.planes * pg.outHeight * pg.outWidth)
+        XCTAssertEqual(peak { Conv2DKernels.forwardMaxPooled(g, x: x, w: w, bias: nil, scale: nil, relu: true, pool: pg, y: &y) },
+                       Conv2DKernels.forwardMaxPooledWorkspaceBytes(g, pool: pg, threads: threads), "batch \(batch) threads \(threads)")
+      }
+    }
+  }
+
   func testGEMMWorkspaceMatchesLedger() {
     let saved = Parallel.threadCount
     defer { Parallel.threadCount = saved }

@@ -1,5 +1,5 @@
 import Foundation
-import Tessera
+@testable import Tessera
 import TestSupport
 import TesseraKernels
 import XCTest
@@ -142,6 +142,24 @@ final class CoreTests: XCTestCase {
       let folded = Sequential(Array(layers.dropLast())).forward(x, training: false).toArray()
       assertClose(folded, unfolded, rtol: 1e-5, atol: 1e-6, "bnReLU \(bnReLU) reluLayer \(reluLayer)")
       XCTAssertEqual(net.forward(x, training: false).shape, [2, 5])
+    }
+    // conv + ReLU + max pooling (VGG's pattern) and conv + BN+ReLU + max pooling (the stems): one pass
+    // in bands, the same numbers as the layers one by one; a 3×3 stride-1 conv takes Winograd, then pools.
+    for (i, (bn, k, stride)) in [(false, 3, 2), (true, 7, 2), (true, 3, 1)].enumerated() {
+      let conv = Conv2D(inputChannels: 3, outputChannels: 16, kernelSize: k, stride: stride, padding: .same, bias: !bn)
+      let norm = BatchNorm2D(channels: 16, fusedReLU: true)
+      let pool = Pool2D(.max, kernelSize: 3, stride: 2, padding: .same)
+      let layers: [(String, Layer)] = bn ? [("conv", conv), ("bn", norm), ("pool", pool)]
+        : [("conv", conv), ("relu", ReLU()), ("pool", pool)]
+      let net = Sequential(layers)
+      net.initializeParameters(seed: 7 + UInt64(i))
+      norm.runningMean.value = Tensor(shape: [16], values: randomFloats(16, seed: 5))
+      let x = Tensor(shape: [2, 3, 37, 30], values: randomFloats(2 * 3 * 37 * 30, seed: 6))
+      var h = conv.forward(x, training: false)
+      h = bn ? norm.forward(h, training: false) : ReLU().forward(h, training: false)
+      let want = pool.forward(h, training: false).toArray()
+      assertClose(net.forward(x, training: false).toArray(), want, rtol: 1e-5, atol: 1e-6, "conv k\(k) bn \(bn) + max pool")
+      XCTAssertNotNil(net.fold(at: 0).flatMap { $0.pool })
     }
   }
 

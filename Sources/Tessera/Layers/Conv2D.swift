@@ -108,18 +108,48 @@ public final class Conv2D: Layer {
     return y
   }
 
-  /// Inference: this convolution followed by `bn` (running statistics) and, with `relu`, a ReLU, in
-  /// one pass and one output tensor — BN's scale multiplies the packed weights, its shift (and this
-  /// layer's bias, scaled) is the bias, and the clamp happens as results are stored.
-  public func forward(_ x: Tensor, folding bn: BatchNorm2D, relu: Bool) -> Tensor {
+  /// Inference: this convolution followed by `bn` (running statistics), a ReLU and a max pooling,
+  /// each optional, in one pass — BN's scale multiplies the packed weights, its shift (and this
+  /// layer's bias, scaled) is the bias, the clamp happens as results are stored, and a max pooling
+  /// reads bands of rows as they are made (`Conv2DKernels.forwardMaxPooled`) unless the
+  /// convolution takes Winograd, which pays more (the pooling then runs after it).
+  public func forward(_ x: Tensor, folding bn: BatchNorm2D?, relu: Bool, maxPool: Pool2D? = nil) -> Tensor {
     let g: ConvGeometry
     do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
-    var (scale, shift) = bn.inferenceAffine()
-    if let b = bias?.value.floats { for k in 0..<outputChannels { shift[k] += scale[k] * b[k] } }
-    let y = Tensor(uninitialized: [g.batch, g.outChannels, g.outHeight, g.outWidth])
+    var scale: [Float]? = nil
+    var shift = bias?.value.toArray() ?? [Float](repeating: 0, count: outputChannels)
+    if let bn {
+      let (s, t) = bn.inferenceAffine()
+      for k in 0..<outputChannels { shift[k] = t[k] + s[k] * shift[k] }
+      scale = s
+    }
+    let convShape = [g.batch, g.outChannels, g.outHeight, g.outWidth]
+    if let maxPool, !Winograd.applies(g) {
+      let pg: PoolGeometry
+      do { pg = try maxPool.geometry(for: convShape) } catch { preconditionFailure("\(error)") }
+      let y = Tensor(uninitialized: [g.batch, g.outChannels, pg.outHeight, pg.outWidth])
+      Conv2DKernels.forwardMaxPooled(g, x: x.floats, w: weight.value.floats, bias: shift, scale: scale, relu: relu,
+                                     pool: pg, y: y.floats)
+      return y
+    }
+    let y = Tensor(uninitialized: convShape)
     Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: shift, y: y.floats, scale: scale, relu: relu,
                           winograd: true)
-    return y
+    return maxPool?.forward(y, training: false) ?? y
+  }
+
+  /// The planner's twin of `forward(_:folding:relu:maxPool:)`.
+  public func planFolded(_ x: SimTensor, maxPool: Pool2D?, _ sim: MemorySimulation) throws -> SimTensor {
+    let g = try geometry(for: x.shape)
+    let convShape = [g.batch, g.outChannels, g.outHeight, g.outWidth]
+    if let maxPool, !Winograd.applies(g) {
+      let pg = try maxPool.geometry(for: convShape)
+      let y = sim.allocate([g.batch, g.outChannels, pg.outHeight, pg.outWidth])
+      sim.transient(Conv2DKernels.forwardMaxPooledWorkspaceBytes(g, pool: pg, threads: sim.threads))
+      return y
+    }
+    let y = try planForward(x, training: false, sim)
+    return try maxPool?.planForward(y, training: false, sim) ?? y
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {

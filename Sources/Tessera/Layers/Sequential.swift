@@ -35,7 +35,7 @@ public final class Sequential: Layer {
     while i < layers.count {
       let (name, l) = layers[i]
       if !training, let f = fold(at: i) {
-        h = Profiler.shared.time("\(f.name) forward") { f.conv.forward(h, folding: f.bn, relu: f.relu) }
+        h = Profiler.shared.time("\(f.name) forward") { f.conv.forward(h, folding: f.bn, relu: f.relu, maxPool: f.pool) }
         i += f.span
         continue
       }
@@ -46,16 +46,28 @@ public final class Sequential: Layer {
     return h
   }
 
-  /// Inference folds a convolution, the BatchNorm right after it and a ReLU right after that into
-  /// one pass (`Conv2D.forward(_:folding:relu:)`): `span` layers from i, named "conv+bn+relu".
-  func fold(at i: Int) -> (conv: Conv2D, bn: BatchNorm2D, relu: Bool, span: Int, name: String)? {
-    guard i + 1 < layers.count, let conv = layers[i].1 as? Conv2D, let bn = layers[i + 1].1 as? BatchNorm2D,
-          bn.channels == conv.outputChannels else { return nil }
-    let reluAfter = !bn.fusedReLU && i + 2 < layers.count && type(of: layers[i + 2].1) == ReLU.self
-    let span = reluAfter ? 3 : 2
-    let names = layers[i..<(i + span)].map(\.0).joined(separator: "+")
-    let kinds = layers[i..<(i + span)].map(\.1.kind).joined(separator: "+")
-    return (conv, bn, bn.fusedReLU || reluAfter, span, "\(names) \(kinds)")
+  /// Inference folds a convolution and what follows it of a BatchNorm, a ReLU and a max pooling
+  /// (in that order, each optional, at least one) into one pass (`Conv2D.forward(_:folding:…)`):
+  /// `span` layers from i, named "conv+bn+…".
+  func fold(at i: Int) -> (conv: Conv2D, bn: BatchNorm2D?, relu: Bool, pool: Pool2D?, span: Int, name: String)? {
+    guard let conv = layers[i].1 as? Conv2D else { return nil }
+    var j = i + 1, bn: BatchNorm2D? = nil, relu = false, pool: Pool2D? = nil
+    if j < layers.count, let b = layers[j].1 as? BatchNorm2D, b.channels == conv.outputChannels {
+      bn = b
+      relu = b.fusedReLU
+      j += 1
+    }
+    if !relu, j < layers.count, type(of: layers[j].1) == ReLU.self {
+      relu = true
+      j += 1
+    }
+    if j < layers.count, let p = layers[j].1 as? Pool2D, p.mode == .max {
+      pool = p
+      j += 1
+    }
+    guard j - i >= 2 else { return nil }
+    let names = layers[i..<j].map(\.0).joined(separator: "+"), kinds = layers[i..<j].map(\.1.kind).joined(separator: "+")
+    return (conv, bn, relu, pool, j - i, "\(names) \(kinds)")
   }
 
   public func backward(_ dy: Tensor, needInputGradient: Bool) -> Tensor? {
@@ -78,9 +90,10 @@ extension Sequential {
       let (name, l) = layers[i]
       do {
         if !training, let f = fold(at: i) {
-          // One output tensor and the convolution's workspace: BN (and ReLU) add nothing.
-          h = try f.conv.planForward(h, training: false, sim)
-          for (_, folded) in layers[(i + 1)..<(i + f.span)] { _ = try folded.outputShape(for: h.shape) }
+          // One output tensor and the convolution's workspace: BN and ReLU add nothing.
+          var shape = h.shape
+          for (_, folded) in layers[i..<(i + f.span)] { shape = try folded.outputShape(for: shape) }
+          h = try f.conv.planFolded(h, maxPool: f.pool, sim)
           i += f.span
           continue
         }
