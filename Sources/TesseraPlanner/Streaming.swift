@@ -123,9 +123,11 @@ extension Planner {
   }
 
   /// Estimated time of a training step of a model whose first layer is `Streamed`, relative to
-  /// the same model without streaming: convolution MACs of every pass over every crop (halos
-  /// included), forward 1×, backward data 1× and weights 1× where gathered, the rest of the network
-  /// 3×, against 3× for the plain step. An estimate for choosing, not a measurement.
+  /// the same model without streaming. Work is counted in multiply-accumulates plus the memory passes
+  /// MACs leave out (`macsPerElement` per element each layer reads or writes: BatchNorm, ReLU,
+  /// pooling windows, conv outputs, the copies of each tile's crop): every pass over every crop
+  /// (halos included), forward 1×, backward data 1× and weights 1× where gathered, the rest of the
+  /// network 3×, against 3× the whole network for the plain step. An estimate for choosing.
   public static func streamingCost(_ model: Sequential, input: [Int], batch: Int) throws -> Double {
     var shape = [batch] + input, cost = 0.0, streamedWhole = 0.0, i = 0
     while i < model.layers.count, let s = model.layers[i].1 as? Streamed {
@@ -136,40 +138,65 @@ extension Planner {
       i += 1
     }
     guard i > 0 else { return 1 }
-    let layers = model.layers.flatMap { ($0.1 as? Streamed)?.segment.layers ?? [$0] }
-    let plain = Double(try plan(Sequential(layers), name: "", input: input, batch: batch, optimizer: .sgd).macs * batch)
-    let rest = plain - streamedWhole
-    return (cost + 3 * rest) / (3 * plain)
+    let plain = try forwardWork(model, input: [batch] + input).work
+    return (cost + 3 * (plain - streamedWhole)) / (3 * plain)
   }
 
-  /// A streamed segment's cost (MACs over every pass and crop, backward counted as in
-  /// `streamingCost`) and its MACs on the whole input.
+  /// MAC-equivalents of one element read or written by a memory-bound pass, against convolution
+  /// MACs: BatchNorm+ReLU forward on 16.7 M elements takes 8.4 ms and backward 9.6 ms, max pooling
+  /// with arg-maxes 18 ms, where the convolutions run ≈ 50 GMAC/s (`bench train --profile`, 1024²
+  /// batch 4, docs/BENCHMARKS.md).
+  static let macsPerElement = 30.0
+
+  /// A layer's forward work (MAC-equivalents) on `input`, and its output shape: convolutions and
+  /// linear layers their MACs and output, pooling each window it reads, other leaves what they read
+  /// and write (containers: their leaves, as the planner walks them).
+  static func forwardWork(_ layer: Layer, input: [Int]) throws -> (work: Double, output: [Int]) {
+    let e = macsPerElement
+    var work = 0.0
+    _ = try walk(layer, path: "", input: input, rf: .identity) { _, leaf, inShape, outShape, _ in
+      let nIn = Double(inShape.reduce(1, *)), nOut = Double(outShape.reduce(1, *))
+      switch leaf {
+      case let c as Conv2D: work += Double(try c.geometry(for: inShape).macs) + e * nOut
+      case let p as Pool2D: work += e * Double(p.kernelSize.0 * p.kernelSize.1 + 1) * nOut
+      case let l as Linear: work += Double(l.inputFeatures * l.outputFeatures * inShape[0]) + e * nOut
+      default: work += e * (nIn + nOut)
+      }
+    }
+    return (work, try layer.outputShape(for: input))
+  }
+
+  /// A streamed segment's cost (work over every pass and crop, backward counted as in
+  /// `streamingCost`) and its forward work on the whole input.
   static func segmentCost(_ s: Streamed, input: [Int], inputGradient: Bool) throws -> (Double, Double) {
     let geo = try s.geometry(for: input)
     let L = s.leaves.count
-    var crop = [Double](repeating: 0, count: L), whole = [Double](repeating: 0, count: L)
-    func macs(_ shape: [Int], into m: inout [Double]) throws {
-      var sh = shape
-      for (i, l) in s.leaves.enumerated() {
-        if let c = l as? Conv2D { m[i] += Double(try c.geometry(for: sh).macs) }
-        sh = try l.outputShape(for: sh)
-      }
-    }
+    var crop = [Double](repeating: 0, count: L), cropInput = 0.0
     // Crops of one size cost alike: each size once, times how many tiles have it.
     for (hw, n) in geo.tiles.cropSizeCounts().mapValues(Double.init) {
-      var one = [Double](repeating: 0, count: L)
-      try macs([input[0], input[1]] + hw, into: &one)
-      for i in 0..<L { crop[i] += one[i] * n }
+      var sh = [input[0], input[1]] + hw
+      cropInput += Double(sh.reduce(1, *)) * n
+      for (i, l) in s.leaves.enumerated() {
+        let r = try forwardWork(l, input: sh)
+        crop[i] += r.work * n
+        sh = r.output
+      }
     }
-    try macs(input, into: &whole)
-    let all = crop.reduce(0, +)
-    var cost = all  // the output pass
-    if !s.frozenBatchNorm { for k in s.batchNorms { cost += crop[..<k].reduce(0, +) } }  // statistics passes
+    let whole = try forwardWork(s.segment, input: input)
+    let all = crop.reduce(0, +), e = macsPerElement
+    // The output pass, which also copies each tile's owned output into the segment's output.
+    var cost = all + e * Double(whole.output.reduce(1, *))
+    var passes = 1.0
+    if !s.frozenBatchNorm {
+      for k in s.batchNorms { cost += crop[..<k].reduce(0, +) }  // statistics passes
+      passes += Double(s.batchNorms.count)
+    }
     for p in s.passes() {
       cost += all  // recompute
+      passes += 1
       let last = p.gather == nil
       for l in p.from..<L { cost += crop[l] * ((l > 0 || (last && inputGradient) ? 1 : 0) + (p.weights.contains(l) ? 1 : 0)) }
     }
-    return (cost, whole.reduce(0, +))
+    return (cost + e * cropInput * passes, whole.work)  // each pass reads every tile's crop of the input
   }
 }
