@@ -23,10 +23,17 @@ extension Conv2DKernels {
     return (bands, bandRows, max(1, min(bands, threads)))
   }
 
+  /// Floats between two channels' rows in a band buffer: the rows, plus one cache line when that
+  /// would put every channel at the same offset modulo 4 KiB (the L1 sets the stores go to).
+  static func bandPlane(_ rows: Int, _ width: Int) -> Int {
+    let n = rows * width
+    return n % 512 < 16 || n % 512 > 496 ? n + 16 : n
+  }
+
   /// Workspace bytes of `forwardMaxPooled` at its peak, for the planner (tests hold it to the ledger).
   public static func forwardMaxPooledWorkspaceBytes(_ g: ConvGeometry, pool pg: PoolGeometry, threads: Int) -> Int {
     let l = pooledLayout(g, pg, threads: threads)
-    return 4 * (packedWeightFloats(g) + paddedFloats(g) + l.buffers * g.outChannels * l.bandRows * g.outWidth)
+    return 4 * (packedWeightFloats(g) + paddedFloats(g) + l.buffers * g.outChannels * bandPlane(l.bandRows, g.outWidth))
   }
 
   /// y (N, K, Hq, Wq) = maxpool(max(scale·conv(x, w) + bias, floor)), pg being the pooling of the
@@ -42,9 +49,10 @@ extension Conv2DKernels {
     let layout = pooledLayout(g, pg, threads: Parallel.threadCount)
     let wtBuf = packWeights(g, w: w, scale: scale)
     let img = PaddedImage(g)
-    let bufs = (0..<layout.buffers).map { _ in Buffer(floats: K * layout.bandRows * Wo, zeroed: false) }
+    let bandPlane = Self.bandPlane(layout.bandRows, Wo)
+    let bufs = (0..<layout.buffers).map { _ in Buffer(floats: K * bandPlane, zeroed: false) }
     let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
-    let plane = img.hp * img.wp, bandPlane = layout.bandRows * Wo
+    let plane = img.hp * img.wp
     let wt = UnsafePointer(wtBuf.floats), yy = SendablePointer(y)
     to.withUnsafeBufferPointer { tob in
       pb.withUnsafeBufferPointer { pbb in

@@ -126,6 +126,8 @@ struct ConvBench: ParsableCommand {
   @Option(help: "Backward-data algorithm: auto, or scatter (the general kernel, also for stride 1).")
   var dataPath = "auto"
   @Option(help: "Timed repetitions (median reported).") var runs = 5
+  @Option(help: "Also time inference with a max pooling of this window (stride 2, same padding) after the convolution: the two passes, then the banded one-pass kernel.")
+  var maxPool: Int?
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
@@ -158,16 +160,33 @@ struct ConvBench: ParsableCommand {
       Conv2DKernels.backwardWeights(g, x: x.floats, dy: y.floats, dw: dw.floats, dbias: nil)
     }
     func gf(_ t: Double) -> Double { (flop / t / 1e8).rounded() / 10 }
+    var pooled: [String: Any] = [:]
+    if let k = maxPool {
+      let pool = Pool2D(.max, kernelSize: k, stride: 2, padding: .same)
+      let pg = try pool.geometry(for: [g.batch, g.outChannels, g.outHeight, g.outWidth])
+      let yp = Buffer(floats: pg.planes * pg.outHeight * pg.outWidth)
+      let two = medianSeconds(runs: runs) {
+        Conv2DKernels.forward(g, x: x.floats, w: w.floats, bias: nil, y: y.floats, relu: true, winograd: true)
+        Pool2DKernels.maxForward(pg, x: y.floats, y: yp.floats)
+      }
+      let one = medianSeconds(runs: runs) {
+        Conv2DKernels.forwardMaxPooled(g, x: x.floats, w: w.floats, bias: nil, scale: nil, relu: true, pool: pg, y: yp.floats)
+      }
+      pooled = ["conv_then_pool_ms": (two * 1e4).rounded() / 10, "banded_conv_pool_ms": (one * 1e4).rounded() / 10]
+    }
     let out: [String: Any] = [
       "bench": "conv", "geometry": g.description, "threads": Parallel.threadCount, "gflop": flop / 1e9,
       "forward_gflops": gf(tf), "backward_data_gflops": gf(td), "backward_weights_gflops": gf(tw),
       "inference_forward_gflops": gf(ti), "inference_algorithm": winograd ? "winograd" : "direct",
       "gflops": ((3 * flop / (tf + td + tw)) / 1e8).rounded() / 10,
-    ]
+    ].merging(pooled) { a, _ in a }
     if json { printJSON(out) } else {
       print(g.description)
       print("forward \(gf(tf)) GFLOP/s, backward-data \(gf(td)), backward-weights \(gf(tw)) (threads \(Parallel.threadCount))")
       print("inference forward \(gf(ti)) GFLOP/s (\(winograd ? "Winograd F(4×4, 3×3), as direct-convolution FLOPs" : "direct"))")
+      if let a = pooled["conv_then_pool_ms"], let b = pooled["banded_conv_pool_ms"] {
+        print("with a \(maxPool!)×\(maxPool!)/2 max pooling: conv then pool \(a) ms, banded in one pass \(b) ms")
+      }
     }
   }
 }
