@@ -131,9 +131,20 @@ struct ConvBench: ParsableCommand {
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
 
+  func validate() throws {
+    for (name, v) in [("--batch", batch), ("--out-channels", outChannels), ("--kernel", kernel), ("--stride", stride),
+                      ("--dilation", dilation), ("--groups", groups), ("--runs", runs), ("--max-pool", maxPool ?? 1)] {
+      try Limits.check(v, in: 1...Limits.maxChannels, name)
+    }
+    guard ["auto", "scatter"].contains(dataPath) else { throw ValidationError("--data-path must be auto or scatter") }
+  }
+
   func run() throws {
     try global.apply()
     let chw = try parseInput(input)
+    guard chw[0] % groups == 0, outChannels % groups == 0 else {
+      throw ValidationError("--groups \(groups) must divide the \(chw[0]) input and \(outChannels) output channels")
+    }
     let conv = Conv2D(inputChannels: chw[0], outputChannels: outChannels, kernelSize: kernel, stride: stride,
                       padding: .same, dilation: dilation, groups: groups, bias: false)
     let g = try conv.geometry(for: [batch] + chw)

@@ -54,6 +54,11 @@ final class HardeningTests: TemporaryDirectoryTestCase {
     try assertRefused(["preview", img, "--size", "100000", "--out", dir.appendingPathComponent("p.png").path], "--size")
     try assertRefused(["pca", "fit", "--data", data.path, "--size", "100000", "--out", out], "--size must be between")
     try assertRefused(["pca", "fit", "--data", data.path, "--patch", "1000000", "--out", out], "--patch must be between")
+    // bench conv's sizes (0 once reached the layer's precondition: a trap).
+    for flag in ["--out-channels", "--kernel", "--stride", "--dilation", "--groups", "--runs", "--max-pool"] {
+      try assertRefused(["bench", "conv", "--input", "3x16x16", flag, "0"], "\(flag) must be between 1 and")
+    }
+    try assertRefused(["bench", "conv", "--input", "3x16x16", "--groups", "2"], "--groups 2 must divide the 3 input")
 
     // Model specs: channels, huge padding, nesting, an alias bomb — refused with file and line.
     let head = "  - conv: {filters: 3, kernel: 3}\n  - gap: {}\n"
