@@ -40,7 +40,15 @@ final class PoolKernelTests: XCTestCase {
   func testMaxForwardAndArgmaxBackward() {
     for (i, g) in Self.cases.enumerated() {
       // Negative values everywhere: a padded zero would win if padding were counted.
-      let x = randomFloats(g.planes * g.inHeight * g.inWidth, seed: UInt64(i)).map { $0 - 2 }
+      checkMax(g, randomFloats(g.planes * g.inHeight * g.inWidth, seed: UInt64(i)).map { $0 - 2 })
+      // Ties everywhere (a ReLU's zeros, three levels): the gradient goes to the first cell holding
+      // the maximum in row-major order, as TensorFlow's and the recomputing reference's.
+      checkMax(g, randomFloats(g.planes * g.inHeight * g.inWidth, seed: 90 + UInt64(i)).map { max(0, ($0 * 2).rounded()) })
+    }
+  }
+
+  func checkMax(_ g: PoolGeometry, _ x: [Float]) {
+    do {
       let outCount = g.planes * g.outHeight * g.outWidth
       var y = [Float](repeating: 0, count: outCount)
       var argmax = [Int32](repeating: -1, count: outCount)
