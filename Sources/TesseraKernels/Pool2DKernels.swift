@@ -42,66 +42,49 @@ public enum Pool2DKernels {
     _ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
     argmax: UnsafeMutablePointer<Int32>? = nil
   ) {
-    guard let argmax else { return maxForwardRows(g, x: x, y: y) }
+    guard argmax != nil else { return maxForwardRows(g, x: x, y: y) }
     let Ho = g.outHeight, Wo = g.outWidth, H = g.inHeight, W = g.inWidth
-    let yy = SendablePointer(y), am = SendablePointer(argmax)
-    Parallel.forRanges(g.planes * Ho) { _, r in
-      withUnsafeTemporaryAllocation(of: Float.self, capacity: W) { mb in
-        withUnsafeTemporaryAllocation(of: Int32.self, capacity: W) { rb in
-          let m = mb.baseAddress!, rows = rb.baseAddress!
-          for row in r {
-            let pl = row / Ho, oy = row % Ho
-            let xp = x + pl * H * W, yp = yy.p + row * Wo, ap = am.p + row * Wo
-            let (y0, y1, _, _) = g.window(oy, 0)
-            guard y1 > y0 else {
-              yp.update(repeating: -.infinity, count: Wo)
-              ap.update(repeating: Int32(truncatingIfNeeded: y0 * W), count: Wo)
-              continue
-            }
-            // Down each column: the largest value and the first row holding it (8 lanes at a time).
-            m.update(from: xp + y0 * W, count: W)
-            rows.update(repeating: Int32(truncatingIfNeeded: y0), count: W)
-            for iy in (y0 + 1)..<max(y0 + 1, y1) {
-              let src = xp + iy * W, rowIndex = SIMD8<Int32>(repeating: Int32(truncatingIfNeeded: iy))
-              var i = 0
-              while i + 8 <= W {
-                let a = load8(m + i), b = load8(src + i)
-                let wins = b .> a
-                store8(a.replacing(with: b, where: wins), m + i)
-                let ri = UnsafeMutableRawPointer(rows + i)
-                ri.storeBytes(of: ri.loadUnaligned(as: SIMD8<Int32>.self).replacing(with: rowIndex, where: wins),
-                              as: SIMD8<Int32>.self)
-                i += 8
-              }
-              while i < W {
-                if src[i] > m[i] {
-                  m[i] = src[i]
-                  rows[i] = Int32(truncatingIfNeeded: iy)
+    let yy = SendablePointer(y), am = argmax.map { SendablePointer($0) }
+    let k3 = g.kernelH == 3 && g.kernelW == 3
+    Parallel.forRanges(g.planes) { _, r in
+      for pl in r {
+        let xp = x + pl * H * W, yp = yy.p + pl * Ho * Wo
+        let ap = am.map { $0.p + pl * Ho * Wo }
+        for oy in 0..<Ho {
+          let (y0, y1, _, _) = g.window(oy, 0)
+          // Columns whose 3×3 window lies inside the input.
+          let oxLo = k3 && y1 - y0 == 3 ? min(Wo, (g.padLeft + g.strideW - 1) / g.strideW) : Wo
+          let oxHi = k3 && y1 - y0 == 3 ? max(oxLo, min(Wo, (W - 3 + g.padLeft) / g.strideW + 1)) : Wo
+          for ox in 0..<Wo {
+            if ox == oxLo && oxLo < oxHi {
+              // Interior 3×3 windows: fixed offsets, selects instead of unpredictable branches.
+              for ox2 in oxLo..<oxHi {
+                let base = y0 * W + ox2 * g.strideW - g.padLeft
+                let r0 = xp + base, r1 = r0 + W, r2 = r1 + W
+                var m = r0[0], at = base
+                @inline(__always) func visit(_ v: Float, _ i: Int) {
+                  let c = v > m
+                  at = c ? base + i : at
+                  m = c ? v : m
                 }
-                i += 1
+                visit(r0[1], 1); visit(r0[2], 2)
+                visit(r1[0], W); visit(r1[1], W + 1); visit(r1[2], W + 2)
+                visit(r2[0], 2 * W); visit(r2[1], 2 * W + 1); visit(r2[2], 2 * W + 2)
+                yp[oy * Wo + ox2] = m
+                ap?[oy * Wo + ox2] = Int32(truncatingIfNeeded: at)
               }
             }
-            // Along the row: the largest column maximum; among equals the one on the earliest row, then
-            // the leftmost — the first cell holding the maximum in row-major order, as a scan of the window.
-            for ox in 0..<Wo {
-              let (_, _, x0, x1) = g.window(oy, ox)
-              var v = -Float.infinity, at = y0 * W + max(x0, 0)
-              if x1 > x0 {
-                v = m[x0]
-                var bestRow = rows[x0], bestCol = x0
-                for ix in (x0 + 1)..<max(x0 + 1, x1) {
-                  let c = m[ix]
-                  if c > v || (c == v && rows[ix] < bestRow) {
-                    v = c
-                    bestRow = rows[ix]
-                    bestCol = ix
-                  }
-                }
-                at = Int(bestRow) * W + bestCol
+            if ox >= oxLo && ox < oxHi { continue }
+            let (_, _, x0, x1) = g.window(oy, ox)
+            var m = -Float.infinity, at = y0 * W + x0
+            for iy in y0..<y1 {
+              for ix in x0..<x1 where xp[iy * W + ix] > m {
+                m = xp[iy * W + ix]
+                at = iy * W + ix
               }
-              yp[ox] = v
-              ap[ox] = Int32(truncatingIfNeeded: at)
             }
+            yp[oy * Wo + ox] = m
+            ap?[oy * Wo + ox] = Int32(truncatingIfNeeded: at)
           }
         }
       }
