@@ -65,25 +65,34 @@ public enum Winograd {
     transformWeights(g, w: w, scale: scale, u: uBuf.floats)
     let u = UnsafePointer(uBuf.floats), yy = SendablePointer(y)
     let floor: Float = relu ? 0 : -.infinity
-    Parallel.forChunks(g.batch * blocks, chunk: 1, maxWorkers: nWorkers) { worker, items in
-      let v = scratch[worker].v.floats, m = scratch[worker].m.floats
-      for item in items {
-        let n = item / blocks, t0 = item % blocks * tileBlock
-        let tb = min(tileBlock, (g.outHeight + 3) / 4 * tw - t0)
-        transformInput(g, x: x + n * C * g.inHeight * g.inWidth, tiles: t0..<(t0 + tb), tilesWide: tw, c8: c8, v: v)
-        for kb in 0..<KB {
-          // M[e][tile][16] = V[e][tile][:C] · U[e][kb][:C][16], six tiles at a time.
-          for e in 0..<36 {
-            let ve = UnsafePointer(v) + e * tileBlock * c8, ue = u + (e * KB + kb) * C * lanes
-            var r = 0
-            while r < tb {
-              gemmTile(C: C, v: ve, row: r, lastRow: tb - 1, stride: c8, u: ue, out: m + (e * tileBlock + r) * lanes)
-              r += 6
+    // The GEMMs run the direct kernel's register tile (`Conv2DKernels.forwardTile`) with V's rows as
+    // its "pixels" and the channels as its "taps".
+    let channelOffsets = Array(0..<C), rowBases = (0..<tileBlock).map { $0 * c8 }
+    channelOffsets.withUnsafeBufferPointer { cob in
+      rowBases.withUnsafeBufferPointer { rbb in
+        let to = cob.baseAddress!, pb = rbb.baseAddress!
+        Parallel.forChunks(g.batch * blocks, chunk: 1, maxWorkers: nWorkers) { worker, items in
+          let v = scratch[worker].v.floats, m = scratch[worker].m.floats
+          for item in items {
+            let n = item / blocks, t0 = item % blocks * tileBlock
+            let tb = min(tileBlock, (g.outHeight + 3) / 4 * tw - t0)
+            transformInput(g, x: x + n * C * g.inHeight * g.inWidth, tiles: t0..<(t0 + tb), tilesWide: tw, c8: c8, v: v)
+            for kb in 0..<KB {
+              // M[e][tile][16] = V[e][tile][:C] · U[e][kb][:C][16], six tiles at a time.
+              for e in 0..<36 {
+                let ve = UnsafePointer(v) + e * tileBlock * c8, ue = u + (e * KB + kb) * C * lanes
+                var r = 0
+                while r < tb {
+                  Conv2DKernels.forwardTile(T: C, to: to, pb: pb, p0: r, P: tb, xg: ve, wk: ue,
+                                            out: m + (e * tileBlock + r) * lanes)
+                  r += 6
+                }
+              }
+              transformOutput(g, m: UnsafePointer(m), tiles: t0..<(t0 + tb), tilesWide: tw, kBase: kb * lanes,
+                              kValid: min(lanes, K - kb * lanes), bias: bias, floor: floor,
+                              y: yy.p + n * K * g.outHeight * g.outWidth)
             }
           }
-          transformOutput(g, m: UnsafePointer(m), tiles: t0..<(t0 + tb), tilesWide: tw, kBase: kb * lanes,
-                          kValid: min(lanes, K - kb * lanes), bias: bias, floor: floor,
-                          y: yy.p + n * K * g.outHeight * g.outWidth)
         }
       }
     }
@@ -174,39 +183,6 @@ public enum Winograd {
         }
       }
     }
-  }
-
-  /// Six rows of V (row `row` on, the last repeated past `lastRow`) times U's C×16 panel, stored as
-  /// six rows of 16 at `out`.
-  @inline(__always)
-  static func gemmTile(C: Int, v: UnsafePointer<Float>, row: Int, lastRow: Int, stride: Int,
-                       u: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>) {
-    let x0 = v + min(row, lastRow) * stride, x1 = v + min(row + 1, lastRow) * stride
-    let x2 = v + min(row + 2, lastRow) * stride, x3 = v + min(row + 3, lastRow) * stride
-    let x4 = v + min(row + 4, lastRow) * stride, x5 = v + min(row + 5, lastRow) * stride
-    var c00 = SIMD8<Float>(), c01 = SIMD8<Float>(), c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
-    var c20 = SIMD8<Float>(), c21 = SIMD8<Float>(), c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
-    var c40 = SIMD8<Float>(), c41 = SIMD8<Float>(), c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
-    var wp = u
-    for c in 0..<C {
-      let w0 = load8(wp), w1 = load8(wp + 8)
-      var b = SIMD8<Float>(repeating: x0[c])
-      c00 = c00.addingProduct(b, w0); c01 = c01.addingProduct(b, w1)
-      b = SIMD8<Float>(repeating: x1[c])
-      c10 = c10.addingProduct(b, w0); c11 = c11.addingProduct(b, w1)
-      b = SIMD8<Float>(repeating: x2[c])
-      c20 = c20.addingProduct(b, w0); c21 = c21.addingProduct(b, w1)
-      b = SIMD8<Float>(repeating: x3[c])
-      c30 = c30.addingProduct(b, w0); c31 = c31.addingProduct(b, w1)
-      b = SIMD8<Float>(repeating: x4[c])
-      c40 = c40.addingProduct(b, w0); c41 = c41.addingProduct(b, w1)
-      b = SIMD8<Float>(repeating: x5[c])
-      c50 = c50.addingProduct(b, w0); c51 = c51.addingProduct(b, w1)
-      wp += 16
-    }
-    store8(c00, out); store8(c01, out + 8); store8(c10, out + 16); store8(c11, out + 24)
-    store8(c20, out + 32); store8(c21, out + 40); store8(c30, out + 48); store8(c31, out + 56)
-    store8(c40, out + 64); store8(c41, out + 72); store8(c50, out + 80); store8(c51, out + 88)
   }
 
   /// Aᵀ m for six values.
