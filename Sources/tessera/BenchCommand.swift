@@ -114,7 +114,13 @@ struct GemmBench: ParsableCommand {
 struct ConvBench: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "conv",
-    abstract: "Convolution forward, backward-data and backward-weights GFLOP/s.")
+    abstract: "Convolution forward, backward-data and backward-weights GFLOP/s.",
+    discussion: prose("""
+      `forward` is the training forward (the direct kernel); `inference forward` the one inference
+      takes: Winograd F(4×4, 3×3) for 3×3 stride-1 layers of 16+ channels (GFLOP/s counted as the
+      direct convolution's FLOPs, so the two compare), the direct kernel otherwise.
+      TESSERA_WINOGRAD=0 turns Winograd off everywhere.
+      """))
 
   @Option(help: "Input C×H×W, e.g. 16x256x256.") var input = "16x256x256"
   @Option(help: "Batch size.") var batch = 4
