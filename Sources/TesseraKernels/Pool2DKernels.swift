@@ -42,14 +42,14 @@ public enum Pool2DKernels {
     _ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
     argmax: UnsafeMutablePointer<Int32>? = nil
   ) {
-    guard argmax != nil else { return maxForwardRows(g, x: x, y: y) }
+    guard let argmax else { return maxForwardRows(g, x: x, y: y) }
     let Ho = g.outHeight, Wo = g.outWidth, H = g.inHeight, W = g.inWidth
-    let yy = SendablePointer(y), am = argmax.map { SendablePointer($0) }
+    let yy = SendablePointer(y), am = SendablePointer(argmax)
     let k3 = g.kernelH == 3 && g.kernelW == 3
     Parallel.forRanges(g.planes) { _, r in
       for pl in r {
         let xp = x + pl * H * W, yp = yy.p + pl * Ho * Wo
-        let ap = am.map { $0.p + pl * Ho * Wo }
+        let ap = am.p + pl * Ho * Wo
         for oy in 0..<Ho {
           let (y0, y1, _, _) = g.window(oy, 0)
           // Columns whose 3×3 window lies inside the input.
@@ -71,7 +71,7 @@ public enum Pool2DKernels {
                 visit(r1[0], W); visit(r1[1], W + 1); visit(r1[2], W + 2)
                 visit(r2[0], 2 * W); visit(r2[1], 2 * W + 1); visit(r2[2], 2 * W + 2)
                 yp[oy * Wo + ox2] = m
-                ap?[oy * Wo + ox2] = Int32(truncatingIfNeeded: at)
+                ap[oy * Wo + ox2] = Int32(truncatingIfNeeded: at)
               }
             }
             if ox >= oxLo && ox < oxHi { continue }
@@ -84,7 +84,7 @@ public enum Pool2DKernels {
               }
             }
             yp[oy * Wo + ox] = m
-            ap?[oy * Wo + ox] = Int32(truncatingIfNeeded: at)
+            ap[oy * Wo + ox] = Int32(truncatingIfNeeded: at)
           }
         }
       }

@@ -145,8 +145,7 @@ public enum Winograd {
                              c8: Int, v: UnsafeMutablePointer<Float>) {
     let H = g.inHeight, W = g.inWidth, C = g.inChannels, plane = H * W
     let rowStride = tileBlock * c8
-    var patch = [SIMD8<Float>](repeating: .zero, count: 36)
-    patch.withUnsafeMutableBufferPointer { pb in
+    withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 36) { pb in
       let d = pb.baseAddress!
       for (ti, t) in tiles.enumerated() {
         let iy0 = t / tw * 4 - g.padTop, ix0 = t % tw * 4 - g.padLeft

@@ -123,27 +123,30 @@ public final class Conv2D: Layer {
       for k in 0..<outputChannels { shift[k] = t[k] + s[k] * shift[k] }
       scale = s
     }
-    let convShape = [g.batch, g.outChannels, g.outHeight, g.outWidth]
-    if let maxPool, !Winograd.applies(g) {
-      let pg: PoolGeometry
-      do { pg = try maxPool.geometry(for: convShape) } catch { preconditionFailure("\(error)") }
+    let pooled: PoolGeometry?
+    do { pooled = try bandedPooling(g, maxPool) } catch { preconditionFailure("\(error)") }
+    if let pg = pooled {
       let y = Tensor(uninitialized: [g.batch, g.outChannels, pg.outHeight, pg.outWidth])
       Conv2DKernels.forwardMaxPooled(g, x: x.floats, w: weight.value.floats, bias: shift, scale: scale, relu: relu,
                                      pool: pg, y: y.floats)
       return y
     }
-    let y = Tensor(uninitialized: convShape)
+    let y = Tensor(uninitialized: [g.batch, g.outChannels, g.outHeight, g.outWidth])
     Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: shift, y: y.floats, scale: scale, relu: relu,
                           winograd: true)
     return maxPool?.forward(y, training: false) ?? y
   }
 
+  /// The pooling's geometry when `maxPool` runs banded with this convolution (not after a Winograd one).
+  private func bandedPooling(_ g: ConvGeometry, _ maxPool: Pool2D?) throws -> PoolGeometry? {
+    guard let maxPool, !Winograd.applies(g) else { return nil }
+    return try maxPool.geometry(for: [g.batch, g.outChannels, g.outHeight, g.outWidth])
+  }
+
   /// The planner's twin of `forward(_:folding:relu:maxPool:)`.
   public func planFolded(_ x: SimTensor, maxPool: Pool2D?, _ sim: MemorySimulation) throws -> SimTensor {
     let g = try geometry(for: x.shape)
-    let convShape = [g.batch, g.outChannels, g.outHeight, g.outWidth]
-    if let maxPool, !Winograd.applies(g) {
-      let pg = try maxPool.geometry(for: convShape)
+    if let pg = try bandedPooling(g, maxPool) {
       let y = sim.allocate([g.batch, g.outChannels, pg.outHeight, pg.outWidth])
       sim.transient(Conv2DKernels.forwardMaxPooledWorkspaceBytes(g, pool: pg, threads: sim.threads))
       return y

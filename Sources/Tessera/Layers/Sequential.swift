@@ -90,9 +90,8 @@ extension Sequential {
       let (name, l) = layers[i]
       do {
         if !training, let f = fold(at: i) {
-          // One output tensor and the convolution's workspace: BN and ReLU add nothing.
-          var shape = h.shape
-          for (_, folded) in layers[i..<(i + f.span)] { shape = try folded.outputShape(for: shape) }
+          // One output tensor and the convolution's workspace: BN and ReLU add nothing (`fold`
+          // matched BN's channels; the conv and pool geometries are checked by `planFolded`).
           h = try f.conv.planFolded(h, maxPool: f.pool, sim)
           i += f.span
           continue

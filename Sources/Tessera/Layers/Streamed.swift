@@ -264,7 +264,7 @@ public final class Streamed: Layer {
     // ranks at the end; what was accumulated before (earlier micro-batches) is added back after.
     let parallel = collective.map { $0.size > 1 } ?? false
     let weights = parallel ? segment.namedParameters().map(\.1).filter(\.trainable) : []
-    let earlier = weights.map { p in p.grad.map { g in (0..<g.count).map { g.floats[$0] } } }
+    let earlier = weights.map { p in p.grad.map { Array(UnsafeBufferPointer(start: $0.floats, count: $0.count)) } }
     weights.forEach { $0.zeroGradient() }
     let tiles = myTiles(geo)
     for pass in passes() {
