@@ -47,6 +47,9 @@ public enum Pool2DKernels {
     let yy = SendablePointer(y), am = SendablePointer(argmax)
     let k3 = g.kernelH == 3 && g.kernelW == 3
     Parallel.forRanges(g.planes) { _, r in
+     // Stride 2: the window rows' even and odd columns apart, so 8 neighbouring windows' cells are
+     // 8 consecutive floats (3 rows × 2 halves of Wo + 1).
+     withUnsafeTemporaryAllocation(of: Float.self, capacity: 6 * (Wo + 1)) { split in
       for pl in r {
         let xp = x + pl * H * W, yp = yy.p + pl * Ho * Wo
         let ap = am.p + pl * Ho * Wo
@@ -55,10 +58,17 @@ public enum Pool2DKernels {
           // Columns whose 3×3 window lies inside the input.
           let oxLo = k3 && y1 - y0 == 3 ? min(Wo, (g.padLeft + g.strideW - 1) / g.strideW) : Wo
           let oxHi = k3 && y1 - y0 == 3 ? max(oxLo, min(Wo, (W - 3 + g.padLeft) / g.strideW + 1)) : Wo
+          var vectorEnd = oxLo
+          if g.strideW == 2 && oxHi - oxLo >= 8 {
+            vectorEnd = oxLo + (oxHi - oxLo) / 8 * 8
+            argmaxStride2(xp, W: W, y0: y0, padLeft: g.padLeft, columns: oxLo..<vectorEnd, split: split.baseAddress!,
+                          Wo: Wo, y: yp + oy * Wo, argmax: ap + oy * Wo)
+          }
           for ox in 0..<Wo {
-            if ox == oxLo && oxLo < oxHi {
+            if ox < vectorEnd && ox >= oxLo { continue }
+            if ox == vectorEnd && vectorEnd < oxHi {
               // Interior 3×3 windows: fixed offsets, selects instead of unpredictable branches.
-              for ox2 in oxLo..<oxHi {
+              for ox2 in vectorEnd..<oxHi {
                 let base = y0 * W + ox2 * g.strideW - g.padLeft
                 let r0 = xp + base, r1 = r0 + W, r2 = r1 + W
                 var m = r0[0], at = base
@@ -88,6 +98,48 @@ public enum Pool2DKernels {
           }
         }
       }
+     }
+    }
+  }
+
+  /// Interior 3×3 stride-2 windows `columns` (a multiple of 8 of them) of the output row whose
+  /// window starts at input row y0: each input row's even and odd columns copied apart, then eight
+  /// windows at a time, their nine cells in row-major order, a cell winning only when strictly
+  /// greater — the scalar path's maxima and arg-maxes, ties and NaNs included.
+  @inline(__always)
+  static func argmaxStride2(_ xp: UnsafePointer<Float>, W: Int, y0: Int, padLeft: Int, columns: Range<Int>,
+                            split: UnsafeMutablePointer<Float>, Wo: Int, y: UnsafeMutablePointer<Float>,
+                            argmax: UnsafeMutablePointer<Int32>) {
+    let lo = columns.lowerBound, hi = columns.upperBound, n = Wo + 1
+    // Row k's window cells of output column j: even[j] (kx 0), odd[j] (kx 1), even[j + 1] (kx 2),
+    // where even[j] = x[2j − padLeft] and odd[j] = x[2j − padLeft + 1].
+    for k in 0..<3 {
+      let row = xp + (y0 + k) * W - padLeft, even = split + 2 * k * n, odd = even + n
+      for j in lo..<hi {
+        even[j] = row[2 * j]
+        odd[j] = row[2 * j + 1]
+      }
+      even[hi] = row[2 * hi]
+    }
+    let lanes = SIMD8<Int32>(0, 2, 4, 6, 8, 10, 12, 14)
+    var ox = lo
+    while ox < hi {
+      let base = Int32(truncatingIfNeeded: y0 * W - padLeft + 2 * ox)
+      var m = load8(split + ox), at = lanes &+ base
+      @inline(__always) func visit(_ v: SIMD8<Float>, _ offset: Int) {
+        let c = v .> m
+        m.replace(with: v, where: c)
+        at.replace(with: lanes &+ (base &+ Int32(truncatingIfNeeded: offset)), where: c)
+      }
+      for k in 0..<3 {
+        let even = split + 2 * k * n, odd = even + n, rowOffset = k * W
+        if k > 0 { visit(load8(even + ox), rowOffset) }
+        visit(load8(odd + ox), rowOffset + 1)
+        visit(load8(even + ox + 1), rowOffset + 2)
+      }
+      store8(m, y + ox)
+      UnsafeMutableRawPointer(argmax + ox).storeBytes(of: at, as: SIMD8<Int32>.self)
+      ox += 8
     }
   }
 

@@ -39,7 +39,7 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
     var m = model
     if let s = streaming {
       m = try Streamed.apply(to: m, blocks: s.blocks ?? Streamed.streamableBlocks(of: m), tile: s.tile,
-                             frozenBatchNorm: s.frozenBatchNorm, split: s.split)
+                             frozenBatchNorm: s.frozenBatchNorm, split: s.split, outputSums: s.outputSums ?? true)
     }
     return checkpointing.apply(to: m)
   }
@@ -92,7 +92,8 @@ extension Planner {
           (try? plan(c.model, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
         }
         guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let pk = peak(b) else { continue }
-        let mode = MemoryMode(precision: p, checkpointing: ck, streaming: StreamingSettings(tile: c.tile, blocks: c.blocks, split: c.split))
+        let settings = StreamingSettings(tile: c.tile, blocks: c.blocks, split: c.split, outputSums: c.outputSums)
+        let mode = MemoryMode(precision: p, checkpointing: ck, streaming: settings)
         let factor = MemoryMode(precision: p, checkpointing: ck).relativeTime
         choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: pk, relativeTime: c.relativeTime * factor))
         break

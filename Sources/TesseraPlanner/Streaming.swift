@@ -13,10 +13,15 @@ public struct StreamingSettings: Sendable, Equatable {
   /// Blocks in a first segment when streamed as two (see `Streamed.apply`); 0: one segment; nil:
   /// chosen with the blocks (one segment without a budget).
   public var split: Int?
+  /// Whether the deepest BatchNorm's sums come from the output (`Streamed.outputSums`: one pass
+  /// fewer, one output-sized tensor more); nil: yes, unless only the pass fits the budget.
+  public var outputSums: Bool?
 
-  public init(tile: Int, blocks: Int? = nil, frozenBatchNorm: Bool = false, inputResident: Bool = true, split: Int? = nil) {
+  public init(tile: Int, blocks: Int? = nil, frozenBatchNorm: Bool = false, inputResident: Bool = true, split: Int? = nil,
+              outputSums: Bool? = nil) {
     self.tile = tile
     self.split = split
+    self.outputSums = outputSums
     self.blocks = blocks
     self.frozenBatchNorm = frozenBatchNorm
     self.inputResident = inputResident
@@ -36,6 +41,8 @@ public struct StreamingChoice {
   public var relativeTime: Double
   /// Tiles per image and the halo around each (input pixels).
   public var tiles: Int, halo: Int
+  /// See `StreamingSettings.outputSums`.
+  public var outputSums: Bool
 }
 
 public struct StreamingPlanError: Error, CustomStringConvertible {
@@ -87,14 +94,23 @@ extension Planner {
       }
       throw StreamingPlanError(description: "this model's first block cannot be streamed: a streamed segment is a chain of Conv2D, BatchNorm2D, pooling and activation layers")
     }
-    func choice(_ b: Int, _ split: Int?) throws -> StreamingChoice {
+    func choice(_ b: Int, _ split: Int?, outputSums: Bool) throws -> StreamingChoice {
       let m = rest.apply(to: try Streamed.apply(to: model, blocks: b, tile: tile, frozenBatchNorm: settings.frozenBatchNorm,
-                                                split: split))
+                                                split: split, outputSums: outputSums))
       let p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
                        inputResident: settings.inputResident)
       let geo = try (m.layers[0].1 as! Streamed).geometry(for: [batch] + input)
       return StreamingChoice(model: m, blocks: b, split: split, tile: tile, plan: p,
-                             relativeTime: try streamingCost(m, input: input, batch: batch), tiles: geo.tiles.count, halo: geo.halo)
+                             relativeTime: try streamingCost(m, input: input, batch: batch), tiles: geo.tiles.count, halo: geo.halo,
+                             outputSums: outputSums)
+    }
+    // The deepest BatchNorm's sums from the output unless told otherwise, or unless only the pass
+    // that gathers them fits the budget.
+    func choice(_ b: Int, _ split: Int?) throws -> StreamingChoice {
+      let c = try choice(b, split, outputSums: settings.outputSums ?? true)
+      guard settings.outputSums == nil, let budget, c.plan.peakTrainingBytes > budget else { return c }
+      let without = try choice(b, split, outputSums: false)
+      return without.plan.peakTrainingBytes < c.plan.peakTrainingBytes ? without : c
     }
     if let b = settings.blocks {
       guard b >= 1, b <= most else {
@@ -190,6 +206,11 @@ extension Planner {
     if !s.frozenBatchNorm {
       for k in s.batchNorms { cost += crop[..<k].reduce(0, +) }  // statistics passes
       passes += Double(s.batchNorms.count)
+    }
+    if s.sumsFromOutput != nil {
+      // The output pass records a BatchNorm input per output cell; backward copies it and dY out
+      // tile by tile and sums them (`Streamed.sumsFromOutput`).
+      cost += e * 4 * Double(whole.output.reduce(1, *))
     }
     for p in s.passes() {
       cost += all  // recompute

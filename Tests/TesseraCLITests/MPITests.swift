@@ -216,10 +216,13 @@ final class MPITests: TemporaryDirectoryTestCase {
     let w1 = try maxError(path("one/last.safetensors"), path("two/last.safetensors"))
     let wt = try maxError(path("one/last.safetensors"), path("one2/last.safetensors"))
     print("train \(parallel.last ?? "data"), 2 ranks vs one process: losses \(worst(l2)), weights and optimizer state \(w1); one process at 2 vs 1 threads: \(worst(lt)), \(wt)")
-    XCTAssertLessThan(max(worst(lt), Double(wt)), 1e-3, "the yardstick itself is small (else this checks nothing)", file: file, line: line)
+    // The yardstick: how far one process drifts from itself across thread counts (rounding). A run
+    // can amplify it (a ReLU mask or an arg-max flips with the last bit), so it is capped at 1e-3:
+    // the ranks must stay within 10× the yardstick and never past the cap.
+    func bound(_ yardstick: Double) -> Double { min(1e-3, max(1e-5, 10 * yardstick)) }
     XCTAssertEqual(l2[0], l1[0], accuracy: 1e-5 * l1[0], "the first update", file: file, line: line)
-    XCTAssertLessThanOrEqual(worst(l2), max(1e-5, 10 * worst(lt)), "losses per update", file: file, line: line)
-    XCTAssertLessThanOrEqual(w1, max(1e-5, 10 * wt), "final weights and optimizer state", file: file, line: line)
+    XCTAssertLessThanOrEqual(worst(l2), bound(worst(lt)), "losses per update", file: file, line: line)
+    XCTAssertLessThanOrEqual(Double(w1), bound(Double(wt)), "final weights and optimizer state", file: file, line: line)
     return m
   }
 

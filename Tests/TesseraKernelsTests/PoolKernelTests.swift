@@ -15,6 +15,9 @@ final class PoolKernelTests: XCTestCase {
                  padTop: 1, padLeft: 1, padBottom: 1, padRight: 0),
     PoolGeometry(planes: 3, inHeight: 5, inWidth: 19, kernelH: 2, kernelW: 4, strideH: 3, strideW: 1,
                  padTop: 0, padLeft: 2, padBottom: 1, padRight: 3),
+    // 3×3 stride 2 with no left padding (TensorFlow's `same` on even sizes): eight windows at a time.
+    PoolGeometry(planes: 2, inHeight: 8, inWidth: 40, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2,
+                 padTop: 0, padLeft: 0, padBottom: 1, padRight: 1),
   ]
 
   /// Max over each window by the definition, with padded cells never winning.

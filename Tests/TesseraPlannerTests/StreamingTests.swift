@@ -170,6 +170,44 @@ final class StreamingTests: XCTestCase {
     XCTAssertLessThanOrEqual(maxRelativeError(try streamed.predict(x).toArray(), try plain.predict(x).toArray()), 1e-5)
   }
 
+  /// The deepest BatchNorm's sums from the output gradient (`sumsFromOutput`): taken where only a
+  /// max pooling (or nothing) follows it, with one backward pass fewer; exact with negative and
+  /// zero γ (the arg-max is then the window's smallest input, or a tie) and a shifted β.
+  func testBatchNormSumsFromTheOutput() throws {
+    let stem = try Streamed(Sequential([fcn().layers[0]]), tile: 32)
+    XCTAssertEqual(stem.sumsFromOutput, 1, "conv, bn (+ReLU), max pool")
+    XCTAssertEqual(stem.passes().count, 1, "one backward pass, not two")
+    let stages = try Streamed(Sequential(Array(fcn().layers[0..<3])), tile: 32)
+    XCTAssertEqual(stages.sumsFromOutput, stages.batchNorms.last, "a stage ends in BatchNorm+ReLU")
+    XCTAssertEqual(stages.passes().count, stages.batchNorms.count)
+    XCTAssertNil(try Streamed(Sequential(Array(fcn().layers[0..<3])), tile: 32, frozenBatchNorm: true).sumsFromOutput)
+    let passes = try Streamed(Sequential(Array(fcn().layers[0..<3])), tile: 32, outputSums: false)
+    XCTAssertNil(passes.sumsFromOutput, "turned off (a budget too tight for the output-sized tensor)")
+    XCTAssertEqual(passes.passes().count, passes.batchNorms.count + 1)
+    let avg = Sequential([("c", Conv2D(inputChannels: 3, outputChannels: 4, kernelSize: 3, padding: .same)),
+                          ("bn", BatchNorm2D(channels: 4, fusedReLU: true)),
+                          ("p", Pool2D(.average(countIncludePad: false), kernelSize: 2))])
+    XCTAssertNil(try Streamed(avg, tile: 8).sumsFromOutput, "average pooling spreads the gradient")
+
+    let x = randomTensor([2, 3, 136, 120], seed: 11), labels = [0, 2]
+    func net() -> Sequential {
+      let m = fcn()
+      let g = m.namedParameters().first { $0.0 == "stem.bn.weight" }!.1, b = m.namedParameters().first { $0.0 == "stem.bn.bias" }!.1
+      for i in 0..<g.count {
+        g.value.floats[i] = [1.3, -0.7, 0, -1.1][i % 4]
+        b.value.floats[i] = [0.2, 0.5, 0.1, -0.3][i % 4]
+      }
+      return m
+    }
+    let ref = try step(net(), x, labels)
+    for (blocks, tile) in [(1, 32), (1, 48), (2, 64)] {
+      assertSame(try step(try Streamed.apply(to: net(), blocks: blocks, tile: tile), x, labels), ref,
+                 "\(blocks) blocks in \(tile)-px tiles, γ of both signs and 0")
+    }
+    assertSame(try step(try Streamed.apply(to: net(), blocks: 2, tile: 64, outputSums: false), x, labels), ref,
+               "2 blocks in 64-px tiles, every BatchNorm pass")
+  }
+
   func testFrozenBatchNorm() throws {
     // Frozen statistics make BatchNorm an affine map: tiles must equal one whole-image tile, and
     // the running statistics must not move.

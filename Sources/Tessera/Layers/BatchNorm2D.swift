@@ -186,6 +186,19 @@ public final class BatchNorm2D: Layer {
     return needInputGradient ? dx : nil
   }
 
+  /// Streamed training: adds to `streamedBackward`'s sums the Σdy and Σdy·x̂ of cells whose input
+  /// is x and whose output gradient is dy (ReLU applied, as backward would), with the fixed statistics.
+  func addStreamedSums(x: Tensor, dy: Tensor) {
+    guard let (mean, variance) = fixedStatistics, let step = streamedBackward else {
+      preconditionFailure("BatchNorm2D.addStreamedSums outside a streamed backward")
+    }
+    let gamma = weight.value.floats, beta = bias.value.floats
+    let invstd = variance.map { 1 / ($0 + epsilon).squareRoot() }
+    // As `forward` rounds them: the ReLU mask must be the one the forward applied.
+    let shift = (0..<channels).map { beta[$0] - mean[$0] * (gamma[$0] * invstd[$0]) }
+    step.run(x: x, dy: dy, dx: nil, mean: mean, invstd: invstd, gamma: gamma, reluShift: fusedReLU ? shift : nil)
+  }
+
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     _ = try outputShape(for: x.shape)
     let y = sim.allocate(x.shape)

@@ -267,11 +267,14 @@ extension Streamed {
   /// Copies `region` of every plane of `x` to `at` (same size) of every plane of `y`.
   static func copy(_ x: Tensor, region: MapRegion, into y: Tensor, at: MapRegion) {
     let planes = x.shape[0] * x.shape[1], (xh, xw, yh, yw) = (x.shape[2], x.shape[3], y.shape[2], y.shape[3])
-    let w = region.cols.count
-    for p in 0..<planes {
-      for (i, r) in region.rows.enumerated() {
-        (y.floats + (p * yh + at.rows.lowerBound + i) * yw + at.cols.lowerBound)
-          .update(from: x.floats + (p * xh + r) * xw + region.cols.lowerBound, count: w)
+    let w = region.cols.count, rows = region.rows.count, r0 = region.rows.lowerBound
+    let src = SendablePointer(x.floats), dst = SendablePointer(y.floats)
+    let (a0, c0) = (at.rows.lowerBound, at.cols.lowerBound), x0 = region.cols.lowerBound
+    // Large copies (a tile's crop of the input, its output into the segment's) on every thread.
+    Parallel.forRanges(planes * rows, maxWorkers: planes * rows * w >= 1 << 16 ? nil : 1) { _, range in
+      for pr in range {
+        let p = pr / rows, i = pr % rows
+        (dst.p + (p * yh + a0 + i) * yw + c0).update(from: src.p + (p * xh + r0 + i) * xw + x0, count: w)
       }
     }
   }
@@ -280,9 +283,12 @@ extension Streamed {
   static func add(_ x: Tensor, into y: Tensor, at: MapRegion) {
     let planes = x.shape[0] * x.shape[1], (yh, yw) = (y.shape[2], y.shape[3]), w = at.cols.count
     precondition(x.shape[2] == at.rows.count && x.shape[3] == w, "crop gradient and crop differ")
-    for p in 0..<planes {
-      for (i, r) in at.rows.enumerated() {
-        let dst = y.floats + (p * yh + r) * yw + at.cols.lowerBound, src = x.floats + (p * at.rows.count + i) * w
+    let rows = at.rows.count, r0 = at.rows.lowerBound, c0 = at.cols.lowerBound
+    let xs = SendablePointer(x.floats), ys = SendablePointer(y.floats)
+    Parallel.forRanges(planes * rows, maxWorkers: planes * rows * w >= 1 << 16 ? nil : 1) { _, range in
+      for pr in range {
+        let p = pr / rows, i = pr % rows
+        let dst = ys.p + (p * yh + r0 + i) * yw + c0, src = xs.p + (p * rows + i) * w
         for j in 0..<w { dst[j] += src[j] }
       }
     }

@@ -11,7 +11,10 @@ import TesseraKernels
 /// part of the output gradient it owns; one pass per BatchNorm layer (deepest first) gathers that
 /// layer's gradient sums Σdy and Σdy·x̂ over the whole image — by linearity, summed over every
 /// tile's whole crop — so the next pass can apply them, each tile adding the batch-statistic terms
-/// only to the cells it owns. Every weight gradient is gathered in exactly one pass. With
+/// only to the cells it owns — except the deepest BatchNorm layer when at most a max pooling follows
+/// it (`sumsFromOutput`): its sums come from the output gradient and the BatchNorm input the output
+/// pass recorded at each output cell's arg-max, with no pass. Every weight gradient is gathered in
+/// exactly one pass. With
 /// `frozenBatchNorm` the segment's BatchNorm layers use their running statistics (γ and β still
 /// learn): one pass each way, as StreamingCNN.
 ///
@@ -24,16 +27,21 @@ public final class Streamed: Layer {
   /// Output tile edge in input pixels (a multiple of the segment's output stride).
   public let tile: Int
   public let frozenBatchNorm: Bool
+  /// Whether the deepest BatchNorm's gradient sums may come from the output (`sumsFromOutput`):
+  /// one backward pass fewer for one more tensor the size of the output.
+  public let outputSums: Bool
   /// The segment's layers as one chain, and their dotted paths.
   public let leaves: [Layer]
   public let paths: [String]
   private var saved: (source: TileSource, geometry: StreamGeometry)?
+  /// For `sumsFromOutput`: at each output cell, the BatchNorm input its gradient reaches.
+  private var routed: Tensor?
   /// Tile-parallel streaming: rank r of N takes tiles r, r + N, r + 2N, …; the BatchNorm sums, the
   /// stitched output, the input gradient and the segment's weight gradients are summed over the
   /// ranks, so every rank ends the step with what one process computes alone.
   public var collective: Collective?
 
-  public init(_ segment: Sequential, tile: Int, frozenBatchNorm: Bool = false) throws {
+  public init(_ segment: Sequential, tile: Int, frozenBatchNorm: Bool = false, outputSums: Bool = true) throws {
     precondition(tile > 0, "tile must be positive")
     var leaves = [Layer](), paths = [String]()
     func flatten(_ l: Layer, _ path: String) throws {
@@ -50,6 +58,7 @@ public final class Streamed: Layer {
     self.segment = segment
     self.tile = tile
     self.frozenBatchNorm = frozenBatchNorm
+    self.outputSums = outputSums
     self.leaves = leaves
     self.paths = paths
   }
@@ -77,17 +86,20 @@ public final class Streamed: Layer {
   /// stride) — each recomputes only its own layers in its BatchNorm passes, at the price of holding
   /// the first segment's output and its gradient whole.
   public static func apply(to model: Sequential, blocks: Int, tile: Int, frozenBatchNorm: Bool = false,
-                           split: Int? = nil) throws -> Sequential {
+                           split: Int? = nil, outputSums: Bool = true) throws -> Sequential {
     precondition(blocks >= 1 && blocks < model.layers.count, "stream between 1 and \(model.layers.count - 1) blocks")
     let L = model.layers
     guard let j = split, j > 0, j < blocks else {
-      let s = try Streamed(Sequential(Array(L.prefix(blocks))), tile: tile, frozenBatchNorm: frozenBatchNorm)
+      let s = try Streamed(Sequential(Array(L.prefix(blocks))), tile: tile, frozenBatchNorm: frozenBatchNorm,
+                           outputSums: outputSums)
       return Sequential([("streamed", s)] + Array(L.dropFirst(blocks)))
     }
-    let first = try Streamed(Sequential(Array(L.prefix(j))), tile: tile, frozenBatchNorm: frozenBatchNorm)
+    let first = try Streamed(Sequential(Array(L.prefix(j))), tile: tile, frozenBatchNorm: frozenBatchNorm,
+                             outputSums: outputSums)
     let stride = try first.outputStride()
     guard tile % stride == 0 else { throw StreamingError.tileNotMultiple(tile: tile, stride: stride) }
-    let second = try Streamed(Sequential(Array(L[j..<blocks])), tile: tile / stride, frozenBatchNorm: frozenBatchNorm)
+    let second = try Streamed(Sequential(Array(L[j..<blocks])), tile: tile / stride, frozenBatchNorm: frozenBatchNorm,
+                              outputSums: outputSums)
     return Sequential([("streamed", first), ("streamed2", second)] + Array(L.dropFirst(blocks)))
   }
 
@@ -131,7 +143,15 @@ public final class Streamed: Layer {
       }
     }
     let y = Tensor(zeros: geo.output)
+    let shortcut = record ? sumsFromOutput : nil
+    routed = shortcut.map { _ in Tensor(zeros: geo.output) }
     for t in myTiles(geo) {
+      if let k = shortcut, let routed {
+        let (h, r) = try BackwardRecording.without { try runRouting(source, t, k) }
+        Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
+        Self.copy(r, region: t.owned[leaves.count - 1], into: routed, at: t.out)
+        continue
+      }
       let h = try BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
       Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
     }
@@ -159,6 +179,52 @@ public final class Streamed: Layer {
       }
     }
     return h
+  }
+
+  /// The deepest BatchNorm layer whose gradient sums the segment's output gradient gives directly,
+  /// without a backward pass: when nothing follows it but at most one max pooling, the gradient
+  /// reaching each of its cells is a sum of output cells' gradients (each output cell's going to
+  /// its window's arg-max, or to itself), so Σdy and Σdy·x̂ over its map are sums over output cells
+  /// given the BatchNorm input at the cell each one's gradient reaches — recorded in the forward
+  /// output pass (`routed`, one tensor the size of the output). nil with frozen BatchNorm.
+  public var sumsFromOutput: Int? {
+    guard outputSums, !frozenBatchNorm, let k = batchNorms.last else { return nil }
+    let after = leaves[(k + 1)...]
+    guard after.count <= 1, after.allSatisfy({ ($0 as? Pool2D)?.mode == .max }) else { return nil }
+    return k
+  }
+
+  /// A tile's output (training forward, nothing recorded) and, for each of its output cells, the
+  /// input of BatchNorm layer k at the cell its gradient reaches (see `sumsFromOutput`).
+  private func runRouting(_ source: TileSource, _ t: StreamGeometry.Tile, _ k: Int) throws -> (Tensor, Tensor) {
+    var h = try Profiler.shared.time("streamed read tile") { try source.read(t.crop) }
+    var bnInput: Tensor?, routed: Tensor?
+    for l in 0..<leaves.count {
+      if l == k { bnInput = h }
+      h = try Profiler.shared.time("streamed \(paths[l]) \(leaves[l].kind) forward (not kept)") {
+        guard l > k, let pool = leaves[l] as? Pool2D, let x = bnInput else { return leaves[l].forward(h, training: true) }
+        let g = try pool.geometry(for: h.shape)
+        let y = Tensor(uninitialized: [h.shape[0], h.shape[1], g.outHeight, g.outWidth])
+        let argmax = Tensor(zeros: y.shape, dtype: .int32)
+        let a = argmax.storage.raw.assumingMemoryBound(to: Int32.self)
+        Pool2DKernels.maxForward(g, x: h.floats, y: y.floats, argmax: a)
+        let r = Tensor(uninitialized: y.shape)
+        let inPlane = g.inHeight * g.inWidth, outPlane = g.outHeight * g.outWidth
+        let xs = SendablePointer(x.floats), rs = SendablePointer(r.floats), am = SendablePointer(a)
+        Parallel.forRanges(g.planes) { _, planes in
+          for p in planes {
+            let src = xs.p + p * inPlane, dst = rs.p + p * outPlane, ap = am.p + p * outPlane
+            for i in 0..<outPlane { dst[i] = src[Int(ap[i])] }
+          }
+        }
+        withExtendedLifetime(argmax) {}
+        routed = r
+        return y
+      }
+    }
+    let r = routed ?? bnInput!
+    bnInput = nil
+    return (h, r)
   }
 
   /// The whole image's statistics at BatchNorm layer k (earlier ones already fixed), accumulated
@@ -222,6 +288,7 @@ public final class Streamed: Layer {
 
   /// Clears what the passes set on the segment's layers.
   private func reset() {
+    routed = nil
     for l in leaves {
       if let bn = l as? BatchNorm2D {
         bn.fixedStatistics = nil
@@ -242,7 +309,8 @@ public final class Streamed: Layer {
     var out = [(gather: Int?, from: Int, weights: Range<Int>)]()
     var next = L
     for k in bns.reversed() {
-      out.append((k, k, (k + 1)..<next))
+      // Gathered from the output gradient instead (the layers after it have no weights).
+      if k != sumsFromOutput { out.append((k, k, (k + 1)..<next)) }
       next = k
     }
     out.append((nil, 0, 0..<next))
@@ -267,6 +335,16 @@ public final class Streamed: Layer {
     let earlier = weights.map { p in p.grad.map { Array(UnsafeBufferPointer(start: $0.floats, count: $0.count)) } }
     weights.forEach { $0.zeroGradient() }
     let tiles = myTiles(geo)
+    if let k = sumsFromOutput, let r = routed {
+      // Tile by tile over the cells each owns, as the pass it replaces summed them (tile-parallel:
+      // this rank's tiles, summed over the ranks in `finishGathering`), so N ranks add in one
+      // process's order.
+      Profiler.shared.time("streamed \(paths[k]) \(leaves[k].kind) sums from the output") {
+        for t in tiles { bn(k).addStreamedSums(x: Self.copy(r, t.out), dy: Self.copy(dy, t.out)) }
+      }
+      routed = nil
+      finishGathering(k, geo, parallel: parallel)
+    }
     for pass in passes() {
       let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
@@ -289,19 +367,7 @@ public final class Streamed: Layer {
         }
         if last, let dx, let g { Self.add(g, into: dx, at: t.crop) }
       }
-      if let k = pass.gather {
-        let s = bn(k).streamedBackward!, M = Double(geo.counts[k])
-        addBatchNormGradients(bn(k))  // this rank's part (summed with the other weights below)
-        if let c = collective, parallel {
-          var both = s.sumDy + s.sumDyXhat
-          c.allreduceSum(&both)
-          s.sumDy = Array(both[0..<bn(k).channels])
-          s.sumDyXhat = Array(both[bn(k).channels...])
-        }
-        s.meanDy = s.sumDy.map { Float($0 / M) }
-        s.meanDyXhat = s.sumDyXhat.map { Float($0 / M) }
-        s.inputGradient = true
-      }
+      if let k = pass.gather { finishGathering(k, geo, parallel: parallel) }
     }
     if frozenBatchNorm { for k in batchNorms { addBatchNormGradients(bn(k)) } }
     if let c = collective, parallel {
@@ -313,6 +379,22 @@ public final class Streamed: Layer {
       if let dx { c.allreduceSum(dx.floats, count: dx.count) }
     }
     return dx
+  }
+
+  /// BatchNorm layer k's sums are gathered: its γ and β gradients, then the means the next passes
+  /// apply (tile-parallel: the sums over every rank first).
+  private func finishGathering(_ k: Int, _ geo: StreamGeometry, parallel: Bool) {
+    let s = bn(k).streamedBackward!, M = Double(geo.counts[k])
+    addBatchNormGradients(bn(k))  // this rank's part (summed with the other weights at the end)
+    if let c = collective, parallel {
+      var both = s.sumDy + s.sumDyXhat
+      c.allreduceSum(&both)
+      s.sumDy = Array(both[0..<bn(k).channels])
+      s.sumDyXhat = Array(both[bn(k).channels...])
+    }
+    s.meanDy = s.sumDy.map { Float($0 / M) }
+    s.meanDyXhat = s.sumDyXhat.map { Float($0 / M) }
+    s.inputGradient = true
   }
 
   private func addBatchNormGradients(_ bn: BatchNorm2D) {
@@ -335,14 +417,40 @@ public final class Streamed: Layer {
       }
     }
     let y = sim.allocate(geo.output)
+    let shortcut = training && BackwardRecording.isOn ? sumsFromOutput : nil
+    let routed = shortcut.map { _ in sim.allocate(geo.output) }
     for t in tiles {
+      if let k = shortcut {
+        try BackwardRecording.without { try planRunRouting(t, geo, k, sim) }
+        continue
+      }
       _ = try BackwardRecording.without { try planRun(t, geo, through: leaves.count, recordFrom: nil, training, sim) }
     }
     if training && BackwardRecording.isOn {
-      sim.keep(self, [x])
+      sim.keep(self, [x] + (routed.map { [$0] } ?? []))
       sim.notes[ObjectIdentifier(self)] = geo
     }
     return y
+  }
+
+  /// `runRouting`'s allocations, in its order.
+  private func planRunRouting(_ t: StreamGeometry.Tile, _ geo: StreamGeometry, _ k: Int, _ sim: MemorySimulation) throws {
+    var h = sim.allocate([geo.input[0], geo.input[1], t.crop.rows.count, t.crop.cols.count])
+    var bnInput: SimTensor?, routed: SimTensor?
+    for l in 0..<leaves.count {
+      if l == k { bnInput = h }
+      if l > k, let pool = leaves[l] as? Pool2D, bnInput != nil {
+        let g = try pool.geometry(for: h.shape)
+        let y = sim.allocate([h.shape[0], h.shape[1], g.outHeight, g.outWidth])
+        let argmax = sim.allocate(y.shape)
+        routed = sim.allocate(y.shape)
+        withExtendedLifetime(argmax) {}
+        h = y
+      } else {
+        h = try leaves[l].planForward(h, training: true, sim)
+      }
+    }
+    withExtendedLifetime((h, bnInput, routed)) {}
   }
 
   private func planRun(_ t: StreamGeometry.Tile, _ geo: StreamGeometry, through end: Int, recordFrom: Int?,
@@ -360,7 +468,10 @@ public final class Streamed: Layer {
 
   public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
     guard let geo = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? StreamGeometry else { return nil }
-    let source = sim.take(self)
+    var kept = sim.take(self)
+    let source = kept.first
+    var routed = kept.count > 1 ? kept[1] : nil
+    kept = []
     defer { reset() }
     for k in batchNorms {
       bn(k).streamedBackward = StreamedBatchNormBackward(channels: 0)
@@ -368,6 +479,14 @@ public final class Streamed: Layer {
     let L = leaves.count
     let dx: SimTensor? = needInputGradient ? sim.allocate(geo.input) : nil
     let tiles = geo.tiles.distinct()
+    if routed != nil {
+      for t in tiles {  // the owned cells' routed inputs and output gradient, copied out
+        let shape = [geo.output[0], geo.output[1], t.out.rows.count, t.out.cols.count]
+        withExtendedLifetime((sim.allocate(shape), sim.allocate(shape))) {}
+      }
+      withExtendedLifetime(routed) {}
+      routed = nil
+    }
     for pass in passes() {
       let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
