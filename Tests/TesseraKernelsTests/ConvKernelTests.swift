@@ -27,7 +27,42 @@ final class ConvKernelTests: XCTestCase {
                  padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
     ConvGeometry(batch: 4, inChannels: 3, inHeight: 13, inWidth: 12, outChannels: 7, kernelH: 5, kernelW: 5,
                  strideH: 2, strideW: 2, padTop: 1, padLeft: 2, padBottom: 2, padRight: 1),
+    // Stems whose backward-weights the phase-split kernel takes (`Phases`): 31 wide (a tail past
+    // the last 8 pixels), 48 wide with no left padding, a 5×4 kernel on one channel 29 wide.
+    ConvGeometry(batch: 3, inChannels: 3, inHeight: 23, inWidth: 61, outChannels: 16, kernelH: 7, kernelW: 7,
+                 strideH: 2, strideW: 2, padTop: 2, padLeft: 3, padBottom: 3, padRight: 3),
+    ConvGeometry(batch: 2, inChannels: 4, inHeight: 9, inWidth: 96, outChannels: 8, kernelH: 3, kernelW: 3,
+                 strideH: 2, strideW: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1),
+    ConvGeometry(batch: 1, inChannels: 1, inHeight: 14, inWidth: 57, outChannels: 4, kernelH: 5, kernelW: 4,
+                 strideH: 2, strideW: 2, padTop: 1, padLeft: 2, padBottom: 2, padRight: 1),
   ]
+
+  /// The phase-split backward-weights takes the three stems above; turned off, the pixel-broadcast
+  /// kernel gives the same results to float rounding (both against the double-precision reference
+  /// in `testFastMatchesReference`).
+  func testPhaseSplitStemsAgreeWithThePixelBroadcastKernels() {
+    let saved = (Parallel.threadCount, Conv2DKernels.Phases.enabled)
+    defer { (Parallel.threadCount, Conv2DKernels.Phases.enabled) = saved }
+    let stems = Self.cases.suffix(3)
+    XCTAssertEqual(stems.filter(Conv2DKernels.Phases.applies).count, 3)
+    XCTAssertEqual(Self.cases.dropLast(3).filter(Conv2DKernels.Phases.applies).count, 0)
+    for (i, g) in stems.enumerated() {
+      let x = randomFloats(g.inputCount, seed: 70 + UInt64(i))
+      let dy = randomFloats(g.outputCount, seed: 90 + UInt64(i))
+      func run(_ phases: Bool, _ threads: Int) -> ([Float], [Float]) {
+        (Conv2DKernels.Phases.enabled, Parallel.threadCount) = (phases, threads)
+        var dw = [Float](repeating: 0.5, count: g.weightCount), db = [Float](repeating: 0.25, count: g.outChannels)
+        Conv2DKernels.backwardWeights(g, x: x, dy: dy, dw: &dw, dbias: &db)
+        return (dw, db)
+      }
+      let ref = run(false, 1)
+      for threads in [1, 2, 3] {
+        let got = run(true, threads)
+        assertClose(got.0, ref.0, "backward-weights \(g) threads \(threads)")
+        assertClose(got.1, ref.1, "bias \(g) threads \(threads)")
+      }
+    }
+  }
 
   func testFastMatchesReference() {
     // Thread counts 1–3: batches of 2, 3 and 4 also take the whole-image-per-thread paths; with
