@@ -98,18 +98,22 @@ extension Conv2DKernels {
         }
       }
     }
-    if let db = dbias {
-      for n in 0..<g.batch {
-        for k in 0..<K {
-          let row = dy + (n * K + k) * P
-          var s: Float = 0
-          for p in 0..<P { s += row[p] }
-          db[k] += s
-        }
-      }
-    }
+    if let db = dbias { addBiasGradient(g, dy: dy, dbias: db) }
     withExtendedLifetime(partialBuf) {}
     withExtendedLifetime(dytBuf) {}
+  }
+
+  /// dbias (K) += Σ dy over images and pixels.
+  static func addBiasGradient(_ g: ConvGeometry, dy: UnsafePointer<Float>, dbias: UnsafeMutablePointer<Float>) {
+    let K = g.outChannels, P = g.outHeight * g.outWidth
+    for n in 0..<g.batch {
+      for k in 0..<K {
+        let row = dy + (n * K + k) * P
+        var s: Float = 0
+        for p in 0..<P { s += row[p] }
+        dbias[k] += s
+      }
+    }
   }
 
   /// acc[t0 ..< t0+6][0..<16] (row stride Kpad) += Σ_p xpad[pb[p] + to[t]] · dyt[p][0..<16].

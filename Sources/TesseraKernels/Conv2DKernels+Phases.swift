@@ -124,17 +124,7 @@ extension Conv2DKernels {
         for wi in 1..<max(workers, 1) { s += partials.floats[wi * T * K + i] }
         dw[i] += s
       }
-      if let db = dbias {
-        let P = Ho * g.outWidth
-        for n in 0..<g.batch {
-          for k in 0..<K {
-            let row = dy + (n * K + k) * P
-            var s: Float = 0
-            for p in 0..<P { s += row[p] }
-            db[k] += s
-          }
-        }
-      }
+      if let db = dbias { Conv2DKernels.addBiasGradient(g, dy: dy, dbias: db) }
       withExtendedLifetime((phases, partials)) {}
     }
 

@@ -225,7 +225,7 @@ final class ConvKernelTests: XCTestCase {
 
   func testSingleAndTwoThreadsAgree() {
     let g = Self.cases[5]
-    let x = randomFloats(g.inputCount, seed: 5), w = randomFloats(g.weightCount, seed: 6)
+    let x = randomFloats(g.inputCount, seed: 5)
     let saved = Parallel.threadCount
     defer { Parallel.threadCount = saved }
     var outs = [[Float]]()
