@@ -206,6 +206,22 @@ final class StreamingTests: XCTestCase {
     }
     assertSame(try step(try Streamed.apply(to: net(), blocks: 2, tile: 64, outputSums: false), x, labels), ref,
                "2 blocks in 64-px tiles, every BatchNorm pass")
+    // BatchNorm without ReLU before a 3×3 stride-2 max pooling with padding: no mask, the arg-max decides.
+    func plainBN() -> Sequential {
+      let m = Sequential([
+        ("a", Sequential([("conv", Conv2D(inputChannels: 3, outputChannels: 4, kernelSize: 3, stride: 2, padding: .same)),
+                          ("bn", BatchNorm2D(channels: 4)),
+                          ("pool", Pool2D(.max, kernelSize: 3, stride: 2, padding: .same))])),
+        ("head", Conv2D(inputChannels: 4, outputChannels: 3, kernelSize: 1)),
+        ("gap", GlobalAvgPool2D()),
+      ])
+      m.initializeParameters(seed: 4)
+      return m
+    }
+    let xs = randomTensor([2, 3, 70, 58], seed: 12)
+    let s = try Streamed.apply(to: plainBN(), blocks: 1, tile: 16)
+    XCTAssertEqual((s.layers[0].1 as! Streamed).sumsFromOutput, 1)
+    assertSame(try step(s, xs, [0, 1]), try step(plainBN(), xs, [0, 1]), "BatchNorm without ReLU, then max pooling")
   }
 
   func testFrozenBatchNorm() throws {
