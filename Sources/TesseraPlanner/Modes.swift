@@ -27,7 +27,8 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
     }
     if let s = streaming {
       let b = s.blocks ?? 0
-      let parts = s.split.map { " as \($0) + \(b - $0)" } ?? ""
+      let cuts = [0] + (s.splits ?? []).filter { $0 > 0 } + [b]
+      let parts = cuts.count > 2 ? " as " + zip(cuts, cuts.dropFirst()).map { String($1 - $0) }.joined(separator: " + ") : ""
       return "\(precision.rawValue), streaming \(b) block\(b == 1 ? "" : "s")\(parts) in \(s.tile)-px tiles"
         + (s.frozenBatchNorm ? " (frozen BN)" : "") + (checkpointing == .none ? "" : ", then \(c)")
     }
@@ -39,7 +40,7 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
     var m = model
     if let s = streaming {
       m = try Streamed.apply(to: m, blocks: s.blocks ?? Streamed.streamableBlocks(of: m), tile: s.tile,
-                             frozenBatchNorm: s.frozenBatchNorm, split: s.split, outputSums: s.outputSums ?? true)
+                             frozenBatchNorm: s.frozenBatchNorm, splits: s.splits ?? [], outputSums: s.outputSums ?? true)
     }
     return checkpointing.apply(to: m)
   }
@@ -92,7 +93,7 @@ extension Planner {
           (try? plan(c.model, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
         }
         guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let pk = peak(b) else { continue }
-        let settings = StreamingSettings(tile: c.tile, blocks: c.blocks, split: c.split, outputSums: c.outputSums)
+        let settings = StreamingSettings(tile: c.tile, blocks: c.blocks, splits: c.splits, outputSums: c.outputSums)
         let mode = MemoryMode(precision: p, checkpointing: ck, streaming: settings)
         let factor = MemoryMode(precision: p, checkpointing: ck).relativeTime
         choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: pk, relativeTime: c.relativeTime * factor))

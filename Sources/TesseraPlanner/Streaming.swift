@@ -10,17 +10,23 @@ public struct StreamingSettings: Sendable, Equatable {
   public var frozenBatchNorm: Bool
   /// false: the input is read region by region (a `TileSource`) and never held whole.
   public var inputResident: Bool
-  /// Blocks in a first segment when streamed as two (see `Streamed.apply`); 0: one segment; nil:
-  /// chosen with the blocks (one segment without a budget).
-  public var split: Int?
+  /// Where the streamed blocks are cut into segments (block indices, increasing; see
+  /// `Streamed.apply(…splits:)`); [] or [0]: one segment; nil: chosen with the blocks (one segment
+  /// without a budget).
+  public var splits: [Int]?
+  /// The first cut (the two-segment case).
+  public var split: Int? {
+    get { splits?.first }
+    set { splits = newValue.map { [$0] } }
+  }
   /// Whether the deepest BatchNorm's sums come from the output (`Streamed.outputSums`: one pass
   /// fewer, one output-sized tensor more); nil: yes, unless only the pass fits the budget.
   public var outputSums: Bool?
 
   public init(tile: Int, blocks: Int? = nil, frozenBatchNorm: Bool = false, inputResident: Bool = true, split: Int? = nil,
-              outputSums: Bool? = nil) {
+              splits: [Int]? = nil, outputSums: Bool? = nil) {
     self.tile = tile
-    self.split = split
+    self.splits = splits ?? split.map { [$0] }
     self.outputSums = outputSums
     self.blocks = blocks
     self.frozenBatchNorm = frozenBatchNorm
@@ -32,8 +38,10 @@ public struct StreamingSettings: Sendable, Equatable {
 public struct StreamingChoice {
   public var model: Sequential
   public var blocks: Int
-  /// Blocks in the first of two segments (nil: one segment).
-  public var split: Int?
+  /// Where the blocks are cut into segments ([]: one segment).
+  public var splits: [Int]
+  /// Blocks in the first segment when there are several (nil: one segment).
+  public var split: Int? { splits.first }
   /// Output tile edge in input pixels.
   public var tile: Int
   public var plan: Plan
@@ -94,39 +102,43 @@ extension Planner {
       }
       throw StreamingPlanError(description: "this model's first block cannot be streamed: a streamed segment is a chain of Conv2D, BatchNorm2D, pooling and activation layers")
     }
-    func choice(_ b: Int, _ split: Int?, outputSums: Bool) throws -> StreamingChoice {
+    func choice(_ b: Int, _ splits: [Int], outputSums: Bool) throws -> StreamingChoice {
       let m = rest.apply(to: try Streamed.apply(to: model, blocks: b, tile: tile, frozenBatchNorm: settings.frozenBatchNorm,
-                                                split: split, outputSums: outputSums))
+                                                splits: splits, outputSums: outputSums))
       let p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
                        inputResident: settings.inputResident)
       let geo = try (m.layers[0].1 as! Streamed).geometry(for: [batch] + input)
-      return StreamingChoice(model: m, blocks: b, split: split, tile: tile, plan: p,
+      return StreamingChoice(model: m, blocks: b, splits: splits, tile: tile, plan: p,
                              relativeTime: try streamingCost(m, input: input, batch: batch), tiles: geo.tiles.count, halo: geo.halo,
                              outputSums: outputSums)
     }
     // The deepest BatchNorm's sums from the output unless told otherwise, or unless only the pass
     // that gathers them fits the budget.
-    func choice(_ b: Int, _ split: Int?) throws -> StreamingChoice {
-      let c = try choice(b, split, outputSums: settings.outputSums ?? true)
+    func choice(_ b: Int, _ splits: [Int]) throws -> StreamingChoice {
+      let c = try choice(b, splits, outputSums: settings.outputSums ?? true)
       guard settings.outputSums == nil, let budget, c.plan.peakTrainingBytes > budget else { return c }
-      let without = try choice(b, split, outputSums: false)
+      let without = try choice(b, splits, outputSums: false)
       return without.plan.peakTrainingBytes < c.plan.peakTrainingBytes ? without : c
     }
     if let b = settings.blocks {
       guard b >= 1, b <= most else {
         throw StreamingPlanError(description: "--stream-blocks must be between 1 and \(most) for this model (its first \(most) top-level blocks can be streamed)")
       }
-      if let j = settings.split { return try choice(b, j == 0 ? nil : j) }
-      if budget == nil { return try choice(b, nil) }
+      if let j = settings.splits { return try choice(b, j.filter { $0 > 0 }) }
+      if budget == nil { return try choice(b, []) }
     }
-    guard let budget else { return try choice(most, nil) }
-    // Within the budget: the fastest estimate among one segment of the first b blocks and two
-    // segments split anywhere inside them; when nothing fits, the smallest peak.
+    guard let budget else { return try choice(most, []) }
+    // Within the budget: the fastest estimate among one segment of the first b blocks and every way
+    // of cutting them into segments (up to 5 blocks; one cut beyond); when nothing fits, the
+    // smallest peak.
     var fastest: StreamingChoice?, smallest: StreamingChoice?, firstError: Error?
     for b in settings.blocks.map({ [$0] }) ?? Array(1...most) {
-      for split in [nil] + (1..<b).map(Optional.some) {
+      let cuts: [[Int]] = b <= 5
+        ? (0..<(1 << (b - 1))).map { mask in (1..<b).filter { mask & (1 << ($0 - 1)) != 0 } }
+        : [[]] + (1..<b).map { [$0] }
+      for splits in cuts {
         do {
-          let c = try choice(b, split)
+          let c = try choice(b, splits)
           if c.plan.peakTrainingBytes <= budget, fastest == nil || c.relativeTime < fastest!.relativeTime { fastest = c }
           if smallest == nil || c.plan.peakTrainingBytes < smallest!.plan.peakTrainingBytes { smallest = c }
         } catch {

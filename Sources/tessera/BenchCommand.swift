@@ -409,6 +409,7 @@ struct TrainBench: ParsableCommand {
       out["tile"] = c.tile
       out["stream_blocks"] = c.blocks
       if let j = c.split { out["stream_split"] = j }
+      if c.splits.count > 1 { out["stream_splits"] = c.splits }
       out["tiles"] = c.tiles
       out["halo"] = c.halo
       out["frozen_bn"] = streaming.frozenBn

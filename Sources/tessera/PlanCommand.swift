@@ -146,7 +146,9 @@ struct PlanCommand: ParsableCommand {
                   "peakBytes": runPeak] as [String: Any]
       func modeJSON(_ m: MemoryMode) -> [String: Any] {
         var d: [String: Any] = ["precision": m.precision.rawValue, "checkpointing": "\(m.checkpointing)", "description": m.description]
-        if let s = m.streaming { d["streaming"] = ["tile": s.tile, "blocks": s.blocks ?? 0, "split": s.split as Any? ?? NSNull()] }
+        if let s = m.streaming {
+          d["streaming"] = ["tile": s.tile, "blocks": s.blocks ?? 0, "split": s.split as Any? ?? NSNull(), "splits": s.splits ?? []]
+        }
         return d
       }
       if let m = modes {
@@ -155,7 +157,7 @@ struct PlanCommand: ParsableCommand {
         if let b = m.best { o["chosenMode"] = modeJSON(b.mode).merging(["maxBatch": b.batch]) { a, _ in a } }
       }
       if let c = streamChoice {
-        o["streaming"] = ["tile": c.tile, "blocks": c.blocks, "split": c.split as Any? ?? NSNull(), "tiles": c.tiles, "halo": c.halo, "frozenBatchNorm": streaming.frozenBn,
+        o["streaming"] = ["tile": c.tile, "blocks": c.blocks, "split": c.split as Any? ?? NSNull(), "splits": c.splits, "tiles": c.tiles, "halo": c.halo, "frozenBatchNorm": streaming.frozenBn,
                           "inputResident": !streamedInput, "estimatedRelativeTime": c.relativeTime,
                           "batchNormPasses": (c.model.layers[0].1 as! Streamed).passes().count] as [String: Any]
       }

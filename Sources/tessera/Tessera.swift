@@ -138,8 +138,10 @@ struct StreamingOptions: ParsableArguments {
   var tile: String?
   @Option(help: "Leading top-level blocks to stream (default: with --budget, the blocks and split with the lowest estimated time that fit it less 128 MiB for the runtime; without, all that can be).")
   var streamBlocks: Int?
-  @Option(help: "With --stream-blocks K: stream as two segments, the first J blocks in --tile tiles, the other K − J in tiles of their output (0: one segment; default: the planner's choice within --budget, one segment without).")
-  var streamSplit: Int?
+  @Option(help: ArgumentHelp(
+    "With --stream-blocks K: cut the streamed blocks into segments before block J (or J1,J2,… for more), each in tiles of its own input (0: one segment; default: the planner's choice within --budget, one segment without).",
+    discussion: "--stream-split 1: the first block in --tile tiles, the other K − 1 in tiles of its output; each segment's BatchNorm passes recompute only its own layers, at the price of holding each cut's output and gradient whole."))
+  var streamSplit: String?
   @Flag(help: "Streamed BatchNorm layers use their running statistics (one pass each way, as StreamingCNN) instead of the whole image's batch statistics.")
   var frozenBn = false
 
@@ -151,17 +153,24 @@ struct StreamingOptions: ParsableArguments {
     if tile == nil && (streamBlocks != nil || frozenBn || streamSplit != nil) {
       throw ValidationError("--stream-blocks, --stream-split and --frozen-bn need --tile")
     }
-    if let j = streamSplit {
-      guard let k = streamBlocks, j >= 0, j < k else {
-        throw ValidationError("--stream-split J needs --stream-blocks K with 0 ≤ J < K")
+    if streamSplit != nil {
+      guard let k = streamBlocks, let cuts = splits, cuts == [0] || (cuts.allSatisfy { $0 > 0 && $0 < k } && cuts == Array(Set(cuts)).sorted()) else {
+        throw ValidationError("--stream-split needs --stream-blocks K and J (0 ≤ J < K) or increasing J1,J2,… between 1 and K − 1, got '\(streamSplit!)'")
       }
     }
+  }
+
+  /// --stream-split as block indices (nil: not given or not numbers).
+  var splits: [Int]? {
+    guard let s = streamSplit else { return nil }
+    let v = s.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+    return v.isEmpty || v.contains(nil) ? nil : v.map { $0! }
   }
 
   func settings(inputResident: Bool = true) -> StreamingSettings? {
     tile.map {
       var s = StreamingSettings(tile: Int($0) ?? 0, blocks: streamBlocks, frozenBatchNorm: frozenBn, inputResident: inputResident)
-      s.split = streamSplit
+      s.splits = splits
       return s
     }
   }
@@ -177,8 +186,8 @@ func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
   var text = "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") ("
     + segments.map { $0.children.map(\.0).joined(separator: ", ") }.joined(separator: " | ")
     + ") in \(c.tiles) tile\(c.tiles == 1 ? "" : "s") of \(c.tile) px + \(c.halo) px halo; " + passes(segments[0])
-  if segments.count > 1 {
-    text += "; then \(segments[1].tile)-px tiles of the first part's output, " + passes(segments[1])
+  for (i, seg) in segments.enumerated().dropFirst() {
+    text += "; then \(seg.tile)-px tiles of the \(i == 1 ? "first" : i == 2 ? "second" : "previous") part's output, " + passes(seg)
   }
   return text + String(format: "; estimated %.1f× a plain step's time", c.relativeTime)
 }

@@ -69,6 +69,20 @@ final class CLITests: TemporaryDirectoryTestCase {
     XCTAssert(r.stderr.contains("streaming 3 blocks (stem | stage1, stage2) in 9 tiles of 64 px"), r.stderr)
     let f2 = try SafeTensors.read(URL(fileURLWithPath: outS))
     for (name, t) in fp.tensors { XCTAssertLessThanOrEqual(maxRelativeError(f2.tensors[name]!.toArray(), t.toArray()), 1e-5, name) }
+    // Three segments (stem | stage1 | stage2), and cuts that are not increasing or not numbers refused.
+    r = try CLI.run(["step", "--model", "fcn-large", "--classes", "5", "--batch", big, "--out", outS, "--tile", "64",
+                     "--stream-blocks", "3", "--stream-split", "1,2"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssert(r.stderr.contains("streaming 3 blocks (stem | stage1 | stage2) in 9 tiles of 64 px"), r.stderr)
+    let f3 = try SafeTensors.read(URL(fileURLWithPath: outS))
+    for (name, t) in fp.tensors { XCTAssertLessThanOrEqual(maxRelativeError(f3.tensors[name]!.toArray(), t.toArray()), 1e-5, name) }
+    for bad in ["2,1", "1,1", "x", "3"] {
+      r = try CLI.run(["step", "--model", "fcn-large", "--batch", big, "--out", outS, "--tile", "64", "--stream-blocks", "3",
+                       "--stream-split", bad])
+      XCTAssertNotEqual(r.status, 0, bad)
+      XCTAssert(r.stderr.contains("--stream-split needs --stream-blocks K and J (0 ≤ J < K) or increasing J1,J2,…"), r.stderr)
+      XCTAssertFalse(r.stderr.contains("Fatal error"), r.stderr)
+    }
     r = try CLI.run(["step", "--model", "fcn-large", "--batch", batch, "--out", outS, "--tile", "30", "--stream-blocks", "2"])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("tile 30 is not a multiple of the streamed part's output stride 8; use 24 or 32"), r.stderr)

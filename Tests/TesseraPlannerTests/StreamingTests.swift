@@ -103,6 +103,14 @@ final class StreamingTests: XCTestCase {
     let m = try chained(fcn(), 64, 16)
     XCTAssertEqual(m.namedParameters().map(\.0), fcn().namedParameters().map(\.0))
     assertSame(try step(m, x, labels), ref, "stem in 64-px tiles, then stages 1–2 in 16-px tiles")
+    // Three and four segments from `Streamed.apply(…splits:)`: each in tiles of its own input.
+    for (blocks, splits) in [(3, [1, 2]), (4, [1, 2, 3]), (4, [2, 3])] {
+      let s = try Streamed.apply(to: fcn(), blocks: blocks, tile: 64, splits: splits)
+      let segments = s.layers.compactMap { $0.1 as? Streamed }
+      XCTAssertEqual(segments.count, splits.count + 1)
+      XCTAssertEqual(s.namedParameters().map(\.0), fcn().namedParameters().map(\.0))
+      assertSame(try step(s, x, labels), ref, "\(blocks) blocks cut at \(splits), tiles \(segments.map(\.tile))")
+    }
     // A segment's input gradient (and its parameters') against the unstreamed segment's.
     func seg() -> Sequential {
       let s = Sequential([
@@ -280,10 +288,13 @@ final class StreamingTests: XCTestCase {
     let input = [3, 384, 320], batch = 1
     let plainPeak = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(fcn(initialized: false), input: input, batch: batch).training
     for (blocks, tile, frozen, precision) in [(2, 64, false, StoragePrecision.fp32), (4, 128, false, .fp32),
-                                              (4, 64, true, .fp32), (3, 64, false, .fp16), (0, 0, false, .fp32)] {
+                                              (4, 64, true, .fp32), (3, 64, false, .fp16), (0, 0, false, .fp32),
+                                              (-3, 128, false, .fp32)] {
       ActivationStorage.precision = precision
       defer { ActivationStorage.precision = .fp32 }
+      // 0: two segments by hand; −3: three blocks as three segments.
       let m = blocks == 0 ? try chained(fcn(initialized: false), 128, 32)
+        : blocks < 0 ? try Streamed.apply(to: fcn(initialized: false), blocks: -blocks, tile: tile, splits: [1, 2])
         : try Streamed.apply(to: fcn(initialized: false), blocks: blocks, tile: tile, frozenBatchNorm: frozen)
       let plan = try Planner.plan(m, name: "s", input: input, batch: batch)
       let measured = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(m, input: input, batch: batch)

@@ -87,20 +87,30 @@ public final class Streamed: Layer {
   /// the first segment's output and its gradient whole.
   public static func apply(to model: Sequential, blocks: Int, tile: Int, frozenBatchNorm: Bool = false,
                            split: Int? = nil, outputSums: Bool = true) throws -> Sequential {
+    try apply(to: model, blocks: blocks, tile: tile, frozenBatchNorm: frozenBatchNorm, splits: split.map { [$0] } ?? [],
+              outputSums: outputSums)
+  }
+
+  /// As `apply(…split:)` with a segment boundary before each block index in `splits` (increasing,
+  /// inside 1..<blocks; 0 and [] mean one segment): each segment in tiles of `tile` measured in its
+  /// own input, each boundary's output and gradient held whole.
+  public static func apply(to model: Sequential, blocks: Int, tile: Int, frozenBatchNorm: Bool = false,
+                           splits: [Int], outputSums: Bool = true) throws -> Sequential {
     precondition(blocks >= 1 && blocks < model.layers.count, "stream between 1 and \(model.layers.count - 1) blocks")
     let L = model.layers
-    guard let j = split, j > 0, j < blocks else {
-      let s = try Streamed(Sequential(Array(L.prefix(blocks))), tile: tile, frozenBatchNorm: frozenBatchNorm,
-                           outputSums: outputSums)
-      return Sequential([("streamed", s)] + Array(L.dropFirst(blocks)))
+    let cuts = [0] + splits.filter { $0 > 0 && $0 < blocks } + [blocks]
+    precondition(zip(cuts, cuts.dropFirst()).allSatisfy { $0 < $1 }, "splits must increase: \(splits)")
+    var segments = [(String, Layer)](), t = tile
+    for (i, (a, b)) in zip(cuts, cuts.dropFirst()).enumerated() {
+      if i > 0 {
+        let stride = try (segments[i - 1].1 as! Streamed).outputStride()
+        guard t % stride == 0 else { throw StreamingError.tileNotMultiple(tile: t, stride: stride) }
+        t /= stride
+      }
+      let s = try Streamed(Sequential(Array(L[a..<b])), tile: t, frozenBatchNorm: frozenBatchNorm, outputSums: outputSums)
+      segments.append((i == 0 ? "streamed" : "streamed\(i + 1)", s))
     }
-    let first = try Streamed(Sequential(Array(L.prefix(j))), tile: tile, frozenBatchNorm: frozenBatchNorm,
-                             outputSums: outputSums)
-    let stride = try first.outputStride()
-    guard tile % stride == 0 else { throw StreamingError.tileNotMultiple(tile: tile, stride: stride) }
-    let second = try Streamed(Sequential(Array(L[j..<blocks])), tile: tile / stride, frozenBatchNorm: frozenBatchNorm,
-                              outputSums: outputSums)
-    return Sequential([("streamed", first), ("streamed2", second)] + Array(L.dropFirst(blocks)))
+    return Sequential(segments + Array(L.dropFirst(blocks)))
   }
 
   /// The segment's output stride (input pixels per output cell).
