@@ -154,7 +154,7 @@ struct StreamingOptions: ParsableArguments {
       throw ValidationError("--stream-blocks, --stream-split and --frozen-bn need --tile")
     }
     if streamSplit != nil {
-      guard let k = streamBlocks, let cuts = splits, cuts == [0] || (cuts.allSatisfy { $0 > 0 && $0 < k } && cuts == Array(Set(cuts)).sorted()) else {
+      guard let k = streamBlocks, let cuts = splits, cuts == [0] || (cuts.allSatisfy { $0 > 0 && $0 < k } && zip(cuts, cuts.dropFirst()).allSatisfy { $0 < $1 }) else {
         throw ValidationError("--stream-split needs --stream-blocks K and J (0 ≤ J < K) or increasing J1,J2,… between 1 and K − 1, got '\(streamSplit!)'")
       }
     }

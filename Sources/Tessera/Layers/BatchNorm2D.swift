@@ -57,7 +57,6 @@ public final class BatchNorm2D: Layer {
   public func forward(_ x: Tensor, training: Bool) -> Tensor {
     let (n, c, hw) = (x.shape[0], channels, x.shape[2] * x.shape[3])
     var mean = [Float](repeating: 0, count: c), variance = mean
-    let gamma = weight.value.floats, beta = bias.value.floats
     if training, let f = fixedStatistics {
       mean = f.mean
       variance = f.variance
@@ -71,12 +70,7 @@ public final class BatchNorm2D: Layer {
       mean = runningMean.value.toArray()
       variance = runningVariance.value.toArray()
     }
-    let invstd = variance.map { 1 / ($0 + epsilon).squareRoot() }
-    var scale = [Float](repeating: 0, count: c), shift = scale
-    for i in 0..<c {
-      scale[i] = gamma[i] * invstd[i]
-      shift[i] = beta[i] - mean[i] * scale[i]
-    }
+    let (invstd, scale, shift) = normalization(mean: mean, variance: variance)
     let y = Tensor(uninitialized: x.shape)
     BatchNormKernels.affine(x: x.floats, y: y.floats, batch: n, channels: c, spatial: hw, scale: scale, shift: shift,
                             relu: fusedReLU)
@@ -99,14 +93,21 @@ public final class BatchNorm2D: Layer {
   /// Inference-mode BatchNorm as y = scale·x + shift per channel (from the running statistics), the
   /// form a preceding convolution folds into its weights and bias (`Conv2D.forward(_:folding:)`).
   public func inferenceAffine() -> (scale: [Float], shift: [Float]) {
+    let n = normalization(mean: runningMean.value.toArray(), variance: runningVariance.value.toArray())
+    return (n.scale, n.shift)
+  }
+
+  /// y = x·scale + shift per channel for these statistics (scale = γ·invstd, shift = β − mean·scale),
+  /// rounded one way for forward, the inference fold and the streamed sums' ReLU mask alike.
+  func normalization(mean: [Float], variance: [Float]) -> (invstd: [Float], scale: [Float], shift: [Float]) {
     let gamma = weight.value.floats, beta = bias.value.floats
-    let mean = runningMean.value.floats, variance = runningVariance.value.floats
+    let invstd = variance.map { 1 / ($0 + epsilon).squareRoot() }
     var scale = [Float](repeating: 0, count: channels), shift = scale
     for i in 0..<channels {
-      scale[i] = gamma[i] * (1 / (variance[i] + epsilon).squareRoot())  // as `forward` rounds it
+      scale[i] = gamma[i] * invstd[i]
       shift[i] = beta[i] - mean[i] * scale[i]
     }
-    return (scale, shift)
+    return (invstd, scale, shift)
   }
 
   private func updateRunningStatistics(_ mean: [Float], _ variance: [Float]) {
@@ -192,11 +193,9 @@ public final class BatchNorm2D: Layer {
     guard let (mean, variance) = fixedStatistics, let step = streamedBackward else {
       preconditionFailure("BatchNorm2D.addStreamedSums outside a streamed backward")
     }
-    let gamma = weight.value.floats, beta = bias.value.floats
-    let invstd = variance.map { 1 / ($0 + epsilon).squareRoot() }
     // As `forward` rounds them: the ReLU mask must be the one the forward applied.
-    let shift = (0..<channels).map { beta[$0] - mean[$0] * (gamma[$0] * invstd[$0]) }
-    step.run(x: x, dy: dy, dx: nil, mean: mean, invstd: invstd, gamma: gamma, reluShift: fusedReLU ? shift : nil)
+    let (invstd, _, shift) = normalization(mean: mean, variance: variance)
+    step.run(x: x, dy: dy, dx: nil, mean: mean, invstd: invstd, gamma: weight.value.floats, reluShift: fusedReLU ? shift : nil)
   }
 
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {

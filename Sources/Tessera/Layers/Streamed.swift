@@ -127,7 +127,7 @@ public final class Streamed: Layer {
   public var batchNorms: [Int] { leaves.indices.filter { leaves[$0] is BatchNorm2D } }
 
   /// The BatchNorm layer at leaf index k.
-  private func bn(_ k: Int) -> BatchNorm2D { leaves[k] as! BatchNorm2D }
+  func bn(_ k: Int) -> BatchNorm2D { leaves[k] as! BatchNorm2D }
 
   // MARK: forward
 
@@ -219,14 +219,7 @@ public final class Streamed: Layer {
         let a = argmax.storage.raw.assumingMemoryBound(to: Int32.self)
         Pool2DKernels.maxForward(g, x: h.floats, y: y.floats, argmax: a)
         let r = Tensor(uninitialized: y.shape)
-        let inPlane = g.inHeight * g.inWidth, outPlane = g.outHeight * g.outWidth
-        let xs = SendablePointer(x.floats), rs = SendablePointer(r.floats), am = SendablePointer(a)
-        Parallel.forRanges(g.planes) { _, planes in
-          for p in planes {
-            let src = xs.p + p * inPlane, dst = rs.p + p * outPlane, ap = am.p + p * outPlane
-            for i in 0..<outPlane { dst[i] = src[Int(ap[i])] }
-          }
-        }
+        Pool2DKernels.gather(g, argmax: a, from: x.floats, into: r.floats)
         withExtendedLifetime(argmax) {}
         routed = r
         return y
@@ -297,7 +290,7 @@ public final class Streamed: Layer {
   }
 
   /// Clears what the passes set on the segment's layers.
-  private func reset() {
+  func reset() {
     routed = nil
     for l in leaves {
       if let bn = l as? BatchNorm2D {
@@ -413,106 +406,5 @@ public final class Streamed: Layer {
       dg[c] += Float(s.sumDyXhat[c])
       db[c] += Float(s.sumDy[c])
     }
-  }
-
-  // MARK: planner twins
-
-  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
-    let geo = try geometry(for: x.shape)
-    let tiles = geo.tiles.distinct()
-    reset()
-    if training && !frozenBatchNorm {
-      for k in batchNorms {
-        for t in tiles { _ = try BackwardRecording.without { try planRun(t, geo, through: k, recordFrom: nil, true, sim) } }
-      }
-    }
-    let y = sim.allocate(geo.output)
-    let shortcut = training && BackwardRecording.isOn ? sumsFromOutput : nil
-    let routed = shortcut.map { _ in sim.allocate(geo.output) }
-    for t in tiles {
-      if let k = shortcut {
-        try BackwardRecording.without { try planRunRouting(t, geo, k, sim) }
-        continue
-      }
-      _ = try BackwardRecording.without { try planRun(t, geo, through: leaves.count, recordFrom: nil, training, sim) }
-    }
-    if training && BackwardRecording.isOn {
-      sim.keep(self, [x] + (routed.map { [$0] } ?? []))
-      sim.notes[ObjectIdentifier(self)] = geo
-    }
-    return y
-  }
-
-  /// `runRouting`'s allocations, in its order.
-  private func planRunRouting(_ t: StreamGeometry.Tile, _ geo: StreamGeometry, _ k: Int, _ sim: MemorySimulation) throws {
-    var h = sim.allocate([geo.input[0], geo.input[1], t.crop.rows.count, t.crop.cols.count])
-    var bnInput: SimTensor?, routed: SimTensor?
-    for l in 0..<leaves.count {
-      if l == k { bnInput = h }
-      if l > k, let pool = leaves[l] as? Pool2D, bnInput != nil {
-        let g = try pool.geometry(for: h.shape)
-        let y = sim.allocate([h.shape[0], h.shape[1], g.outHeight, g.outWidth])
-        let argmax = sim.allocate(y.shape)
-        routed = sim.allocate(y.shape)
-        withExtendedLifetime(argmax) {}
-        h = y
-      } else {
-        h = try leaves[l].planForward(h, training: true, sim)
-      }
-    }
-    withExtendedLifetime((h, bnInput, routed)) {}
-  }
-
-  private func planRun(_ t: StreamGeometry.Tile, _ geo: StreamGeometry, through end: Int, recordFrom: Int?,
-                       _ training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
-    var h = sim.allocate([geo.input[0], geo.input[1], t.crop.rows.count, t.crop.cols.count])
-    for l in 0..<end {
-      if let r = recordFrom, l >= r {
-        h = try leaves[l].planForward(h, training: training, sim)
-      } else {
-        h = try BackwardRecording.without { try leaves[l].planForward(h, training: training, sim) }
-      }
-    }
-    return h
-  }
-
-  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
-    guard let geo = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? StreamGeometry else { return nil }
-    var kept = sim.take(self)
-    let source = kept.first
-    var routed = kept.count > 1 ? kept[1] : nil
-    kept = []
-    defer { reset() }
-    for k in batchNorms {
-      bn(k).streamedBackward = StreamedBatchNormBackward(channels: 0)
-    }
-    let L = leaves.count
-    let dx: SimTensor? = needInputGradient ? sim.allocate(geo.input) : nil
-    let tiles = geo.tiles.distinct()
-    if routed != nil {
-      for t in tiles {  // the owned cells' routed inputs and output gradient, copied out
-        let shape = [geo.output[0], geo.output[1], t.out.rows.count, t.out.cols.count]
-        withExtendedLifetime((sim.allocate(shape), sim.allocate(shape))) {}
-      }
-      withExtendedLifetime(routed) {}
-      routed = nil
-    }
-    for pass in passes() {
-      let last = pass.gather == nil
-      for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
-      if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
-      for t in tiles {
-        _ = try? planRun(t, geo, through: L, recordFrom: pass.from, true, sim)
-        let o = geo.output, lo = t.local[L - 1]
-        var g: SimTensor? = sim.allocate([o[0], o[1], lo.0, lo.1])
-        for l in (pass.from..<L).reversed() {
-          guard let d = g else { break }
-          g = leaves[l].planBackward(d, needInputGradient: l > 0 || (last && dx != nil), sim)
-        }
-      }
-      if let k = pass.gather { bn(k).streamedBackward!.inputGradient = true }
-    }
-    withExtendedLifetime(source) {}
-    return dx
   }
 }

@@ -1,0 +1,104 @@
+import TesseraKernels
+
+/// `Streamed`'s planner twins: the same passes, tiles (one of each crop size) and allocations as
+/// the real step, on shapes only, so the plan equals the ledger to the byte.
+extension Streamed {
+  public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    let geo = try geometry(for: x.shape)
+    let tiles = geo.tiles.distinct()
+    reset()
+    if training && !frozenBatchNorm {
+      for k in batchNorms {
+        for t in tiles { _ = try BackwardRecording.without { try planRun(t, geo, through: k, recordFrom: nil, true, sim) } }
+      }
+    }
+    let y = sim.allocate(geo.output)
+    let shortcut = training && BackwardRecording.isOn ? sumsFromOutput : nil
+    let routed = shortcut.map { _ in sim.allocate(geo.output) }
+    for t in tiles {
+      if let k = shortcut {
+        try BackwardRecording.without { try planRunRouting(t, geo, k, sim) }
+        continue
+      }
+      _ = try BackwardRecording.without { try planRun(t, geo, through: leaves.count, recordFrom: nil, training, sim) }
+    }
+    if training && BackwardRecording.isOn {
+      sim.keep(self, [x] + (routed.map { [$0] } ?? []))
+      sim.notes[ObjectIdentifier(self)] = geo
+    }
+    return y
+  }
+
+  /// `runRouting`'s allocations, in its order.
+  private func planRunRouting(_ t: StreamGeometry.Tile, _ geo: StreamGeometry, _ k: Int, _ sim: MemorySimulation) throws {
+    var h = sim.allocate([geo.input[0], geo.input[1], t.crop.rows.count, t.crop.cols.count])
+    var bnInput: SimTensor?, routed: SimTensor?
+    for l in 0..<leaves.count {
+      if l == k { bnInput = h }
+      if l > k, let pool = leaves[l] as? Pool2D, bnInput != nil {
+        let g = try pool.geometry(for: h.shape)
+        let y = sim.allocate([h.shape[0], h.shape[1], g.outHeight, g.outWidth])
+        let argmax = sim.allocate(y.shape)
+        routed = sim.allocate(y.shape)
+        withExtendedLifetime(argmax) {}
+        h = y
+      } else {
+        h = try leaves[l].planForward(h, training: true, sim)
+      }
+    }
+    withExtendedLifetime((h, bnInput, routed)) {}
+  }
+
+  private func planRun(_ t: StreamGeometry.Tile, _ geo: StreamGeometry, through end: Int, recordFrom: Int?,
+                       _ training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
+    var h = sim.allocate([geo.input[0], geo.input[1], t.crop.rows.count, t.crop.cols.count])
+    for l in 0..<end {
+      if let r = recordFrom, l >= r {
+        h = try leaves[l].planForward(h, training: training, sim)
+      } else {
+        h = try BackwardRecording.without { try leaves[l].planForward(h, training: training, sim) }
+      }
+    }
+    return h
+  }
+
+  public func planBackward(_ dy: SimTensor, needInputGradient: Bool, _ sim: MemorySimulation) -> SimTensor? {
+    guard let geo = sim.notes.removeValue(forKey: ObjectIdentifier(self)) as? StreamGeometry else { return nil }
+    var kept = sim.take(self)
+    let source = kept.first
+    var routed = kept.count > 1 ? kept[1] : nil
+    kept = []
+    defer { reset() }
+    for k in batchNorms {
+      bn(k).streamedBackward = StreamedBatchNormBackward(channels: 0)
+    }
+    let L = leaves.count
+    let dx: SimTensor? = needInputGradient ? sim.allocate(geo.input) : nil
+    let tiles = geo.tiles.distinct()
+    if routed != nil {
+      for t in tiles {  // the owned cells' routed inputs and output gradient, copied out
+        let shape = [geo.output[0], geo.output[1], t.out.rows.count, t.out.cols.count]
+        withExtendedLifetime((sim.allocate(shape), sim.allocate(shape))) {}
+      }
+      withExtendedLifetime(routed) {}
+      routed = nil
+    }
+    for pass in passes() {
+      let last = pass.gather == nil
+      for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
+      if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
+      for t in tiles {
+        _ = try? planRun(t, geo, through: L, recordFrom: pass.from, true, sim)
+        let o = geo.output, lo = t.local[L - 1]
+        var g: SimTensor? = sim.allocate([o[0], o[1], lo.0, lo.1])
+        for l in (pass.from..<L).reversed() {
+          guard let d = g else { break }
+          g = leaves[l].planBackward(d, needInputGradient: l > 0 || (last && dx != nil), sim)
+        }
+      }
+      if let k = pass.gather { bn(k).streamedBackward!.inputGradient = true }
+    }
+    withExtendedLifetime(source) {}
+    return dx
+  }
+}
