@@ -20,6 +20,7 @@ public final class MemoryLedger: @unchecked Sendable {
   private let lock = NSLock()
   private var _current = 0
   private var _peak = 0
+  private var _highWater = 0
   private var currentByCategory = [MemoryCategory: Int]()
   private var peakByCategory = [MemoryCategory: Int]()
   /// Open scopes: the highest `current` seen since each began.
@@ -30,6 +31,10 @@ public final class MemoryLedger: @unchecked Sendable {
 
   public var currentBytes: Int { lock.withLock { _current } }
   public var peakBytes: Int { lock.withLock { _peak } }
+  /// The most bytes ever allocated at once in this process (`resetPeak` leaves it): what the block
+  /// cache may fill up to, so that in-use plus cached bytes never pass what a run has already held.
+  public var highWaterBytes: Int { lock.withLock { _highWater } }
+  var currentAndHighWater: (current: Int, highWater: Int) { lock.withLock { (_current, _highWater) } }
   public func currentBytes(_ c: MemoryCategory) -> Int { lock.withLock { currentByCategory[c, default: 0] } }
   public func peakBytes(_ c: MemoryCategory) -> Int { lock.withLock { peakByCategory[c, default: 0] } }
 
@@ -45,6 +50,7 @@ public final class MemoryLedger: @unchecked Sendable {
     lock.withLock {
       _current += bytes
       if _current > _peak { _peak = _current }
+      if _current > _highWater { _highWater = _current }
       let cc = currentByCategory[category, default: 0] + bytes
       currentByCategory[category] = cc
       if cc > peakByCategory[category, default: 0] { peakByCategory[category] = cc }
@@ -78,14 +84,19 @@ public final class MemoryLedger: @unchecked Sendable {
 /// A ledger-counted, 64-byte aligned allocation of raw bytes, zero-initialised unless asked not to
 /// be. Freed (and uncounted) when the last reference goes away.
 ///
-/// Large blocks (≥ 1 MiB) are not returned to the system at once but kept in a small cache of
-/// exact sizes, so that a training loop allocating the same shapes every step does not page-fault
-/// its way through fresh memory each time (PyTorch's caching allocator does the same). The ledger
-/// counts bytes in use; `BlockCache.cachedBytes` reports what the cache holds besides.
+/// Large blocks (≥ 1 MiB) are not returned to the system at once but kept for reuse in size
+/// classes (`BlockCache`), so that a loop making the same shapes step after step — or tile after
+/// tile, edge tiles a little smaller — does not page-fault its way through fresh memory each time
+/// (PyTorch's caching allocator does the same). The ledger counts the bytes asked for;
+/// `BlockCache` bounds what it keeps and what the size classes round up by.
 public final class Buffer: @unchecked Sendable {
   public let byteCount: Int
   public let category: MemoryCategory
   public let raw: UnsafeMutableRawPointer
+  /// What was taken from the system: `byteCount` rounded up to its size class for large blocks.
+  private let blockBytes: Int
+  /// Taken from the cache: its pages past `byteCount` may be resident (a larger tensor used them).
+  private let reused: Bool
   private let ledger: MemoryLedger
 
   public init(byteCount: Int, category: MemoryCategory, zeroed: Bool = true, ledger: MemoryLedger = .shared) {
@@ -93,11 +104,14 @@ public final class Buffer: @unchecked Sendable {
     self.byteCount = byteCount
     self.category = category
     self.ledger = ledger
-    if let cached = BlockCache.shared.take(byteCount) {
+    blockBytes = BlockCache.sizeClass(byteCount)
+    if let cached = BlockCache.shared.take(blockBytes, for: byteCount, ledger: ledger) {
       raw = cached
+      reused = true
       if zeroed { raw.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount) }
     } else {
-      raw = Buffer.systemAllocate(byteCount)
+      raw = Buffer.systemAllocate(blockBytes)
+      reused = false
       // Fresh pages from the system are not guaranteed zero by `allocate`.
       if zeroed || byteCount < BlockCache.minimumBytes {
         raw.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
@@ -113,7 +127,7 @@ public final class Buffer: @unchecked Sendable {
 
   deinit {
     ledger.freed(byteCount, category)
-    if !BlockCache.shared.give(raw, byteCount) { raw.deallocate() }
+    if !BlockCache.shared.give(raw, blockBytes, for: byteCount, reused: reused, ledger: ledger) { raw.deallocate() }
   }
 
   public var floats: UnsafeMutablePointer<Float> { raw.assumingMemoryBound(to: Float.self) }
@@ -150,39 +164,86 @@ public final class Buffer: @unchecked Sendable {
   }
 }
 
-/// Freed large blocks kept for reuse by exact size, up to `limitBytes` in all.
+/// Freed large blocks kept for reuse by size class.
+///
+/// What it may keep follows the ledger: bytes in use, plus what reused blocks hold beyond their
+/// tensors, plus cached bytes stay at or under the most the ledger has ever counted at once (its
+/// high-water mark) plus `limitBytes`. A streamed step frees and re-makes tile tensors tile after
+/// tile while its bytes in use sit below the step's peak; the cache keeps them (no page faults, no
+/// kernel zeroing of fresh pages) and the process never holds more than its planned peak plus the
+/// slack `limitBytes` grants (`limitBlockCache` sets it to what a budget leaves). What reused
+/// blocks hold beyond their tensors is kept within `limitBytes` itself, so that it still holds at a
+/// new peak, when nothing is left to evict.
 public final class BlockCache: @unchecked Sendable {
   public static let shared = BlockCache()
   static let minimumBytes = 1 << 20
   private let lock = NSLock()
   private var blocks: [Int: [UnsafeMutableRawPointer]] = [:]
   private var _cached = 0
-  /// Upper bound on the bytes held for reuse (default 2 GiB, `TESSERA_CACHE_BYTES` overrides; 0 disables).
+  /// Σ (block − bytes asked for) over the reused blocks in use now.
+  private var _rounding = 0
+  /// Bytes the cache may hold beyond the ledger's high-water mark (default 2 GiB,
+  /// `TESSERA_CACHE_BYTES` overrides; 0 keeps only what fits under the high-water mark;
+  /// a negative value disables the cache).
   public var limitBytes: Int = {
-    if let s = ProcessInfo.processInfo.environment["TESSERA_CACHE_BYTES"], let v = Int(s), v >= 0 { return v }
+    if let s = ProcessInfo.processInfo.environment["TESSERA_CACHE_BYTES"], let v = Int(s) { return v }
     return 2 << 30
   }()
 
   public var cachedBytes: Int { lock.withLock { _cached } }
 
-  func take(_ bytes: Int) -> UnsafeMutableRawPointer? {
-    guard bytes >= Self.minimumBytes else { return nil }
+  /// The block a request of `bytes` takes: itself below 1 MiB, else rounded up to a sixteenth of
+  /// its power of two (at most 6.25 % more), so that edge tiles a few rows short reuse the blocks
+  /// of the full tiles.
+  static func sizeClass(_ bytes: Int) -> Int {
+    guard bytes >= minimumBytes else { return bytes }
+    let step = 1 << (Int.bitWidth - 1 - bytes.leadingZeroBitCount - 4)
+    return (bytes + step - 1) / step * step
+  }
+
+  /// A cached block of `block` bytes for a request of `bytes`, or nil — then room is made (cached
+  /// blocks returned to the system) for the request under the bound.
+  func take(_ block: Int, for bytes: Int, ledger: MemoryLedger = .shared) -> UnsafeMutableRawPointer? {
+    guard block >= Self.minimumBytes else { return nil }
+    let (current, highWater) = ledger.currentAndHighWater
+    var released: [UnsafeMutableRawPointer] = []
+    defer { for p in released { p.deallocate() } }
     return lock.withLock {
-      guard var list = blocks[bytes], let p = list.popLast() else { return nil }
-      blocks[bytes] = list
-      _cached -= bytes
-      return p
+      if _rounding + block - bytes <= limitBytes, var list = blocks[block], let p = list.popLast() {
+        blocks[block] = list.isEmpty ? nil : list
+        _cached -= block
+        _rounding += block - bytes
+        return p
+      }
+      let inUse = current + bytes
+      let room = max(highWater, inUse) + limitBytes - inUse - _rounding
+      while _cached > max(0, room), let size = blocks.keys.max(), var list = blocks[size], let p = list.popLast() {
+        blocks[size] = list.isEmpty ? nil : list
+        _cached -= size
+        released.append(p)
+      }
+      return nil
     }
   }
 
-  func give(_ p: UnsafeMutableRawPointer, _ bytes: Int) -> Bool {
-    guard bytes >= Self.minimumBytes else { return false }
+  /// Keeps a freed block if in-use, rounding and cached bytes stay under the bound; false: free it.
+  func give(_ p: UnsafeMutableRawPointer, _ block: Int, for bytes: Int, reused: Bool, ledger: MemoryLedger = .shared) -> Bool {
+    guard block >= Self.minimumBytes else { return false }
+    let (current, highWater) = ledger.currentAndHighWater
     return lock.withLock {
-      guard _cached + bytes <= limitBytes else { return false }
-      blocks[bytes, default: []].append(p)
-      _cached += bytes
+      if reused { _rounding -= block - bytes }
+      guard limitBytes >= 0, current + _rounding + _cached + block <= highWater + limitBytes else { return false }
+      blocks[block, default: []].append(p)
+      _cached += block
       return true
     }
+  }
+
+  /// Bytes in use, what reused blocks hold beyond them, and cached: at most the ledger's
+  /// high-water mark plus `limitBytes`.
+  func residentBound(ledger: MemoryLedger) -> (resident: Int, bound: Int) {
+    let (current, highWater) = ledger.currentAndHighWater
+    return lock.withLock { (current + _rounding + _cached, highWater + max(0, limitBytes)) }
   }
 
   /// Returns every cached block to the system.

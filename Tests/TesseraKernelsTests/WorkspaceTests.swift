@@ -80,4 +80,75 @@ final class WorkspaceTests: XCTestCase {
       }
     }
   }
+
+  /// The block cache keeps freed blocks only while bytes in use, what reused blocks hold beyond
+  /// them and the cache stay under the ledger's high-water mark plus its limit; a tile a little
+  /// smaller than the last takes the last one's block; a new size evicts what no longer fits.
+  func testBlockCacheStaysUnderTheHighWaterMark() {
+    let mib = 1 << 20
+    XCTAssertEqual(BlockCache.sizeClass(1000), 1000)
+    XCTAssertEqual(BlockCache.sizeClass(100 * mib), 100 * mib)
+    XCTAssertEqual(BlockCache.sizeClass(97 * mib + 5), 100 * mib)
+    XCTAssertEqual(BlockCache.sizeClass(129 * mib), 136 * mib)
+    for n in [mib, 3 * mib + 1, 200_000_000, 1 << 40] {
+      XCTAssertGreaterThanOrEqual(BlockCache.sizeClass(n), n)
+      XCTAssertLessThanOrEqual(BlockCache.sizeClass(n), n + n / 16)
+    }
+    let ledger = MemoryLedger(), cache = BlockCache()
+    cache.limitBytes = 4 * mib
+    // Stands in for Buffer: ledger-counted, the block taken from the cache or the system.
+    func allocate(_ bytes: Int) -> (p: UnsafeMutableRawPointer, block: Int, reused: Bool) {
+      let block = BlockCache.sizeClass(bytes)
+      let cached = cache.take(block, for: bytes, ledger: ledger)
+      ledger.allocated(bytes, .activation)
+      return (cached ?? UnsafeMutableRawPointer.allocate(byteCount: block, alignment: 64), block, cached != nil)
+    }
+    func free(_ a: (p: UnsafeMutableRawPointer, block: Int, reused: Bool), _ bytes: Int) {
+      ledger.freed(bytes, .activation)
+      if !cache.give(a.p, a.block, for: bytes, reused: a.reused, ledger: ledger) { a.p.deallocate() }
+      check("freed \(bytes)")
+    }
+    func check(_ what: String) {
+      let (resident, bound) = cache.residentBound(ledger: ledger)
+      XCTAssertLessThanOrEqual(resident, bound, what)
+    }
+    // A tile of 100 MiB and 60 MiB tensors, then one 3 and 1.5 MiB smaller: the first reuses its
+    // block (3 MiB past its tensor, within the 4 MiB limit), the second would pass it and is fresh.
+    let a = allocate(100 * mib), b = allocate(60 * mib)
+    XCTAssertEqual(ledger.highWaterBytes, 160 * mib)
+    free(a, 100 * mib)
+    free(b, 60 * mib)
+    XCTAssertEqual(cache.cachedBytes, 160 * mib)
+    let a2 = allocate(97 * mib), b2 = allocate(58 * mib + mib / 2)
+    XCTAssertTrue(a2.reused)
+    XCTAssertEqual(a2.p, a.p, "the smaller tile's tensor takes the freed block")
+    XCTAssertFalse(b2.reused, "reused blocks may hold at most limitBytes past their tensors")
+    XCTAssertEqual(cache.cachedBytes, 0, "a fresh block evicts what would pass the mark")
+    check("second tile")
+    free(b2, 58 * mib + mib / 2)
+    XCTAssertEqual(cache.cachedBytes, 60 * mib)
+    // A new size, a new peak: the cache is emptied down to what fits.
+    let c = allocate(80 * mib)
+    XCTAssertEqual(cache.cachedBytes, 0)
+    XCTAssertEqual(ledger.highWaterBytes, 177 * mib)
+    check("new size")
+    free(c, 80 * mib)
+    free(a2, 97 * mib)
+    XCTAssertGreaterThan(cache.cachedBytes, 0)
+    // With no slack, a block bigger than the mark it would be kept under is freed.
+    cache.empty()
+    cache.limitBytes = 0
+    let fresh = MemoryLedger(), e = BlockCache.sizeClass(97 * mib)
+    let p = UnsafeMutableRawPointer.allocate(byteCount: e, alignment: 64)
+    XCTAssertNil(cache.take(e, for: 97 * mib, ledger: fresh))
+    fresh.allocated(97 * mib, .activation)
+    fresh.freed(97 * mib, .activation)
+    XCTAssertFalse(cache.give(p, e, for: 97 * mib, reused: false, ledger: fresh), "100 MiB kept after a 97 MiB peak")
+    p.deallocate()
+    // A negative limit turns the cache off.
+    cache.limitBytes = -1
+    let d = allocate(2 * mib)
+    free(d, 2 * mib)
+    XCTAssertEqual(cache.cachedBytes, 0)
+  }
 }
