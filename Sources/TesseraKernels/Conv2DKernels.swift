@@ -194,8 +194,10 @@ public enum Conv2DKernels {
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
     let end = pixels.upperBound, cg = g.groupInChannels
     let floor: Float = relu ? 0 : -.infinity
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
-      let s = scratch.baseAddress!
+    // The scratch tile, then the epilogue's bias (16) and clamp (8).
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes + lanes + 8) { scratch in
+      let s = scratch.baseAddress!, epilogue = s + tile * lanes
+      for i in 0..<8 { epilogue[lanes + i] = floor }
       var b0 = pixels.lowerBound
       while b0 < end {
         let b1 = min(end, b0 + 48 * tile)
@@ -205,16 +207,26 @@ public enum Conv2DKernels {
             let wk = wt + (gi * KB + kb) * T * lanes
             let kValid = min(lanes, kg - kb * lanes)
             let kBase = gi * kg + kb * lanes
+            // Bias and the clamp go on in registers, 16 channels at a time; what is left per
+            // output is one move from the pixel-major scratch into its channel's plane.
+            for j in 0..<lanes { epilogue[j] = j < kValid ? bias?[kBase + j] ?? 0 : 0 }
             var p0 = b0
             while p0 < b1 {
-              forwardTile(T: T, to: to, pb: pb, p0: p0, P: end, xg: xg, wk: wk, out: s)
+              forwardTile(T: T, to: to, pb: pb, p0: p0, P: end, xg: xg, wk: wk, out: s,
+                          epilogue: UnsafePointer(epilogue))
               let pValid = min(tile, end - p0)
               let yo = out + kBase * outPlane + p0 - outOrigin
-              // Clamping below at 0 (ReLU) or at −∞ (none): one branch-free store loop for both.
-              for j in 0..<kValid {
-                let bj = bias?[kBase + j] ?? 0
-                let yj = yo + j * outPlane
-                for i in 0..<pValid { yj[i] = max(s[i * lanes + j] + bj, floor) }
+              if pValid == tile {
+                for j in 0..<kValid {
+                  let yj = yo + j * outPlane
+                  yj[0] = s[j]; yj[1] = s[lanes + j]; yj[2] = s[2 * lanes + j]
+                  yj[3] = s[3 * lanes + j]; yj[4] = s[4 * lanes + j]; yj[5] = s[5 * lanes + j]
+                }
+              } else {
+                for j in 0..<kValid {
+                  let yj = yo + j * outPlane
+                  for i in 0..<pValid { yj[i] = s[i * lanes + j] }
+                }
               }
               p0 += tile
             }
@@ -228,7 +240,8 @@ public enum Conv2DKernels {
   @inline(__always)
   static func forwardTile(
     T: Int, to: UnsafePointer<Int>, pb: UnsafePointer<Int>, p0: Int, P: Int,
-    xg: UnsafePointer<Float>, wk: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>
+    xg: UnsafePointer<Float>, wk: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+    epilogue: UnsafePointer<Float>? = nil
   ) {
     let x0 = xg + pb[min(p0, P - 1)], x1 = xg + pb[min(p0 + 1, P - 1)], x2 = xg + pb[min(p0 + 2, P - 1)]
     let x3 = xg + pb[min(p0 + 3, P - 1)], x4 = xg + pb[min(p0 + 4, P - 1)], x5 = xg + pb[min(p0 + 5, P - 1)]
@@ -252,6 +265,16 @@ public enum Conv2DKernels {
       v = SIMD8<Float>(repeating: x5[o])
       c50 = c50.addingProduct(v, w0); c51 = c51.addingProduct(v, w1)
       wp += 16
+    }
+    if let e = epilogue {
+      // max(c + bias, floor) with bias e[0..<16] and floor e[16]; loaded only now, after the loop,
+      // so they take no register from it. NaN kept, as a lane select (pointwiseMax is not lowered
+      // to vmaxps); at v = floor the floor, as Swift.max(v, floor): +0 for a ReLU of −0.
+      let b0 = load8(e), b1 = load8(e + 8), f = load8(e + 16)
+      @inline(__always) func clamp(_ v: SIMD8<Float>) -> SIMD8<Float> { v.replacing(with: f, where: v .<= f) }
+      c00 = clamp(c00 + b0); c01 = clamp(c01 + b1); c10 = clamp(c10 + b0); c11 = clamp(c11 + b1)
+      c20 = clamp(c20 + b0); c21 = clamp(c21 + b1); c30 = clamp(c30 + b0); c31 = clamp(c31 + b1)
+      c40 = clamp(c40 + b0); c41 = clamp(c41 + b1); c50 = clamp(c50 + b0); c51 = clamp(c51 + b1)
     }
     store8(c00, out); store8(c01, out + 8); store8(c10, out + 16); store8(c11, out + 24)
     store8(c20, out + 32); store8(c21, out + 40); store8(c30, out + 48); store8(c31, out + 56)
