@@ -21,7 +21,7 @@ extension Conv2DKernels {
     // every tap tile sweeps them (measured: 64 beats 128 by 15–30 % at Kpad 128–256, 128 wins below).
     let chunkPixels = max(64, min(128, 8192 / Kpad))
     let imgs = (0..<copies).map { _ in PaddedImage(g) }
-    let to = tapOffsets(g, hp: imgs[0].hp, wp: imgs[0].wp), pb = pixelBases(g, wp: imgs[0].wp)
+    let to = tapOffsets(g, hp: imgs[0].hp, wp: imgs[0].wp), wp = imgs[0].wp
     let plane = imgs[0].hp * imgs[0].wp
     /// dy of image n transposed to [group][pixel][Kpad] (pixels `r`) into copy c.
     func transpose(_ n: Int, _ c: Int, _ r: Range<Int>) {
@@ -36,21 +36,23 @@ extension Conv2DKernels {
       }
     }
     to.withUnsafeBufferPointer { tob in
-      pb.withUnsafeBufferPointer { pbb in
-        let top = tob.baseAddress!, pbp = pbb.baseAddress!
-        /// Pixels `range` of image n (padded xn, transposed dy in copy c) into worker wi's partials.
-        func accumulate(_ xn: UnsafePointer<Float>, _ c: Int, _ wi: Int, _ range: Range<Int>) {
-          let mine = partials.p + wi * partialCount
+      let top = tob.baseAddress!
+      /// Pixels `range` of image n (padded xn, transposed dy in copy c) into worker wi's partials.
+      func accumulate(_ xn: UnsafePointer<Float>, _ c: Int, _ wi: Int, _ range: Range<Int>) {
+        let mine = partials.p + wi * partialCount
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: chunkPixels) { bases in
           var c0 = range.lowerBound
           while c0 < range.upperBound {
             let c1 = min(range.upperBound, c0 + chunkPixels)
+            pixelBases(g, wp: wp, c0..<c1, into: bases.baseAddress!)
+            let pb = UnsafePointer(bases.baseAddress! - c0)  // pb[p] for p in c0..<c1
             for gi in 0..<G {
               let xg = xn + gi * cg * plane
               let dg = UnsafePointer(dyt.p + (c * G + gi) * P * Kpad)
               for tt in 0..<tapTiles {
                 let t0 = tt * tile
                 for kb in 0..<KB {
-                  weightsTile(t0: t0, T: T, to: top, pb: pbp, pixels: c0..<c1, xg: xg, dyt: dg + kb * lanes,
+                  weightsTile(t0: t0, T: T, to: top, pb: pb, pixels: c0..<c1, xg: xg, dyt: dg + kb * lanes,
                               Kpad: Kpad, acc: mine + (gi * T) * Kpad + kb * lanes)
                 }
               }
@@ -58,24 +60,24 @@ extension Conv2DKernels {
             c0 = c1
           }
         }
-        if imageMode > 1 {
-          // Whole images per worker: one parallel region for the batch.
-          Parallel.forRanges(g.batch, maxWorkers: imageMode) { w, r in
-            for n in r {
-              let xn = imgs[w].load(x, image: n, parallel: false)
-              transpose(n, w, 0..<P)
-              accumulate(xn, w, w, 0..<P)
-            }
+      }
+      if imageMode > 1 {
+        // Whole images per worker: one parallel region for the batch.
+        Parallel.forRanges(g.batch, maxWorkers: imageMode) { w, r in
+          for n in r {
+            let xn = imgs[w].load(x, image: n, parallel: false)
+            transpose(n, w, 0..<P)
+            accumulate(xn, w, w, 0..<P)
           }
-        } else {
-          for n in 0..<g.batch {
-            let xn = imgs[0].load(x, image: n)
-            Parallel.forRanges(P) { _, r in transpose(n, 0, r) }
-            // A fixed pixel range per worker, each summing into its own partials: the same split every
-            // run, so the weight gradient is bit-for-bit reproducible (chunks handed out on demand were
-            // not, and measured no faster).
-            Parallel.forRanges(P, maxWorkers: workers) { wi, range in accumulate(xn, 0, wi, range) }
-          }
+        }
+      } else {
+        for n in 0..<g.batch {
+          let xn = imgs[0].load(x, image: n)
+          Parallel.forRanges(P) { _, r in transpose(n, 0, r) }
+          // A fixed pixel range per worker, each summing into its own partials: the same split every
+          // run, so the weight gradient is bit-for-bit reproducible (chunks handed out on demand were
+          // not, and measured no faster).
+          Parallel.forRanges(P, maxWorkers: workers) { wi, range in accumulate(xn, 0, wi, range) }
         }
       }
     }
@@ -219,32 +221,34 @@ extension Conv2DKernels {
     let imageMode = imageWorkers(g, threads: Parallel.threadCount)
     // Padded dx per image worker (one when the batch is spread by channels).
     let dxpBufs: [Buffer] = needsCrop ? (0..<max(imageMode, 1)).map { _ in Buffer(floats: paddedFloats(g)) } : []
-    let pix = pixelBases(g, wp: wp), to = tapOffsets(g, hp: hp, wp: wp)
+    let to = tapOffsets(g, hp: hp, wp: wp)
     let pTiles = (P + tile - 1) / tile
     // Tap tiles per block so that the block's weights (kg × 16 × tiles) stay in L2.
     let tilesPerBlock = max(1, (256 * 1024) / (kg * lanes * 4))
     to.withUnsafeBufferPointer { tob in
-      pix.withUnsafeBufferPointer { pbb in
-        let top = tob.baseAddress!, pbp = pbb.baseAddress!
-        /// Channels ca..<cb of group gi of image n into target (the padded or the real dx image).
-        func scatter(_ n: Int, _ gi: Int, _ ca: Int, _ cb: Int, _ target: UnsafeMutablePointer<Float>,
-                     _ s: UnsafeMutablePointer<Float>) {
-          let tStart = ca * khw, tEnd = cb * khw
-          let dxg = target + gi * cg * plane
-          let dyg = dy + n * K * P + gi * kg * P
-          let wg = wd + gi * kg * Tpad
+      let top = tob.baseAddress!
+      /// Channels ca..<cb of group gi of image n into target (the padded or the real dx image).
+      func scatter(_ n: Int, _ gi: Int, _ ca: Int, _ cb: Int, _ target: UnsafeMutablePointer<Float>,
+                   _ s: UnsafeMutablePointer<Float>) {
+        let tStart = ca * khw, tEnd = cb * khw
+        let dxg = target + gi * cg * plane
+        let dyg = dy + n * K * P + gi * kg * P
+        let wg = wd + gi * kg * Tpad
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: tile) { bases in
+          let pb = bases.baseAddress!  // the tile's pixel bases
           var blockStart = tStart
           while blockStart < tEnd {
             let blockEnd = min(tEnd, blockStart + tilesPerBlock * lanes)
             for pt in 0..<pTiles {
               let p0 = pt * tile
               let pValid = min(tile, P - p0)
+              pixelBases(g, wp: wp, p0..<p0 + pValid, into: pb)
               var t0 = blockStart
               while t0 < blockEnd {
                 dataTile(kg: kg, P: P, p0: p0, dyg: dyg, wt: wg + t0, Tpad: Tpad, out: s)
                 let tValid = min(lanes, blockEnd - t0)
                 for i in 0..<pValid {
-                  let base = dxg + pbp[p0 + i]
+                  let base = dxg + pb[i]
                   let si = s + i * lanes
                   for j in 0..<tValid { base[top[t0 + j]] += si[j] }
                 }
@@ -254,47 +258,47 @@ extension Conv2DKernels {
             blockStart = blockEnd
           }
         }
-        /// dx image n from its padded accumulation.
-        func crop(_ n: Int, _ src: UnsafePointer<Float>, _ channels: Range<Int>) {
-          let dxn = dx + n * g.inChannels * g.inHeight * g.inWidth
-          let h = g.inHeight, wdt = g.inWidth, top = g.padTop, left = g.padLeft
-          for c in channels {
-            for y in 0..<h {
-              (dxn + (c * h + y) * wdt).update(from: src + (c * hp + y + top) * wp + left, count: wdt)
+      }
+      /// dx image n from its padded accumulation.
+      func crop(_ n: Int, _ src: UnsafePointer<Float>, _ channels: Range<Int>) {
+        let dxn = dx + n * g.inChannels * g.inHeight * g.inWidth
+        let h = g.inHeight, wdt = g.inWidth, top = g.padTop, left = g.padLeft
+        for c in channels {
+          for y in 0..<h {
+            (dxn + (c * h + y) * wdt).update(from: src + (c * hp + y + top) * wp + left, count: wdt)
+          }
+        }
+      }
+      let dxx = SendablePointer(dx)
+      let bufs = dxpBufs.map { SendablePointer($0.floats) }
+      if imageMode > 1 {
+        // Whole images per worker, each into its own padded dx: one parallel region for the batch.
+        Parallel.forRanges(g.batch, maxWorkers: imageMode) { w, r in
+          withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
+            for n in r {
+              let target = needsCrop ? bufs[w].p : dxx.p + n * g.inChannels * g.inHeight * g.inWidth
+              target.update(repeating: 0, count: g.inChannels * plane)
+              for gi in 0..<G { scatter(n, gi, 0, cg, target, scratch.baseAddress!) }
+              if needsCrop { crop(n, target, 0..<g.inChannels) }
             }
           }
         }
-        let dxx = SendablePointer(dx)
-        let bufs = dxpBufs.map { SendablePointer($0.floats) }
-        if imageMode > 1 {
-          // Whole images per worker, each into its own padded dx: one parallel region for the batch.
-          Parallel.forRanges(g.batch, maxWorkers: imageMode) { w, r in
+      } else {
+        // Threads own disjoint input channels, so no two write the same value.
+        let parts = Parallel.workers(for: cg)
+        for n in 0..<g.batch {
+          let target = needsCrop ? bufs[0].p : dxx.p + n * g.inChannels * g.inHeight * g.inWidth
+          target.update(repeating: 0, count: g.inChannels * plane)
+          let tgt = SendablePointer(target)
+          Parallel.forRanges(G * parts) { _, r in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
-              for n in r {
-                let target = needsCrop ? bufs[w].p : dxx.p + n * g.inChannels * g.inHeight * g.inWidth
-                target.update(repeating: 0, count: g.inChannels * plane)
-                for gi in 0..<G { scatter(n, gi, 0, cg, target, scratch.baseAddress!) }
-                if needsCrop { crop(n, target, 0..<g.inChannels) }
+              for item in r {
+                let gi = item / parts, part = item % parts
+                scatter(n, gi, cg * part / parts, cg * (part + 1) / parts, tgt.p, scratch.baseAddress!)
               }
             }
           }
-        } else {
-          // Threads own disjoint input channels, so no two write the same value.
-          let parts = Parallel.workers(for: cg)
-          for n in 0..<g.batch {
-            let target = needsCrop ? bufs[0].p : dxx.p + n * g.inChannels * g.inHeight * g.inWidth
-            target.update(repeating: 0, count: g.inChannels * plane)
-            let tgt = SendablePointer(target)
-            Parallel.forRanges(G * parts) { _, r in
-              withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes) { scratch in
-                for item in r {
-                  let gi = item / parts, part = item % parts
-                  scatter(n, gi, cg * part / parts, cg * (part + 1) / parts, tgt.p, scratch.baseAddress!)
-                }
-              }
-            }
-            if needsCrop { Parallel.forRanges(g.inChannels) { _, r in crop(n, tgt.p, r) } }
-          }
+          if needsCrop { Parallel.forRanges(g.inChannels) { _, r in crop(n, tgt.p, r) } }
         }
       }
     }

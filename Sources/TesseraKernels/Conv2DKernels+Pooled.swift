@@ -51,49 +51,47 @@ extension Conv2DKernels {
     let img = PaddedImage(g)
     let bandPlane = Self.bandPlane(layout.bandRows, Wo)
     let bufs = (0..<layout.buffers).map { _ in Buffer(floats: K * bandPlane, zeroed: false) }
-    let to = tapOffsets(g, hp: img.hp, wp: img.wp), pb = pixelBases(g, wp: img.wp)
-    let plane = img.hp * img.wp
+    let to = tapOffsets(g, hp: img.hp, wp: img.wp)
+    let plane = img.hp * img.wp, wp = img.wp
     let wt = UnsafePointer(wtBuf.floats), yy = SendablePointer(y)
     to.withUnsafeBufferPointer { tob in
-      pb.withUnsafeBufferPointer { pbb in
-        let top = tob.baseAddress!, pbp = pbb.baseAddress!
-        /// Bands `bands` of image n in order, in buffer `buf`.
-        func run(_ n: Int, _ xn: UnsafePointer<Float>, _ bands: Range<Int>, _ buf: UnsafeMutablePointer<Float>) {
-          var have = 0..<0  // conv rows in buf, from its first row
-          withUnsafeTemporaryAllocation(of: Float.self, capacity: Wo) { scratch in
-            for band in bands {
-              let q = (band * poolBandRows)..<min(Hq, (band + 1) * poolBandRows)
-              let need = convRows(pg, q)
-              // Rows the previous band already holds move to the front; the rest are computed.
-              let keep = max(need.lowerBound, have.lowerBound)..<max(need.lowerBound, min(need.upperBound, have.upperBound))
-              if !keep.isEmpty && keep.lowerBound == need.lowerBound && keep.lowerBound > have.lowerBound {
-                for k in 0..<K {
-                  let seg = buf + k * bandPlane
-                  seg.update(from: seg + (keep.lowerBound - have.lowerBound) * Wo, count: keep.count * Wo)
-                }
-              }
-              let fresh = keep.isEmpty || keep.lowerBound != need.lowerBound ? need : keep.upperBound..<need.upperBound
-              if !fresh.isEmpty {
-                forwardPixels(g, xn: xn, plane: plane, pixels: (fresh.lowerBound * Wo)..<(fresh.upperBound * Wo),
-                              to: top, pb: pbp, wt: wt, bias: bias, relu: relu, out: buf, outPlane: bandPlane,
-                              outOrigin: need.lowerBound * Wo)
-              }
-              have = need
+      let top = tob.baseAddress!
+      /// Bands `bands` of image n in order, in buffer `buf`.
+      func run(_ n: Int, _ xn: UnsafePointer<Float>, _ bands: Range<Int>, _ buf: UnsafeMutablePointer<Float>) {
+        var have = 0..<0  // conv rows in buf, from its first row
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: Wo) { scratch in
+          for band in bands {
+            let q = (band * poolBandRows)..<min(Hq, (band + 1) * poolBandRows)
+            let need = convRows(pg, q)
+            // Rows the previous band already holds move to the front; the rest are computed.
+            let keep = max(need.lowerBound, have.lowerBound)..<max(need.lowerBound, min(need.upperBound, have.upperBound))
+            if !keep.isEmpty && keep.lowerBound == need.lowerBound && keep.lowerBound > have.lowerBound {
               for k in 0..<K {
-                let virtualPlane = UnsafePointer(buf + k * bandPlane) - need.lowerBound * Wo
-                for oy in q {
-                  Pool2DKernels.maxPoolRow(pg, oy: oy, plane: virtualPlane, scratch: scratch.baseAddress!,
-                                           y: yy.p + ((n * K + k) * Hq + oy) * Wq)
-                }
+                let seg = buf + k * bandPlane
+                seg.update(from: seg + (keep.lowerBound - have.lowerBound) * Wo, count: keep.count * Wo)
+              }
+            }
+            let fresh = keep.isEmpty || keep.lowerBound != need.lowerBound ? need : keep.upperBound..<need.upperBound
+            if !fresh.isEmpty {
+              forwardPixels(g, xn: xn, plane: plane, wp: wp, pixels: (fresh.lowerBound * Wo)..<(fresh.upperBound * Wo),
+                            to: top, wt: wt, bias: bias, relu: relu, out: buf, outPlane: bandPlane,
+                            outOrigin: need.lowerBound * Wo)
+            }
+            have = need
+            for k in 0..<K {
+              let virtualPlane = UnsafePointer(buf + k * bandPlane) - need.lowerBound * Wo
+              for oy in q {
+                Pool2DKernels.maxPoolRow(pg, oy: oy, plane: virtualPlane, scratch: scratch.baseAddress!,
+                                         y: yy.p + ((n * K + k) * Hq + oy) * Wq)
               }
             }
           }
         }
-        for n in 0..<g.batch {
-          let xn = img.load(x, image: n, parallel: true)
-          // Contiguous runs of bands per worker, so each carries its shared rows forward.
-          Parallel.forRanges(layout.bands, maxWorkers: layout.buffers) { wk, r in run(n, xn, r, bufs[wk].floats) }
-        }
+      }
+      for n in 0..<g.batch {
+        let xn = img.load(x, image: n, parallel: true)
+        // Contiguous runs of bands per worker, so each carries its shared rows forward.
+        Parallel.forRanges(layout.bands, maxWorkers: layout.buffers) { wk, r in run(n, xn, r, bufs[wk].floats) }
       }
     }
     withExtendedLifetime((wtBuf, img, bufs)) {}

@@ -88,14 +88,18 @@ public enum Conv2DKernels {
     return to
   }
 
-  /// Offset of each output pixel's window origin in the padded image.
-  static func pixelBases(_ g: ConvGeometry, wp: Int) -> [Int] {
-    var pb = [Int]()
-    pb.reserveCapacity(g.outHeight * g.outWidth)
-    for oy in 0..<g.outHeight {
-      for ox in 0..<g.outWidth { pb.append(oy * g.strideH * wp + ox * g.strideW) }
+  /// Offsets of the window origins in the padded image of output pixels `pixels` (flat indices
+  /// into the Ho×Wo map) into out[0..<pixels.count]: one division, then a walk along the rows.
+  /// Kernels fill them chunk by chunk on the stack, so no buffer the size of the map is made.
+  @inline(__always)
+  static func pixelBases(_ g: ConvGeometry, wp: Int, _ pixels: Range<Int>, into out: UnsafeMutablePointer<Int>) {
+    let wo = g.outWidth, rowStep = g.strideH * wp
+    var oy = pixels.lowerBound / wo, ox = pixels.lowerBound - oy * wo
+    for i in 0..<pixels.count {
+      out[i] = oy * rowStep + ox * g.strideW
+      ox += 1
+      if ox == wo { ox = 0; oy += 1 }
     }
-    return pb
   }
 
   // MARK: forward
@@ -122,25 +126,23 @@ public enum Conv2DKernels {
     let workers = imageWorkers(g, threads: Parallel.threadCount)
     // All padded-image buffers are made here, before any thread starts, so the peak is fixed.
     let imgs = (0..<max(workers, 1)).map { _ in PaddedImage(g) }
-    let to = tapOffsets(g, hp: imgs[0].hp, wp: imgs[0].wp), pb = pixelBases(g, wp: imgs[0].wp)
+    let to = tapOffsets(g, hp: imgs[0].hp, wp: imgs[0].wp), wp = imgs[0].wp
     to.withUnsafeBufferPointer { tob in
-      pb.withUnsafeBufferPointer { pbb in
-        let top = tob.baseAddress!, pbp = pbb.baseAddress!
-        func run(_ n: Int, _ xn: UnsafePointer<Float>, _ range: Range<Int>) {
-          forwardTiles(g, image: n, xn: xn, plane: imgs[0].hp * imgs[0].wp, tiles: range, to: top, pb: pbp,
-                       wt: UnsafePointer(wtp.p), bias: bias, relu: relu, y: yy.p)
+      let top = tob.baseAddress!
+      func run(_ n: Int, _ xn: UnsafePointer<Float>, _ range: Range<Int>) {
+        forwardTiles(g, image: n, xn: xn, plane: imgs[0].hp * wp, wp: wp, tiles: range, to: top,
+                     wt: UnsafePointer(wtp.p), bias: bias, relu: relu, y: yy.p)
+      }
+      if workers > 1 {
+        // Whole images per worker: one parallel region for the batch, no per-image barriers.
+        Parallel.forRanges(g.batch, maxWorkers: workers) { w, r in
+          for n in r { run(n, imgs[w].load(x, image: n, parallel: false), 0..<tiles) }
         }
-        if workers > 1 {
-          // Whole images per worker: one parallel region for the batch, no per-image barriers.
-          Parallel.forRanges(g.batch, maxWorkers: workers) { w, r in
-            for n in r { run(n, imgs[w].load(x, image: n, parallel: false), 0..<tiles) }
-          }
-        } else {
-          for n in 0..<g.batch {
-            let xn = imgs[0].load(x, image: n, parallel: true)
-            // Blocks of 48 tiles handed out on demand: a slowed core takes fewer.
-            Parallel.forChunks(tiles, chunk: 48) { _, range in run(n, xn, range) }
-          }
+      } else {
+        for n in 0..<g.batch {
+          let xn = imgs[0].load(x, image: n, parallel: true)
+          // Blocks of 48 tiles handed out on demand: a slowed core takes fewer.
+          Parallel.forChunks(tiles, chunk: 48) { _, range in run(n, xn, range) }
         }
       }
     }
@@ -172,13 +174,13 @@ public enum Conv2DKernels {
 
   /// Output tiles `tiles` (6 pixels each) of image n, all groups and channel blocks.
   static func forwardTiles(
-    _ g: ConvGeometry, image n: Int, xn: UnsafePointer<Float>, plane: Int, tiles: Range<Int>,
-    to: UnsafePointer<Int>, pb: UnsafePointer<Int>, wt: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    _ g: ConvGeometry, image n: Int, xn: UnsafePointer<Float>, plane: Int, wp: Int, tiles: Range<Int>,
+    to: UnsafePointer<Int>, wt: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     relu: Bool = false, y: UnsafeMutablePointer<Float>
   ) {
     let P = g.outHeight * g.outWidth
-    forwardPixels(g, xn: xn, plane: plane, pixels: (tiles.lowerBound * tile)..<min(P, tiles.upperBound * tile),
-                  to: to, pb: pb, wt: wt, bias: bias, relu: relu, out: y + n * g.outChannels * P, outPlane: P,
+    forwardPixels(g, xn: xn, plane: plane, wp: wp, pixels: (tiles.lowerBound * tile)..<min(P, tiles.upperBound * tile),
+                  to: to, wt: wt, bias: bias, relu: relu, out: y + n * g.outChannels * P, outPlane: P,
                   outOrigin: 0)
   }
 
@@ -187,20 +189,26 @@ public enum Conv2DKernels {
   /// (the whole map, or a band of rows of it).
   @inline(__always)
   static func forwardPixels(
-    _ g: ConvGeometry, xn: UnsafePointer<Float>, plane: Int, pixels: Range<Int>,
-    to: UnsafePointer<Int>, pb: UnsafePointer<Int>, wt: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    _ g: ConvGeometry, xn: UnsafePointer<Float>, plane: Int, wp: Int, pixels: Range<Int>,
+    to: UnsafePointer<Int>, wt: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     relu: Bool, out: UnsafeMutablePointer<Float>, outPlane: Int, outOrigin: Int
   ) {
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes
     let end = pixels.upperBound, cg = g.groupInChannels
     let floor: Float = relu ? 0 : -.infinity
-    // The scratch tile, then the epilogue's bias (16) and clamp (8).
+    // The scratch tile, then the epilogue's bias (16) and clamp (8); the block's pixel bases.
+    let block = 48 * tile
     withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes + lanes + 8) { scratch in
+     withUnsafeTemporaryAllocation(of: Int.self, capacity: block) { bases in
       let s = scratch.baseAddress!, epilogue = s + tile * lanes
       for i in 0..<8 { epilogue[lanes + i] = floor }
       var b0 = pixels.lowerBound
       while b0 < end {
-        let b1 = min(end, b0 + 48 * tile)
+        let b1 = min(end, b0 + block)
+        pixelBases(g, wp: wp, b0..<b1, into: bases.baseAddress!)
+        // Indexed by pixel: pb[p] for p in b0..<b1 (tiles start at multiples of 6 from b0, and
+        // only the map's last tile runs past b1, where end = b1 clamps it).
+        let pb = UnsafePointer(bases.baseAddress! - b0)
         for gi in 0..<g.groups {
           let xg = xn + gi * cg * plane
           for kb in 0..<KB {
@@ -212,7 +220,7 @@ public enum Conv2DKernels {
             for j in 0..<lanes { epilogue[j] = j < kValid ? bias?[kBase + j] ?? 0 : 0 }
             var p0 = b0
             while p0 < b1 {
-              forwardTile(T: T, to: to, pb: pb, p0: p0, P: end, xg: xg, wk: wk, out: s,
+              forwardTile(T: T, to: to, pb: pb, p0: p0, P: b1, xg: xg, wk: wk, out: s,
                           epilogue: UnsafePointer(epilogue))
               let pValid = min(tile, end - p0)
               let yo = out + kBase * outPlane + p0 - outOrigin
@@ -234,6 +242,7 @@ public enum Conv2DKernels {
         }
         b0 = b1
       }
+     }
     }
   }
 
