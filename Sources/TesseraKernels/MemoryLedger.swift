@@ -168,7 +168,7 @@ public final class Buffer: @unchecked Sendable {
 ///
 /// What it may keep follows the ledger: bytes in use, plus what reused blocks hold beyond their
 /// tensors, plus cached bytes stay at or under the most the ledger has ever counted at once (its
-/// high-water mark) plus `limitBytes`. A streamed step frees and re-makes tile tensors tile after
+/// high-water mark, or `floorBytes`, the planned peak, if higher) plus `limitBytes`. A streamed step frees and re-makes tile tensors tile after
 /// tile while its bytes in use sit below the step's peak; the cache keeps them (no page faults, no
 /// kernel zeroing of fresh pages) and the process never holds more than its planned peak plus the
 /// slack `limitBytes` grants (`limitBlockCache` sets it to what a budget leaves). What reused
@@ -189,6 +189,10 @@ public final class BlockCache: @unchecked Sendable {
     if let s = ProcessInfo.processInfo.environment["TESSERA_CACHE_BYTES"], let v = Int(s) { return v }
     return 2 << 30
   }()
+
+  /// A high-water mark the run is known to reach (its planned peak, with a budget): the cache may
+  /// fill up to it from the start instead of waiting for the ledger to climb there (default 0).
+  public var floorBytes = 0
 
   public var cachedBytes: Int { lock.withLock { _cached } }
 
@@ -216,7 +220,7 @@ public final class BlockCache: @unchecked Sendable {
         return p
       }
       let inUse = current + bytes
-      let room = max(highWater, inUse) + limitBytes - inUse - _rounding
+      let room = max(highWater, floorBytes, inUse) + limitBytes - inUse - _rounding
       while _cached > max(0, room), let size = blocks.keys.max(), var list = blocks[size], let p = list.popLast() {
         blocks[size] = list.isEmpty ? nil : list
         _cached -= size
@@ -232,7 +236,7 @@ public final class BlockCache: @unchecked Sendable {
     let (current, highWater) = ledger.currentAndHighWater
     return lock.withLock {
       if reused { _rounding -= block - bytes }
-      guard limitBytes >= 0, current + _rounding + _cached + block <= highWater + limitBytes else { return false }
+      guard limitBytes >= 0, current + _rounding + _cached + block <= max(highWater, floorBytes) + limitBytes else { return false }
       blocks[block, default: []].append(p)
       _cached += block
       return true
@@ -243,7 +247,7 @@ public final class BlockCache: @unchecked Sendable {
   /// high-water mark plus `limitBytes`.
   func residentBound(ledger: MemoryLedger) -> (resident: Int, bound: Int) {
     let (current, highWater) = ledger.currentAndHighWater
-    return lock.withLock { (current + _rounding + _cached, highWater + max(0, limitBytes)) }
+    return lock.withLock { (current + _rounding + _cached, max(highWater, floorBytes) + max(0, limitBytes)) }
   }
 
   /// Returns every cached block to the system.

@@ -196,9 +196,11 @@ func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
 /// small allocations): measured 25–90 MiB; kept out of the block cache's share of a budget.
 let runtimeReserveBytes = 96 << 20
 
-/// Within a budget, freed blocks kept for reuse may take only what the plan leaves free.
+/// Within a budget, freed blocks kept for reuse may take only what the plan leaves free: in use plus
+/// cached stays under the planned peak (which the ledger reaches anyway) plus the budget's slack.
 func limitBlockCache(budget: Int, planned: Int) {
   BlockCache.shared.limitBytes = min(BlockCache.shared.limitBytes, max(0, budget - planned - runtimeReserveBytes))
+  BlockCache.shared.floorBytes = planned
 }
 
 /// The same value with every non-finite number replaced by null (JSON cannot say NaN or inf).

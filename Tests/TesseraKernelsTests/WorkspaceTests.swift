@@ -144,6 +144,11 @@ final class WorkspaceTests: XCTestCase {
     fresh.allocated(97 * mib, .activation)
     fresh.freed(97 * mib, .activation)
     XCTAssertFalse(cache.give(p, e, for: 97 * mib, reused: false, ledger: fresh), "100 MiB kept after a 97 MiB peak")
+    // … unless the run is known to reach more (a budget's planned peak): then up to that.
+    cache.floorBytes = 100 * mib
+    XCTAssertTrue(cache.give(p, e, for: 97 * mib, reused: false, ledger: fresh), "within the planned peak")
+    XCTAssertEqual(cache.take(e, for: e, ledger: fresh), p)
+    cache.floorBytes = 0
     p.deallocate()
     // A negative limit turns the cache off.
     cache.limitBytes = -1
