@@ -168,12 +168,12 @@ public final class Buffer: @unchecked Sendable {
 ///
 /// What it may keep follows the ledger: bytes in use, plus what reused blocks hold beyond their
 /// tensors, plus cached bytes stay at or under the most the ledger has ever counted at once (its
-/// high-water mark, or `floorBytes`, the planned peak, if higher) plus `limitBytes`. A streamed step frees and re-makes tile tensors tile after
-/// tile while its bytes in use sit below the step's peak; the cache keeps them (no page faults, no
-/// kernel zeroing of fresh pages) and the process never holds more than its planned peak plus the
-/// slack `limitBytes` grants (`limitBlockCache` sets it to what a budget leaves). What reused
-/// blocks hold beyond their tensors is kept within `limitBytes` itself, so that it still holds at a
-/// new peak, when nothing is left to evict.
+/// high-water mark, or `floorBytes`, the planned peak, if higher) plus `limitBytes`. A streamed
+/// step frees and re-makes tile tensors tile after tile while its bytes in use sit below the step's
+/// peak; the cache keeps them (no page faults, no kernel zeroing of fresh pages) and the process
+/// never holds more than its planned peak plus the slack `limitBytes` grants (`limitBlockCache`
+/// sets both from a budget). What reused blocks hold beyond their tensors is kept within
+/// `limitBytes` itself, so that the bound still holds at a new peak, when nothing is left to evict.
 public final class BlockCache: @unchecked Sendable {
   public static let shared = BlockCache()
   static let minimumBytes = 1 << 20
