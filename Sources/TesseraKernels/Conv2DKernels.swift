@@ -199,50 +199,54 @@ public enum Conv2DKernels {
     // The scratch tile, then the epilogue's bias (16) and clamp (8); the block's pixel bases.
     let block = 48 * tile
     withUnsafeTemporaryAllocation(of: Float.self, capacity: tile * lanes + lanes + 8) { scratch in
-     withUnsafeTemporaryAllocation(of: Int.self, capacity: block) { bases in
-      let s = scratch.baseAddress!, epilogue = s + tile * lanes
-      for i in 0..<8 { epilogue[lanes + i] = floor }
-      var b0 = pixels.lowerBound
-      while b0 < end {
-        let b1 = min(end, b0 + block)
-        pixelBases(g, wp: wp, b0..<b1, into: bases.baseAddress!)
-        // Indexed by pixel: pb[p] for p in b0..<b1 (tiles start at multiples of 6 from b0, and
-        // only the map's last tile runs past b1, where end = b1 clamps it).
-        let pb = UnsafePointer(bases.baseAddress! - b0)
-        for gi in 0..<g.groups {
-          let xg = xn + gi * cg * plane
-          for kb in 0..<KB {
-            let wk = wt + (gi * KB + kb) * T * lanes
-            let kValid = min(lanes, kg - kb * lanes)
-            let kBase = gi * kg + kb * lanes
-            // Bias and the clamp go on in registers, 16 channels at a time; what is left per
-            // output is one move from the pixel-major scratch into its channel's plane.
-            for j in 0..<lanes { epilogue[j] = j < kValid ? bias?[kBase + j] ?? 0 : 0 }
-            var p0 = b0
-            while p0 < b1 {
-              forwardTile(T: T, to: to, pb: pb, p0: p0, P: b1, xg: xg, wk: wk, out: s,
-                          epilogue: UnsafePointer(epilogue))
-              let pValid = min(tile, end - p0)
-              let yo = out + kBase * outPlane + p0 - outOrigin
-              if pValid == tile {
-                for j in 0..<kValid {
-                  let yj = yo + j * outPlane
-                  yj[0] = s[j]; yj[1] = s[lanes + j]; yj[2] = s[2 * lanes + j]
-                  yj[3] = s[3 * lanes + j]; yj[4] = s[4 * lanes + j]; yj[5] = s[5 * lanes + j]
-                }
-              } else {
-                for j in 0..<kValid {
-                  let yj = yo + j * outPlane
-                  for i in 0..<pValid { yj[i] = s[i * lanes + j] }
-                }
+      withUnsafeTemporaryAllocation(of: Int.self, capacity: block) { bases in
+        let s = scratch.baseAddress!, epilogue = s + tile * lanes
+        for i in 0..<8 { epilogue[lanes + i] = floor }
+        var b0 = pixels.lowerBound
+        while b0 < end {
+          let b1 = min(end, b0 + block)
+          pixelBases(g, wp: wp, b0..<b1, into: bases.baseAddress!)
+          // Indexed by pixel: pb[p] for p in b0..<b1 (tiles start at multiples of 6 from b0, and
+          // only the map's last tile runs past b1, where end = b1 clamps it).
+          let pb = UnsafePointer(bases.baseAddress! - b0)
+          for gi in 0..<g.groups {
+            let xg = xn + gi * cg * plane
+            for kb in 0..<KB {
+              let wk = wt + (gi * KB + kb) * T * lanes
+              let kValid = min(lanes, kg - kb * lanes)
+              let kBase = gi * kg + kb * lanes
+              // Bias and the clamp go on in registers, 16 channels at a time; what is left per
+              // output is one move from the pixel-major scratch into its channel's plane.
+              for j in 0..<lanes { epilogue[j] = j < kValid ? bias?[kBase + j] ?? 0 : 0 }
+              var p0 = b0
+              while p0 < b1 {
+                forwardTile(T: T, to: to, pb: pb, p0: p0, P: b1, xg: xg, wk: wk, out: s,
+                            epilogue: UnsafePointer(epilogue))
+                storeTile(s, pixels: min(tile, end - p0), channels: kValid,
+                          to: out + kBase * outPlane + p0 - outOrigin, plane: outPlane)
+                p0 += tile
               }
-              p0 += tile
             }
           }
+          b0 = b1
         }
-        b0 = b1
       }
-     }
+    }
+  }
+
+  /// The pixel-major scratch tile s[pixel][16] into `channels` planes of `pixels` outputs each.
+  @inline(__always)
+  static func storeTile(_ s: UnsafePointer<Float>, pixels: Int, channels: Int, to y: UnsafeMutablePointer<Float>, plane: Int) {
+    if pixels == tile {
+      for j in 0..<channels {
+        let yj = y + j * plane
+        yj[0] = s[j]; yj[1] = s[lanes + j]; yj[2] = s[2 * lanes + j]
+        yj[3] = s[3 * lanes + j]; yj[4] = s[4 * lanes + j]; yj[5] = s[5 * lanes + j]
+      }
+    } else {
+      for j in 0..<channels {
+        for i in 0..<pixels { y[j * plane + i] = s[i * lanes + j] }
+      }
     }
   }
 
