@@ -298,7 +298,7 @@ struct TrainBench: ParsableCommand {
       pipelined = pp
     }
     if let b = budgetBytes, planned + runtimeReserveBytes > b {
-      throw ValidationError("planned peak \(ByteSize.format(planned)) + the runtime's \(ByteSize.format(runtimeReserveBytes)) exceeds --budget \(ByteSize.format(b)); try --tile, --checkpointing, --precision fp16 or a smaller batch (tessera plan --budget lists what fits)")
+      throw CLIError("planned peak \(ByteSize.format(planned)) + the runtime's \(ByteSize.format(runtimeReserveBytes)) exceeds --budget \(ByteSize.format(b)); try --tile, --checkpointing, --precision fp16 or a smaller batch (tessera plan --budget lists what fits)")
     }
     if let b = budgetBytes { limitBlockCache(budget: b, planned: planned) }
     if !ModelLoader.isPretrained(model) { net.initializeParameters(seed: 0) }

@@ -160,6 +160,7 @@ final class CLITests: TemporaryDirectoryTestCase {
                      "--streamed-input", "--budget", "1MiB"])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("exceeds --budget"), r.stderr)
+    XCTAssertFalse(r.stderr.contains("Usage:"), "a refusal, not a usage error: \(r.stderr)")
     r = try CLI.run(["bench", "train", "--input", "banana"])
     XCTAssertNotEqual(r.status, 0)
     XCTAssert(r.stderr.contains("3x1024x1024"), r.stderr)
