@@ -37,7 +37,9 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
   ],
   targets: [
-    .target(name: "TesseraKernels", swiftSettings: kernelFlags),
+    // bf16 convolution kernels (AVX512_BF16 under target attributes, chosen at run time).
+    .target(name: "CTesseraBF16", cSettings: [.unsafeFlags(["-O2"])]),
+    .target(name: "TesseraKernels", dependencies: ["CTesseraBF16"], swiftSettings: kernelFlags),
     .target(name: "Tessera", dependencies: ["TesseraKernels", .product(name: "Yams", package: "Yams")],
             swiftSettings: targetFlags),
     .target(name: "TesseraPlanner", dependencies: ["Tessera"], swiftSettings: targetFlags),

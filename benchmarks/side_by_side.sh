@@ -3,12 +3,16 @@
 # SIZExBATCH given (default 512x8 1024x4 2048x1, the #13 goals), one JSON line per run (stdout) and
 # a table of medians at the end (stderr).
 #   PEER_PY=/tmp/peers/bin/python benchmarks/side_by_side.sh [rounds] [SIZExBATCH ...]
+# COMPUTE=bf16 compares Tessera's --compute bf16 with Keras's mixed_bfloat16 policy (default fp32
+# on both sides).
 # Set up the peer once as ../shared/peers/README.md says. Build Tessera with `swift build -c release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}; shift || true
 configs=("$@"); [ ${#configs[@]} -gt 0 ] || configs=(512x8 1024x4 2048x1)
 PEER_PY=${PEER_PY:-/tmp/peers/bin/python}
+COMPUTE=${COMPUTE:-fp32}
+case "$COMPUTE" in fp32) dtype=float32 ;; bf16) dtype=mixed_bfloat16 ;; *) echo "COMPUTE must be fp32 or bf16" >&2; exit 2 ;; esac
 peer=../shared/peers/keras_bench.py
 bin=.build/release/tessera
 log=$(mktemp)
@@ -17,10 +21,10 @@ for r in $(seq "$rounds"); do
     size=${c%x*}; batch=${c#*x}
     for mode in train inference; do
       flag=$([ "$mode" = inference ] && echo --inference || true)
-      line=$("$PEER_PY" "$peer" --model fcn --size "$size" --batch "$batch" --steps 10 $flag 2>/dev/null | tail -1)
-      echo "{\"side\":\"tf\",\"size\":$size,\"batch\":$batch,\"mode\":\"$mode\",\"round\":$r,\"result\":$line}" | tee -a "$log"
-      line=$("$bin" bench train --model fcn-large --input "3x${size}x${size}" --batch "$batch" --steps 10 $flag --json 2>/dev/null | tail -1)
-      echo "{\"side\":\"tessera\",\"size\":$size,\"batch\":$batch,\"mode\":\"$mode\",\"round\":$r,\"result\":$line}" | tee -a "$log"
+      line=$("$PEER_PY" "$peer" --model fcn --size "$size" --batch "$batch" --steps 10 --dtype $dtype $flag 2>/dev/null | tail -1)
+      echo "{\"side\":\"tf\",\"compute\":\"$COMPUTE\",\"size\":$size,\"batch\":$batch,\"mode\":\"$mode\",\"round\":$r,\"result\":$line}" | tee -a "$log"
+      line=$("$bin" bench train --model fcn-large --input "3x${size}x${size}" --batch "$batch" --steps 10 --compute "$COMPUTE" $flag --json 2>/dev/null | tail -1)
+      echo "{\"side\":\"tessera\",\"compute\":\"$COMPUTE\",\"size\":$size,\"batch\":$batch,\"mode\":\"$mode\",\"round\":$r,\"result\":$line}" | tee -a "$log"
     done
   done
 done

@@ -6,6 +6,7 @@ extension Conv2DKernels {
     _ g: ConvGeometry, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
     dw: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>?
   ) {
+    if BF16.applies(g) { return BF16.backwardWeights(g, x: x, dy: dy, dw: dw, dbias: dbias) }
     if Phases.applies(g) { return Phases.backwardWeights(g, x: x, dy: dy, dw: dw, dbias: dbias) }
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes, Kpad = KB * lanes
     let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels, G = g.groups

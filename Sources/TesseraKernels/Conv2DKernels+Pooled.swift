@@ -33,7 +33,8 @@ extension Conv2DKernels {
   /// Workspace bytes of `forwardMaxPooled` at its peak, for the planner (tests hold it to the ledger).
   public static func forwardMaxPooledWorkspaceBytes(_ g: ConvGeometry, pool pg: PoolGeometry, threads: Int) -> Int {
     let l = pooledLayout(g, pg, threads: threads)
-    return 4 * (packedWeightFloats(g) + paddedFloats(g) + l.buffers * g.outChannels * bandPlane(l.bandRows, g.outWidth))
+    let weightsAndImage = BF16.applies(g) ? BF16.weightPairs(g) + BF16.imagePairs(g) : packedWeightFloats(g) + paddedFloats(g)
+    return 4 * (weightsAndImage + l.buffers * g.outChannels * bandPlane(l.bandRows, g.outWidth))
   }
 
   /// y (N, K, Hq, Wq) = maxpool(max(scale·conv(x, w) + bias, floor)), pg being the pooling of the
@@ -47,17 +48,31 @@ extension Conv2DKernels {
                  "pooling \(pg) does not match the convolution \(g)")
     let K = g.outChannels, Wo = g.outWidth, Hq = pg.outHeight, Wq = pg.outWidth
     let layout = pooledLayout(g, pg, threads: Parallel.threadCount)
-    let wtBuf = packWeights(g, w: w, scale: scale)
-    let img = PaddedImage(g)
+    // The convolution's rows in fp32 or (`BF16.applies`) bf16: weights, one padded image, offsets.
+    let bf16 = BF16.applies(g)
+    let wtBuf = bf16 ? BF16.packWeights(g, w: w, scale: scale) : packWeights(g, w: w, scale: scale)
+    let img: PaddedImage? = bf16 ? nil : PaddedImage(g)
+    let packed: BF16.PackedImage? = bf16 ? BF16.PackedImage(g) : nil
     let bandPlane = Self.bandPlane(layout.bandRows, Wo)
     let bufs = (0..<layout.buffers).map { _ in Buffer(floats: K * bandPlane, zeroed: false) }
-    let to = tapOffsets(g, hp: img.hp, wp: img.wp)
-    let plane = img.hp * img.wp, wp = img.wp
-    let wt = UnsafePointer(wtBuf.floats), yy = SendablePointer(y)
-    to.withUnsafeBufferPointer { tob in
-      let top = tob.baseAddress!
+    let hp = img?.hp ?? packed!.hp, wp = img?.wp ?? packed!.wp, plane = hp * wp
+    let to = bf16 ? [] : tapOffsets(g, hp: hp, wp: wp), to16 = bf16 ? BF16.stepOffsets(g, hp: hp, wp: wp) : []
+    let yy = SendablePointer(y)
+    to.withUnsafeBufferPointer { tob in to16.withUnsafeBufferPointer { to16b in
+      /// Image n's conv rows into `out` (see `forwardPixels`), from its padded copy in fp32 or bf16.
+      func convolve(_ xn: UnsafeRawPointer, _ pixels: Range<Int>, _ out: UnsafeMutablePointer<Float>, _ outOrigin: Int) {
+        if bf16 {
+          BF16.forwardPixels(g, xn: xn.assumingMemoryBound(to: UInt32.self), wp: wp, pixels: pixels,
+                             to: to16b.baseAddress!, wt: UnsafePointer(wtBuf.pairs), bias: bias, relu: relu,
+                             out: out, outPlane: bandPlane, outOrigin: outOrigin)
+        } else {
+          forwardPixels(g, xn: xn.assumingMemoryBound(to: Float.self), plane: plane, wp: wp, pixels: pixels,
+                        to: tob.baseAddress!, wt: UnsafePointer(wtBuf.floats), bias: bias, relu: relu, out: out,
+                        outPlane: bandPlane, outOrigin: outOrigin)
+        }
+      }
       /// Bands `bands` of image n in order, in buffer `buf`.
-      func run(_ n: Int, _ xn: UnsafePointer<Float>, _ bands: Range<Int>, _ buf: UnsafeMutablePointer<Float>) {
+      func run(_ n: Int, _ xn: UnsafeRawPointer, _ bands: Range<Int>, _ buf: UnsafeMutablePointer<Float>) {
         var have = 0..<0  // conv rows in buf, from its first row
         withUnsafeTemporaryAllocation(of: Float.self, capacity: Wo) { scratch in
           for band in bands {
@@ -73,9 +88,7 @@ extension Conv2DKernels {
             }
             let fresh = keep.isEmpty || keep.lowerBound != need.lowerBound ? need : keep.upperBound..<need.upperBound
             if !fresh.isEmpty {
-              forwardPixels(g, xn: xn, plane: plane, wp: wp, pixels: (fresh.lowerBound * Wo)..<(fresh.upperBound * Wo),
-                            to: top, wt: wt, bias: bias, relu: relu, out: buf, outPlane: bandPlane,
-                            outOrigin: need.lowerBound * Wo)
+              convolve(xn, (fresh.lowerBound * Wo)..<(fresh.upperBound * Wo), buf, need.lowerBound * Wo)
             }
             have = need
             for k in 0..<K {
@@ -89,11 +102,12 @@ extension Conv2DKernels {
         }
       }
       for n in 0..<g.batch {
-        let xn = img.load(x, image: n, parallel: true)
+        let xn = img.map { UnsafeRawPointer($0.load(x, image: n, parallel: true)) }
+          ?? UnsafeRawPointer(packed!.load(x, image: n, parallel: true))
         // Contiguous runs of bands per worker, so each carries its shared rows forward.
         Parallel.forRanges(layout.bands, maxWorkers: layout.buffers) { wk, r in run(n, xn, r, bufs[wk].floats) }
       }
-    }
-    withExtendedLifetime((wtBuf, img, bufs)) {}
+    } }
+    withExtendedLifetime((wtBuf, img, packed, bufs)) {}
   }
 }

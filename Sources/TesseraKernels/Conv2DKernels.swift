@@ -58,11 +58,13 @@ public enum Conv2DKernels {
   /// Workspace bytes each kernel holds at its peak (all its buffers live together), for the planner;
   /// tests check them against the ledger.
   public static func forwardWorkspaceBytes(_ g: ConvGeometry, threads: Int, winograd: Bool = false) -> Int {
+    if BF16.applies(g) { return BF16.forwardWorkspaceBytes(g, threads: threads) }
     if winograd && Winograd.applies(g) { return Winograd.workspaceBytes(g, threads: threads) }
     return 4 * (packedWeightFloats(g) + imageWorkers(g, threads: threads) * paddedFloats(g))
   }
 
   public static func backwardWeightsWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
+    if BF16.applies(g) { return BF16.backwardWeightsWorkspaceBytes(g, threads: threads) }
     if Phases.applies(g) { return Phases.backwardWeightsWorkspaceBytes(g, threads: threads) }
     let P = g.outHeight * g.outWidth, Kpad = (g.groupOutChannels + lanes - 1) / lanes * lanes
     let imageMode = imageWorkers(g, threads: threads)
@@ -110,11 +112,13 @@ public enum Conv2DKernels {
   /// `relu` clamps the result at 0 as it is stored: y = max(scale·conv(x, w) + bias, 0), an
   /// inference-mode BatchNorm (+ ReLU) folded into the convolution at no extra pass or tensor.
   /// `winograd` lets 3×3 stride-1 layers take `Winograd` (inference: its rounding, a few times the
-  /// direct kernel's, would break training's streamed = plain equality at 1e-5).
+  /// direct kernel's, would break training's streamed = plain equality at 1e-5). With
+  /// `BF16.enabled` (`--compute bf16`) ungrouped layers multiply in bf16 instead, training too.
   public static func forward(
     _ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     y: UnsafeMutablePointer<Float>, scale: UnsafePointer<Float>? = nil, relu: Bool = false, winograd: Bool = false
   ) {
+    if BF16.applies(g) { return BF16.forward(g, x: x, w: w, bias: bias, y: y, scale: scale, relu: relu) }
     if winograd && Winograd.applies(g) {
       return Winograd.forward(g, x: x, w: w, bias: bias, y: y, scale: scale, relu: relu)
     }

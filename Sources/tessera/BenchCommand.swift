@@ -118,7 +118,9 @@ struct ConvBench: ParsableCommand {
     discussion: prose("""
       `forward` is the training forward (the direct kernel); `inference forward` the one inference
       takes: Winograd F(4×4, 3×3) for 3×3 stride-1 layers of 16+ channels (GFLOP/s counted as the
-      direct convolution's FLOPs, so the two compare), the direct kernel otherwise.
+      direct convolution's FLOPs, so the two compare), the direct kernel otherwise. `bf16 forward` is
+      the forward and backward-weights of --compute bf16 (bf16 multiplies, fp32 sums) on CPUs with
+      AVX512_BF16 (its stride-1 backward-data is its forward kernel).
       TESSERA_WINOGRAD=0 turns Winograd off everywhere.
       """))
 
@@ -177,6 +179,18 @@ struct ConvBench: ParsableCommand {
       Conv2DKernels.backwardWeights(g, x: x.floats, dy: y.floats, dw: dw.floats, dbias: nil)
     }
     func gf(_ t: Double) -> Double { (flop / t / 1e8).rounded() / 10 }
+    // The forward in bf16 (`--compute bf16`) where this CPU has it.
+    func bf16<T>(_ body: () -> T) -> T {
+      BF16.enabled = true
+      defer { BF16.enabled = false }
+      return body()
+    }
+    let tb: Double? = BF16.supported && groups == 1
+      ? bf16 { medianSeconds(runs: runs) { Conv2DKernels.forward(g, x: x.floats, w: w.floats, bias: nil, y: y.floats) } }
+      : nil
+    let tbw: Double? = tb == nil ? nil : bf16 {
+      medianSeconds(runs: runs) { Conv2DKernels.backwardWeights(g, x: x.floats, dy: y.floats, dw: dw.floats, dbias: nil) }
+    }
     var pooled: [String: Any] = [:]
     if let k = maxPool {
       let pool = Pool2D(.max, kernelSize: k, stride: 2, padding: .same)
@@ -190,19 +204,31 @@ struct ConvBench: ParsableCommand {
         Conv2DKernels.forwardMaxPooled(g, x: x.floats, w: w.floats, bias: nil, scale: nil, relu: true, pool: pg, y: yp.floats)
       }
       pooled = ["conv_then_pool_ms": (two * 1e4).rounded() / 10, "banded_conv_pool_ms": (one * 1e4).rounded() / 10]
+      if tb != nil {
+        let oneBF16 = bf16 {
+          medianSeconds(runs: runs) {
+            Conv2DKernels.forwardMaxPooled(g, x: x.floats, w: w.floats, bias: nil, scale: nil, relu: true, pool: pg, y: yp.floats)
+          }
+        }
+        pooled["banded_conv_pool_bf16_ms"] = (oneBF16 * 1e4).rounded() / 10
+      }
     }
     let out: [String: Any] = [
       "bench": "conv", "geometry": g.description, "threads": Parallel.threadCount, "gflop": flop / 1e9,
       "forward_gflops": gf(tf), "backward_data_gflops": gf(td), "backward_weights_gflops": gf(tw),
       "inference_forward_gflops": gf(ti), "inference_algorithm": winograd ? "winograd" : "direct",
+      "bf16_forward_gflops": tb.map(gf) as Any, "bf16_backward_weights_gflops": tbw.map(gf) as Any,
       "gflops": ((3 * flop / (tf + td + tw)) / 1e8).rounded() / 10,
     ].merging(pooled) { a, _ in a }
     if json { printJSON(out) } else {
       print(g.description)
       print("forward \(gf(tf)) GFLOP/s, backward-data \(gf(td)), backward-weights \(gf(tw)) (threads \(Parallel.threadCount))")
       print("inference forward \(gf(ti)) GFLOP/s (\(winograd ? "Winograd F(4×4, 3×3), as direct-convolution FLOPs" : "direct"))")
+      print(tb.map { "bf16 forward \(gf($0)) GFLOP/s, backward-weights \(gf(tbw!)) (--compute bf16)" }
+            ?? "bf16: not on this CPU (no AVX512_BF16) or grouped")
       if let a = pooled["conv_then_pool_ms"], let b = pooled["banded_conv_pool_ms"] {
-        print("with a \(maxPool!)×\(maxPool!)/2 max pooling: conv then pool \(a) ms, banded in one pass \(b) ms")
+        print("with a \(maxPool!)×\(maxPool!)/2 max pooling: conv then pool \(a) ms, banded in one pass \(b) ms"
+              + (pooled["banded_conv_pool_bf16_ms"].map { ", banded in bf16 \($0) ms" } ?? ""))
       }
     }
   }
@@ -241,9 +267,11 @@ struct TrainBench: ParsableCommand {
   @OptionGroup var parallelOptions: ParallelOptions
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
+  @OptionGroup var compute: ComputeOptions
 
   func run() throws {
     try global.apply()
+    compute.apply()
     let parallel = try parallelOptions.start()
     if parallel != nil && inference { throw ValidationError("--parallel is for training steps, not --inference") }
     if parallel?.mode == .tiles && streaming.tile == nil { throw ValidationError("--parallel tiles needs --tile") }
@@ -377,7 +405,7 @@ struct TrainBench: ParsableCommand {
       "seconds_per_step": seconds / Double(steps), "gflop_per_image": flopPerImage / 1e9,
       "gflops": (ips * flopPerImage / 1e8).rounded() / 10,
       "peak_bytes": MemoryLedger.shared.peakBytes, "max_rss_bytes": maxRSSBytes(),
-      "parameters": net.parameterCount, "final_loss": Double(losses.last ?? 0), "checkpointing": checkpointing, "precision": precision,
+      "parameters": net.parameterCount, "final_loss": Double(losses.last ?? 0), "checkpointing": checkpointing, "precision": precision, "compute": compute.effective,
       "planned_peak_bytes": planned,
     ]
     if let b = budgetBytes { out["budget_bytes"] = b }

@@ -25,9 +25,11 @@ struct DemoCommand: ParsableCommand {
   @Flag(help: "A tiny version (seconds), for tests.") var quick = false
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
+  @OptionGroup var compute: ComputeOptions
 
   func run() throws {
     try global.apply()
+    compute.apply()
     let data = quick ? DemoData(side: 128, mark: 10, train: 24, test: 12, seed: seed)
       : DemoData(side: 1024, mark: 16, marksPerImage: 8, train: 160, test: 80, seed: seed)
     let manifest = try data.prepare(progress: { note($0) })
@@ -67,10 +69,12 @@ struct DemoCommand: ParsableCommand {
     }
     if json {
       printJSON(["fullResolution": results["fullResolution"]!, "downsampled": results["downsampled"]!,
-                 "trainImages": trainIdx.count, "testImages": testIdx.count, "epochs": epochs, "data": data.folder.path])
+                 "trainImages": trainIdx.count, "testImages": testIdx.count, "epochs": epochs, "data": data.folder.path,
+                 "compute": compute.effective])
       return
     }
-    print("\(trainIdx.count) training and \(testIdx.count) held-out \(data.side)×\(data.side) images; the class is the shape of \(data.marksPerImage) \(data.mark)-pixel marks")
+    print("\(trainIdx.count) training and \(testIdx.count) held-out \(data.side)×\(data.side) images; the class is the shape of \(data.marksPerImage) \(data.mark)-pixel marks"
+          + (compute.effective == "bf16" ? "; forward convolutions in bf16" : ""))
     print(pad("", 18) + pad("input", 14) + pad("accuracy", 10, right: true) + pad("time", 10, right: true) + pad("ledger peak", 14, right: true))
     for key in ["fullResolution", "downsampled"] {
       let r = results[key]!, s = (r["inputSize"] as! [Int])[1]

@@ -102,6 +102,7 @@ struct EvalCommand: ParsableCommand {
   var budget: String?
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
+  @OptionGroup var compute: ComputeOptions
 
   func validate() throws {
     try checkRange(batch, 1...Limits.maxBatch, "--batch")
@@ -112,6 +113,7 @@ struct EvalCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
+    compute.apply()
     var (net, names, pipeline) = try trained.load()
     let cfg0 = try trained.runConfig()
     // A run trained at native resolution is evaluated so: one image per batch, read crop by crop
@@ -212,6 +214,7 @@ struct PredictCommand: ParsableCommand {
   @Option(help: "With --tile: memory budget, e.g. 2GiB (default: what this machine has available).") var budget: String?
   @Option(help: "With --tile: folder for one heatmap PNG per class (probability per score-map cell), named <image>.<class>.png.") var heatmaps: String?
   @OptionGroup var global: GlobalOptions
+  @OptionGroup var compute: ComputeOptions
 
   func validate() throws {
     try checkRange(top, 1...(1 << 20), "--top")
@@ -224,6 +227,7 @@ struct PredictCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
+    compute.apply()
     let (net, names, pipeline) = try trained.load()
     if let t = tile { return try runTiled(net, names: names, tile: t, channels: pipeline.channels, trainedSize: pipeline.height) }
     var results = [[String: Any]]()

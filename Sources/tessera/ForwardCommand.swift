@@ -25,11 +25,13 @@ struct ForwardCommand: ParsableCommand {
   @Option(help: "Seed of the initialisation when a zoo or spec model has no --weights.") var seed: UInt64 = 0
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
+  @OptionGroup var compute: ComputeOptions
 
   func validate() throws { if let c = classes { try checkRange(c, 1...(1 << 20), "--classes") } }
 
   func run() throws {
     try global.apply()
+    compute.apply()
     let file = try SafeTensors.read(URL(fileURLWithPath: input))
     var tensors = [String: Tensor]()
     for n in file.names {

@@ -64,6 +64,7 @@ struct PlanCommand: ParsableCommand {
   @Option(help: "With --stages: micro-batches per batch (as train --micro-batches).") var microBatches = 4
   @Flag(help: "Print one JSON object.") var json = false
   @OptionGroup var global: GlobalOptions
+  @OptionGroup var compute: ComputeOptions
 
   func validate() throws {
     try checkRange(batch, 1...Limits.maxBatch, "--batch")
@@ -93,6 +94,7 @@ struct PlanCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
+    compute.apply()
     ActivationStorage.precision = StoragePrecision(rawValue: precision)!
     let (name, loaded, input) = try modelOptions.load()
     let opt = OptimizerKind(rawValue: optimizer)!

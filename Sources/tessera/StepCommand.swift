@@ -30,6 +30,7 @@ struct StepCommand: ParsableCommand {
   @OptionGroup var parallelOptions: ParallelOptions
   @Flag(help: "Print a JSON summary.") var json = false
   @OptionGroup var global: GlobalOptions
+  @OptionGroup var compute: ComputeOptions
 
   func validate() throws {
     if let c = classes { try checkRange(c, 1...(1 << 20), "--classes") }
@@ -41,6 +42,7 @@ struct StepCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
+    compute.apply()
     let parallel = try parallelOptions.start()
     if parallel?.mode == .tiles && streaming.tile == nil {
       throw ValidationError("--parallel tiles spreads a streamed step's tiles over the ranks: it needs --tile")

@@ -73,6 +73,28 @@ struct GlobalOptions: ParsableArguments {
   }
 }
 
+/// `--compute`: the arithmetic of forward convolutions.
+struct ComputeOptions: ParsableArguments {
+  @Option(help: ArgumentHelp(
+    "Forward convolutions multiply in fp32, or in bf16 with fp32 sums (bf16: AVX512_BF16 CPUs).",
+    discussion: "bf16 is TensorFlow's mixed_bfloat16 arithmetic for the convolutions' forward passes: inputs and weights rounded to bf16, products summed in fp32; parameters, gradients, backward and everything else stay fp32. On a CPU without AVX512_BF16 it warns and computes in fp32."))
+  var compute = "fp32"
+
+  /// What the run computes in: `compute`, or fp32 where the CPU has no bf16 kernels.
+  var effective: String { compute == "bf16" && !BF16.supported ? "fp32" : compute }
+
+  func validate() throws {
+    guard ["fp32", "bf16"].contains(compute) else { throw ValidationError("--compute must be fp32 or bf16") }
+  }
+
+  func apply() {
+    if compute == "bf16" && !BF16.supported {
+      note("warning: --compute bf16: this CPU has no AVX512_BF16 (or the OS has AVX-512 off); computing in fp32")
+    }
+    BF16.enabled = compute == "bf16"
+  }
+}
+
 /// Prints one JSON object on stdout, keys sorted; a number that is not finite becomes null (JSON has
 /// no NaN). A value JSON cannot hold ends the command with an error rather than a partial object.
 func printJSON(_ object: [String: Any]) {

@@ -72,6 +72,7 @@ struct TrainCommand: ParsableCommand {
   @OptionGroup var parallelOptions: ParallelOptions
   @Flag(help: "Print a JSON summary at the end.") var json = false
   @OptionGroup var global: GlobalOptions
+  @OptionGroup var compute: ComputeOptions
 
   func validate() throws {
     guard data != nil || manifest != nil || patches != nil else { throw ValidationError("give --data DIR, --manifest CSV or --patches CSV") }
@@ -104,6 +105,7 @@ struct TrainCommand: ParsableCommand {
 
   func run() throws {
     try global.apply()
+    compute.apply()
     let parallel = try parallelOptions.start()
     if let (c, mode) = parallel {
       switch mode {
