@@ -11,9 +11,10 @@ import Foundation
 /// A bf16 × bf16 product is exact in fp32, so the result is the fp32 convolution of the rounded
 /// inputs and weights (round to nearest even), summed in fp32 in a fixed order per output: a tiled
 /// run equals an untiled one, as in fp32. The convolutions' three products take it: forward,
-/// backward-data of stride 1 (itself a forward convolution) and backward-weights (`backwardWeights`
-/// below, pixels in pairs); stride-2 backward-data, the parameters, BatchNorm and everything else
-/// stay fp32 (TF's policy also keeps fp32 variables).
+/// backward-data (stride 1: itself a forward convolution; larger strides: one forward convolution
+/// per phase, `PhasedData`) and backward-weights (`backwardWeights` below, pixels in pairs). The
+/// parameters, their gradients' sums across tiles and workers, BatchNorm, pooling and the loss stay
+/// fp32 (TF's policy also keeps fp32 variables).
 public enum BF16 {
   /// This CPU has AVX512_BF16 and the OS keeps AVX-512 state.
   public static let supported = tb16_supported() != 0

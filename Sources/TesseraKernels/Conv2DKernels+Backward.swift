@@ -168,6 +168,9 @@ extension Conv2DKernels {
       forward(gt, x: dy, w: wf.floats, bias: nil, y: dx)
       return
     }
+    if PhasedData.applies(g), let phases = PhasedData.phases(g) {
+      return PhasedData.backwardData(g, phases, dy: dy, w: w, dx: dx)
+    }
     backwardDataScatter(g, dy: dy, w: w, dx: dx)
   }
 

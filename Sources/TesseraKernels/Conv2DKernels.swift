@@ -75,6 +75,7 @@ public enum Conv2DKernels {
 
   public static func backwardDataWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
     if let gt = transposedGeometry(g) { return 4 * g.weightCount + forwardWorkspaceBytes(gt, threads: threads) }
+    if PhasedData.applies(g), let phases = PhasedData.phases(g) { return PhasedData.workspaceBytes(phases, threads: threads) }
     return 4 * (g.groups * g.groupOutChannels * (g.taps + lanes) + max(imageWorkers(g, threads: threads), 1) * paddedFloats(g))
   }
 

@@ -111,6 +111,29 @@ final class BF16KernelTests: XCTestCase {
     XCTAssertGreaterThan(largestRoundingEffect, 1e-4, "bf16 rounding changes the result measurably")
   }
 
+  /// Backward-data in bf16: stride 1 through the transposed forward, larger strides through the
+  /// phases' forward convolutions; the reference on rounded dy and weights.
+  func testBackwardDataIsTheGradientOfTheRoundedValues() {
+    let saved = (Parallel.threadCount, BF16.enabled)
+    defer { (Parallel.threadCount, BF16.enabled) = saved }
+    BF16.enabled = true
+    var strided = 0
+    for (ci, g) in Self.cases.enumerated() {
+      let w = randomFloats(g.weightCount, seed: 100 + UInt64(ci)), dy = randomFloats(g.outputCount, seed: 300 + UInt64(ci))
+      guard Conv2DKernels.transposedGeometry(g) != nil || Conv2DKernels.PhasedData.phases(g) != nil else { continue }
+      if g.strideH > 1 || g.strideW > 1 { strided += 1 }
+      var ref = [Float](repeating: .nan, count: g.inputCount)
+      ConvReference.backwardData(g, dy: dy.map(BF16.rounded), w: w.map(BF16.rounded), dx: &ref)
+      for threads in [1, 2] {
+        Parallel.threadCount = threads
+        var dx = [Float](repeating: .nan, count: g.inputCount)
+        Conv2DKernels.backwardData(g, dy: dy, w: w, dx: &dx)
+        assertClose(dx, ref, "bf16 backward-data threads \(threads) \(g)")
+      }
+    }
+    XCTAssertGreaterThanOrEqual(strided, 6)
+  }
+
   /// The banded convolution + max pooling in bf16 equals the bf16 convolution then the pooling,
   /// bit for bit (the same sums in the same order per output).
   func testConvolutionWithMaxPoolingInBandsEqualsTheTwoPasses() {

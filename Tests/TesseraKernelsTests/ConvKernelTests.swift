@@ -257,7 +257,11 @@ final class ConvKernelTests: XCTestCase {
 
 extension ConvKernelTests {
   /// Both backward-data paths (the stride-1 transposed forward and the general scatter) against the reference.
+  /// Scatter, the transposed forward (stride 1) and the strided phases (`PhasedData`, stride > 1:
+  /// strides 2 and 3, a stride above the kernel size, phases no tap reaches, uneven padding) each
+  /// against the reference.
   func testBackwardDataPathsAgree() {
+    var phased = 0
     for (ci, g) in Self.cases.enumerated() {
       let w = randomFloats(g.weightCount, seed: 100 + UInt64(ci)), dy = randomFloats(g.outputCount, seed: 300 + UInt64(ci))
       var ref = [Float](repeating: 0, count: g.inputCount), scatter = ref
@@ -270,7 +274,14 @@ extension ConvKernelTests {
         Conv2DKernels.forward(gt, x: dy, w: wf.floats, bias: nil, y: &viaForward)
         assertClose(viaForward, ref, "transposed forward \(g)")
       }
+      if let phases = Conv2DKernels.PhasedData.phases(g) {
+        var viaPhases = [Float](repeating: .nan, count: g.inputCount)
+        Conv2DKernels.PhasedData.backwardData(g, phases, dy: dy, w: w, dx: &viaPhases)
+        assertClose(viaPhases, ref, "phases \(g)")
+        phased += 1
+      }
     }
+    XCTAssertGreaterThanOrEqual(phased, 6, "strided cases the phases take")
   }
 }
 
