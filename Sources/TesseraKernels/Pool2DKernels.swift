@@ -183,7 +183,7 @@ public enum Pool2DKernels {
         i += 1
       }
     }
-    for ox in 0..<Wo {
+    @inline(__always) func scalar(_ ox: Int) {
       let (_, _, x0, x1) = g.window(oy, ox)
       var v = -Float.infinity
       if x1 > x0 {
@@ -192,6 +192,24 @@ public enum Pool2DKernels {
       }
       yp[ox] = v
     }
+    var ox = 0
+    if g.strideW == 2 && g.kernelW == 3 {
+      // Interior windows eight at a time: cells 2·ox − left + 0, 1, 2 are the even and odd lanes of
+      // 16 values and the even lanes of the 16 two further on, compared in the scalar scan's order.
+      let left = g.padLeft, firstInterior = min(Wo, (left + 1) / 2)
+      while ox < firstInterior { scalar(ox); ox += 1 }
+      while ox + 8 <= Wo && 2 * ox - left + 18 <= W {
+        let b = UnsafeRawPointer(m + 2 * ox - left)
+        let a = b.loadUnaligned(as: SIMD16<Float>.self), c = b.loadUnaligned(fromByteOffset: 8, as: SIMD16<Float>.self)
+        var v = a.evenHalf
+        let v1 = a.oddHalf, v2 = c.evenHalf
+        v = v.replacing(with: v1, where: v1 .> v)
+        v = v.replacing(with: v2, where: v2 .> v)
+        store8(v, yp + ox)
+        ox += 8
+      }
+    }
+    while ox < Wo { scalar(ox); ox += 1 }
   }
 
   /// out[o] = x[argmax[o]] plane by plane: what a map the size of the pooling's input holds at each
