@@ -28,7 +28,7 @@ uint16_t tb16_round(float v) {
   return (uint16_t)(bits >> 16);
 }
 
-void tb16_pack_image(const float *x, int channels, int h, int w, int top, int left, int hp, int wp,
+void tb16_pack_image(const float *x, int channels, int h, int w, int top, int left, int hp, int wp, int xpair,
                      long rowBegin, long rowEnd, uint32_t *dst) {
   for (long row = rowBegin; row < rowEnd; row++) {
     long pair = row / h, y = row % h;
@@ -36,25 +36,45 @@ void tb16_pack_image(const float *x, int channels, int h, int w, int top, int le
     const float *lo = x + (c0 * h + y) * w;
     const float *hi = c0 + 1 < channels ? lo + (long)h * w : NULL;
     uint32_t *d = dst + (pair * hp + y + top) * (long)wp + left;
-    long i = cvt_pairs(lo, hi, w, d);
     if (hi) {
+      long i = cvt_pairs(lo, hi, w, d);
       for (; i < w; i++) d[i] = (uint32_t)tb16_round(lo[i]) | (uint32_t)tb16_round(hi[i]) << 16;
+    } else if (xpair) {
+      // The odd last channel paired with itself one column on: (v[j], v[j+1]) of its padded row,
+      // v past the row's end 0; the column before the image holds (0, v[left]).
+      long i = cvt_pairs(lo, lo + 1, w - 1, d);
+      for (; i < w - 1; i++) d[i] = (uint32_t)tb16_round(lo[i]) | (uint32_t)tb16_round(lo[i + 1]) << 16;
+      d[w - 1] = tb16_round(lo[w - 1]);
+      if (left > 0) d[-1] = (uint32_t)tb16_round(lo[0]) << 16;
     } else {
+      long i = cvt_pairs(lo, NULL, w, d);
       for (; i < w; i++) d[i] = tb16_round(lo[i]);
     }
   }
 }
 
-void tb16_pack_weights(const float *w, const float *scale, int K, int C, int kh, int kw, uint32_t *dst) {
-  long pairs = (C + 1) / 2, taps = (long)kh * kw, steps = pairs * taps, KB = (K + 15) / 16;
+void tb16_pack_weights(const float *w, const float *scale, int K, int C, int kh, int kw, int xpair, uint32_t *dst) {
+  long taps = (long)kh * kw, full = C / 2, kwp = (kw + 1) / 2;
+  long steps = full * taps + (C & 1 ? (xpair ? kh * kwp : taps) : 0), KB = (K + 15) / 16;
   memset(dst, 0, sizeof(uint32_t) * KB * steps * 16);
   for (int k = 0; k < K; k++) {
     float sk = scale ? scale[k] : 1.0f;
     uint32_t *d = dst + (k / 16) * steps * 16 + k % 16;
-    for (long c = 0; c < C; c++) {
+    const float *wk = w + (long)k * C * taps;
+    for (long c = 0; c < 2 * full; c++) {
       for (long t = 0; t < taps; t++) {
-        uint32_t v = tb16_round(w[((long)k * C + c) * taps + t] * sk);
+        uint32_t v = tb16_round(wk[c * taps + t] * sk);
         d[((c / 2) * taps + t) * 16] |= (c & 1) ? v << 16 : v;
+      }
+    }
+    if (!(C & 1)) continue;
+    const float *wc = wk + (C - 1) * taps;
+    uint32_t *dl = d + full * taps * 16;
+    for (long ky = 0; ky < kh; ky++) {
+      for (long kx = 0; kx < kw; kx++) {
+        uint32_t v = tb16_round(wc[ky * kw + kx] * sk);
+        if (xpair) dl[(ky * kwp + kx / 2) * 16] |= (kx & 1) ? v << 16 : v;  // taps kx, kx+1 in one pair
+        else dl[(ky * kw + kx) * 16] = v;
       }
     }
   }

@@ -28,7 +28,15 @@ public enum BF16 {
 
   static let lanes = 16
 
-  static func steps(_ g: ConvGeometry) -> Int { (g.inChannels + 1) / 2 * g.kernelH * g.kernelW }
+  /// An odd last channel paired along x (its taps kx, kx+1 in one step) rather than with zero:
+  /// the 7×7 stem on RGB takes 77 steps instead of 98. A zero weight pairs with the value one
+  /// column past the window, so a non-finite input there spreads one output further than in fp32.
+  static func xPairs(_ g: ConvGeometry) -> Bool { g.inChannels % 2 == 1 && g.dilationW == 1 && g.kernelW > 1 }
+
+  static func steps(_ g: ConvGeometry) -> Int {
+    let taps = g.kernelH * g.kernelW
+    return g.inChannels / 2 * taps + (g.inChannels % 2 == 0 ? 0 : xPairs(g) ? g.kernelH * ((g.kernelW + 1) / 2) : taps)
+  }
   /// 4-byte pairs of one packed image (padded; its layout differs from x's, so always a copy).
   static func imagePairs(_ g: ConvGeometry) -> Int {
     (g.inChannels + 1) / 2 * (g.inHeight + g.padTop + g.padBottom) * (g.inWidth + g.padLeft + g.padRight)
@@ -46,8 +54,11 @@ public enum BF16 {
     var to = [Int64]()
     to.reserveCapacity(steps(g))
     for p in 0..<(g.inChannels + 1) / 2 {
+      let kxStep = p == g.inChannels / 2 && xPairs(g) ? 2 : 1
       for ky in 0..<g.kernelH {
-        for kx in 0..<g.kernelW { to.append(Int64(p * hp * wp + ky * g.dilationH * wp + kx * g.dilationW)) }
+        for kx in stride(from: 0, to: g.kernelW, by: kxStep) {
+          to.append(Int64(p * hp * wp + ky * g.dilationH * wp + kx * g.dilationW))
+        }
       }
     }
     return to
@@ -55,11 +66,13 @@ public enum BF16 {
 
   static func packWeights(_ g: ConvGeometry, w: UnsafePointer<Float>, scale: UnsafePointer<Float>?) -> Buffer {
     let buf = Buffer(byteCount: 4 * weightPairs(g), category: .workspace, zeroed: false)
-    tb16_pack_weights(w, scale, Int32(g.outChannels), Int32(g.inChannels), Int32(g.kernelH), Int32(g.kernelW), buf.pairs)
+    tb16_pack_weights(w, scale, Int32(g.outChannels), Int32(g.inChannels), Int32(g.kernelH), Int32(g.kernelW),
+                      xPairs(g) ? 1 : 0, buf.pairs)
     return buf
   }
 
-  /// One image as bf16 channel pairs, zero-padded; the border is zeroed once and never written.
+  /// One image as bf16 channel pairs, zero-padded; the border is zeroed once (only an x-paired last
+  /// channel rewrites the column left of the image).
   final class PackedImage {
     let g: ConvGeometry
     let hp: Int, wp: Int
@@ -77,7 +90,7 @@ public enum BF16 {
       let image = x + n * g.inChannels * g.inHeight * g.inWidth
       Parallel.forRanges((g.inChannels + 1) / 2 * g.inHeight, maxWorkers: parallel ? nil : 1) { _, r in
         tb16_pack_image(image, Int32(g.inChannels), Int32(g.inHeight), Int32(g.inWidth), Int32(g.padTop),
-                        Int32(g.padLeft), Int32(hp), Int32(wp), r.lowerBound, r.upperBound, dst.p)
+                        Int32(g.padLeft), Int32(hp), Int32(wp), BF16.xPairs(g) ? 1 : 0, r.lowerBound, r.upperBound, dst.p)
       }
       return UnsafePointer(buffer.pairs)
     }

@@ -16,14 +16,18 @@ int tb16_supported(void);
 uint16_t tb16_round(float v);
 
 // One image's channels into channel pairs (c, c+1) of bf16, zero-padded: dst[(c/2)·hp·wp + (y+top)·wp +
-// x + left] holds channel c in its low half and c+1 (0 past the last) in its high half. Writes the
-// interior rows `rows` (flat channel-pair·h + y indices) only: the border is zeroed once by the caller.
-void tb16_pack_image(const float *x, int channels, int h, int w, int top, int left, int hp, int wp,
+// x + left] holds channel c in its low half and c+1 in its high half. An odd last channel pairs with
+// 0, or with `xpair` with itself one column on (its pair at padded column j is (v[j], v[j+1]), v
+// past the row 0), so its taps kx, kx+1 take one step. Writes the interior rows `rows` (flat
+// channel-pair·h + y indices) and, for xpair, the column before them; the caller zeroes the rest
+// once.
+void tb16_pack_image(const float *x, int channels, int h, int w, int top, int left, int hp, int wp, int xpair,
                      long rowBegin, long rowEnd, uint32_t *dst);
 
-// Weights (K, C, kh, kw), each output channel's times scale[k] (NULL: 1), into
-// dst[kb][step][16] pairs, step = (pair, ky, kx), zero past K and past C.
-void tb16_pack_weights(const float *w, const float *scale, int K, int C, int kh, int kw, uint32_t *dst);
+// Weights (K, C, kh, kw), each output channel's times scale[k] (NULL: 1), into dst[kb][step][16]
+// pairs, zero past K and past C: steps (pair, ky, kx) of the channel pairs, then for an odd C the
+// last channel's (ky, kx) — or with `xpair` its (ky, kx pair), kx = 2j and 2j+1 (0 past kw).
+void tb16_pack_weights(const float *w, const float *scale, int K, int C, int kh, int kw, int xpair, uint32_t *dst);
 
 // Output pixels 0..<count whose window origins in the packed image are pb[0..<count] (in pairs):
 // out[k·outPlane + i] = max(Σ_s x[pb[i] + to[s]] · wt[kb][s][k mod 16] + bias[k], floor) for k < K
