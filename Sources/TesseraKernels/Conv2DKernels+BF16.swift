@@ -9,8 +9,11 @@ import Foundation
 /// [pair, ky, kx][16] pairs; the tile is 12 pixels × 16 channels in 12 of the 32 zmm registers.
 ///
 /// A bf16 × bf16 product is exact in fp32, so the result is the fp32 convolution of the rounded
-/// inputs and weights (round to nearest even), summed in fp32 in a fixed order per output: a tiled
-/// run equals an untiled one, as in fp32. The convolutions' three products take it: forward,
+/// inputs and weights (round to nearest even), summed in fp32 in a fixed order per output, whichever
+/// tile computes it. Streamed training is therefore exact per kernel but agrees with the plain step
+/// only to bf16's precision (~0.5 %, not fp32's 1e-5): a gradient summed from different parts in a
+/// tile's halo differs by ~1e-7, and its bf16 rounding can make that 2⁻⁸ (tests: ComputeTests).
+/// The convolutions' three products take it: forward,
 /// backward-data (stride 1: itself a forward convolution; larger strides: one forward convolution
 /// per phase, `PhasedData`) and backward-weights (`backwardWeights` below, pixels in pairs). The
 /// parameters, their gradients' sums across tiles and workers, BatchNorm, pooling and the loss stay

@@ -146,6 +146,15 @@ final class CLITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(r.status, 0, r.stderr)
     let t = try json(r.stdout)
     for key in ["gflops", "images_per_second", "peak_bytes", "max_rss_bytes"] { XCTAssertNotNil(t[key], key) }
+    // --compute bf16: the JSON says what ran (fp32 where the CPU has no bf16); planner = ledger.
+    r = try CLI.run(["bench", "train", "--input", "3x64x64", "--batch", "2", "--steps", "1", "--compute", "bf16", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let b = try json(r.stdout)
+    XCTAssertEqual(b["compute"] as? String, BF16.supported ? "bf16" : "fp32")
+    XCTAssertEqual(b["peak_bytes"] as? Int, b["planned_peak_bytes"] as? Int)
+    r = try CLI.run(["bench", "train", "--compute", "fp64"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssert(r.stderr.contains("--compute must be fp32 or bf16"), r.stderr)
     r = try CLI.run(["bench", "conv", "--input", "4x16x16", "--out-channels", "8", "--runs", "1", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
     XCTAssertNotNil(try json(r.stdout)["forward_gflops"])
