@@ -17,8 +17,18 @@ final class BF16KernelTests: XCTestCase {
                  strideH: 2, strideW: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1),
   ]
 
+  /// Thread count and the bf16 switch as they were; every test runs with bf16 on.
+  var saved: (threads: Int, bf16: Bool)?
+
   override func setUpWithError() throws {
     try XCTSkipUnless(BF16.supported, "this CPU has no AVX512_BF16 (or the OS keeps AVX-512 off): the bf16 kernels are not run")
+    saved = (Parallel.threadCount, BF16.enabled)
+    BF16.enabled = true
+  }
+
+  override func tearDown() {
+    if let saved { (Parallel.threadCount, BF16.enabled) = saved }
+    super.tearDown()
   }
 
   /// Round to nearest even, from a double-precision reference: the two bf16 neighbours of v and
@@ -55,17 +65,12 @@ final class BF16KernelTests: XCTestCase {
   /// ReLU, against the reference on rounded values; and far enough from the unrounded fp32
   /// convolution that the bf16 path was surely taken.
   func testForwardIsTheConvolutionOfTheRoundedValues() {
-    let saved = (Parallel.threadCount, BF16.enabled)
-    defer { (Parallel.threadCount, BF16.enabled) = saved }
-    BF16.enabled = true
     var largestRoundingEffect: Float = 0
     for (ci, g) in Self.cases.enumerated() {
       XCTAssertTrue(BF16.applies(g))
       let x = randomFloats(g.inputCount, seed: 500 + UInt64(ci)), w = randomFloats(g.weightCount, seed: 600 + UInt64(ci))
       let scale = randomFloats(g.outChannels, seed: 700).map { $0 * 2 + 3 }, shift = randomFloats(g.outChannels, seed: 701)
-      let P = g.outHeight * g.outWidth
-      var scaledW = w
-      for k in 0..<g.outChannels { for t in 0..<(g.weightCount / g.outChannels) { scaledW[k * (g.weightCount / g.outChannels) + t] *= scale[k] } }
+      let perChannel = g.weightCount / g.outChannels, scaledW = w.indices.map { w[$0] * scale[$0 / perChannel] }
       var ref = [Float](repeating: .nan, count: g.outputCount), exact = ref
       ConvReference.forward(g, x: x.map(BF16.rounded), w: scaledW.map(BF16.rounded), bias: shift, y: &ref)
       ConvReference.forward(g, x: x, w: scaledW, bias: shift, y: &exact)
@@ -78,7 +83,6 @@ final class BF16KernelTests: XCTestCase {
           assertClose(y, want, "bf16 relu=\(relu) threads \(threads) \(g)")
         }
       }
-      XCTAssertEqual(P * g.outChannels * g.batch, ref.count)
       largestRoundingEffect = max(largestRoundingEffect, maxRelativeError(ref, exact))
     }
     XCTAssertGreaterThan(largestRoundingEffect, 1e-4, "bf16 rounding changes the result measurably")
@@ -88,9 +92,6 @@ final class BF16KernelTests: XCTestCase {
   /// phases; dilation), accumulated onto existing values, 1–3 threads, against the reference on
   /// rounded x and dy; the bias gradient stays fp32 (the reference's on unrounded dy).
   func testBackwardWeightsIsTheGradientOfTheRoundedValues() {
-    let saved = (Parallel.threadCount, BF16.enabled)
-    defer { (Parallel.threadCount, BF16.enabled) = saved }
-    BF16.enabled = true
     var largestRoundingEffect: Float = 0
     for (ci, g) in Self.cases.enumerated() {
       let x = randomFloats(g.inputCount, seed: 800 + UInt64(ci)), dy = randomFloats(g.outputCount, seed: 900 + UInt64(ci))
@@ -114,9 +115,6 @@ final class BF16KernelTests: XCTestCase {
   /// Backward-data in bf16: stride 1 through the transposed forward, larger strides through the
   /// phases' forward convolutions; the reference on rounded dy and weights.
   func testBackwardDataIsTheGradientOfTheRoundedValues() {
-    let saved = (Parallel.threadCount, BF16.enabled)
-    defer { (Parallel.threadCount, BF16.enabled) = saved }
-    BF16.enabled = true
     var strided = 0
     for (ci, g) in Self.cases.enumerated() {
       let w = randomFloats(g.weightCount, seed: 100 + UInt64(ci)), dy = randomFloats(g.outputCount, seed: 300 + UInt64(ci))
@@ -137,9 +135,6 @@ final class BF16KernelTests: XCTestCase {
   /// The banded convolution + max pooling in bf16 equals the bf16 convolution then the pooling,
   /// bit for bit (the same sums in the same order per output).
   func testConvolutionWithMaxPoolingInBandsEqualsTheTwoPasses() {
-    let saved = (Parallel.threadCount, BF16.enabled)
-    defer { (Parallel.threadCount, BF16.enabled) = saved }
-    BF16.enabled = true
     let g = ConvGeometry(batch: 2, inChannels: 3, inHeight: 75, inWidth: 41, outChannels: 16, kernelH: 7, kernelW: 7,
                          strideH: 2, strideW: 2, padTop: 2, padLeft: 3, padBottom: 3, padRight: 3)
     let pg = PoolGeometry(planes: g.batch * g.outChannels, inHeight: g.outHeight, inWidth: g.outWidth, kernelH: 3,
@@ -159,9 +154,6 @@ final class BF16KernelTests: XCTestCase {
 
   /// The planner's workspace figures for the bf16 path equal the ledger's peak.
   func testWorkspacesMatchLedger() {
-    let saved = (Parallel.threadCount, BF16.enabled)
-    defer { (Parallel.threadCount, BF16.enabled) = saved }
-    BF16.enabled = true
     func peak(_ body: () -> Void) -> Int {
       let base = MemoryLedger.shared.currentBytes
       return MemoryLedger.shared.measure(body).peakBytes - base
