@@ -138,8 +138,13 @@ final class StreamingTests: XCTestCase {
   /// An input that is never held: regions of a synthetic source agree where they overlap, and a
   /// step read region by region equals the step on the whole tensor (and the planner, told the input
   /// is not resident, still equals the ledger).
+  /// (Seed 5: seed 4's input puts a BatchNorm output of stage 2 or 3 — one image, 9–25 values a
+  /// channel — within ~1e-7 of its ReLU's threshold, so the ~1e-7 that streaming's tile-wise sums
+  /// move the stem's output by flips that ReLU: stage 4's gradients still agree to 7e-6, stage 2's
+  /// and the stem's differ by 4–5 %, for every tile size and split alike. Any two summation orders
+  /// do that at an exact tie; seeds 1–3, 5 and 6 agree to ~5e-6.)
   func testStepFromATileSource() throws {
-    let source = SyntheticTileSource(shape: [1, 3, 160, 144], seed: 4)
+    let source = SyntheticTileSource(shape: [1, 3, 160, 144], seed: 5)
     let whole = source.read(MapRegion(rows: 0..<160, cols: 0..<144))
     let part = source.read(MapRegion(rows: 37..<90, cols: 5..<100))
     XCTAssertEqual(part.toArray(), TensorTileSource(whole).read(MapRegion(rows: 37..<90, cols: 5..<100)).toArray())

@@ -32,23 +32,54 @@ public struct SyntheticTileSource: TileSource {
   public func read(_ r: MapRegion) -> Tensor {
     let (n, c) = (shape[0], shape[1])
     let t = Tensor(uninitialized: [n, c, r.rows.count, r.cols.count])
-    let p = SendablePointer(t.floats), w = r.cols.count, seed = seed, H = shape[2], W = shape[3]
+    let p = SendablePointer(t.floats), w = r.cols.count, H = shape[2], col0 = r.cols.lowerBound
+    let seedKey = UInt32(truncatingIfNeeded: (seed &* 0x9E37_79B9_7F4A_7C15) >> 32)
     Parallel.forRanges(n * c * r.rows.count) { _, range in
       for row in range {
         let plane = row / r.rows.count, y = r.rows.lowerBound + row % r.rows.count
-        let base = UInt64(truncatingIfNeeded: (plane * H + y) * W) &+ seed &* 0x9E37_79B9_7F4A_7C15
+        // A 32-bit key for the input row (all 64 bits of its index and the seed), then a 32-bit hash
+        // of key and column, eight columns at a time (64-bit multiplies do not vectorize on AVX2:
+        // splitmix64 per pixel took 14 % of a 16384² streamed step).
+        let rowIndex = UInt64(truncatingIfNeeded: plane * H + y)
+        let key = Self.hash(UInt32(truncatingIfNeeded: rowIndex) ^ Self.hash(UInt32(truncatingIfNeeded: rowIndex >> 32) ^ seedKey))
         let out = p.p + row * w
-        for i in 0..<w {
-          // splitmix64 of the pixel's index
-          var z = base &+ UInt64(r.cols.lowerBound + i) &* 0x9E37_79B9_7F4A_7C15
-          z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-          z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-          z ^= z >> 31
-          out[i] = Float(z >> 40) * (2.0 / 16_777_216.0) - 1
+        var i = 0
+        while i + 8 <= w {
+          let cols = SIMD8<UInt32>(repeating: UInt32(truncatingIfNeeded: col0 + i)) &+ SIMD8(0, 1, 2, 3, 4, 5, 6, 7)
+          let h = Self.hash(SIMD8(repeating: key) ^ (cols &* 0x9E37_79B9))
+          let v = SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: h &>> 8)) * (2.0 / 16_777_216.0) - 1
+          UnsafeMutableRawPointer(out + i).storeBytes(of: v, as: SIMD8<Float>.self)
+          i += 8
+        }
+        while i < w {
+          let h = Self.hash(key ^ (UInt32(truncatingIfNeeded: col0 + i) &* 0x9E37_79B9))
+          out[i] = Float(Int32(truncatingIfNeeded: h >> 8)) * (2.0 / 16_777_216.0) - 1
+          i += 1
         }
       }
     }
     return t
+  }
+
+  /// lowbias32 (C. Wellons' 32-bit integer hash), lane-wise.
+  @inline(__always) static func hash<V: SIMD>(_ v: V) -> V where V.Scalar == UInt32 {
+    var x = v
+    x ^= x &>> 16
+    x &*= V(repeating: 0x7FEB_352D)
+    x ^= x &>> 15
+    x &*= V(repeating: 0x846C_A68B)
+    x ^= x &>> 16
+    return x
+  }
+
+  @inline(__always) static func hash(_ v: UInt32) -> UInt32 {
+    var x = v
+    x ^= x >> 16
+    x &*= 0x7FEB_352D
+    x ^= x >> 15
+    x &*= 0x846C_A68B
+    x ^= x >> 16
+    return x
   }
 }
 
