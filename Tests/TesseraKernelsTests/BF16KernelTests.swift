@@ -132,26 +132,6 @@ final class BF16KernelTests: XCTestCase {
     XCTAssertGreaterThanOrEqual(strided, 6)
   }
 
-  /// The banded convolution + max pooling in bf16 equals the bf16 convolution then the pooling,
-  /// bit for bit (the same sums in the same order per output).
-  func testConvolutionWithMaxPoolingInBandsEqualsTheTwoPasses() {
-    let g = ConvGeometry(batch: 2, inChannels: 3, inHeight: 75, inWidth: 41, outChannels: 16, kernelH: 7, kernelW: 7,
-                         strideH: 2, strideW: 2, padTop: 2, padLeft: 3, padBottom: 3, padRight: 3)
-    let pg = PoolGeometry(planes: g.batch * g.outChannels, inHeight: g.outHeight, inWidth: g.outWidth, kernelH: 3,
-                          kernelW: 3, strideH: 2, strideW: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1)
-    let x = randomFloats(g.inputCount, seed: 1), w = randomFloats(g.weightCount, seed: 2)
-    let scale = randomFloats(g.outChannels, seed: 3), shift = randomFloats(g.outChannels, seed: 4)
-    var conv = [Float](repeating: .nan, count: g.outputCount)
-    var want = [Float](repeating: .nan, count: pg.planes * pg.outHeight * pg.outWidth), got = want
-    Conv2DKernels.forward(g, x: x, w: w, bias: shift, y: &conv, scale: scale, relu: true)
-    Pool2DKernels.maxForward(pg, x: conv, y: &want)
-    for threads in [1, 2, 3] {
-      Parallel.threadCount = threads
-      Conv2DKernels.forwardMaxPooled(g, x: x, w: w, bias: shift, scale: scale, relu: true, pool: pg, y: &got)
-      XCTAssertEqual(got, want, "threads \(threads)")
-    }
-  }
-
   /// The planner's workspace figures for the bf16 path equal the ledger's peak.
   func testWorkspacesMatchLedger() {
     func peak(_ body: () -> Void) -> Int {

@@ -158,10 +158,18 @@ final class ConvKernelTests: XCTestCase {
 
   /// Convolution + max pooling in bands (inference) equals the convolution then the pooling, bit
   /// for bit: several bands (rows carried between them), windows wider than their stride, padding,
-  /// partial last bands, batches that split by image and by band, 1–3 threads.
+  /// partial last bands, batches that split by image and by band, 1–3 threads; in fp32 and, where
+  /// the CPU has it, bf16 (the same sums in the same order per output).
   func testConvolutionWithMaxPoolingInBandsEqualsTheTwoPasses() {
-    let saved = Parallel.threadCount
-    defer { Parallel.threadCount = saved }
+    let saved = (Parallel.threadCount, BF16.enabled)
+    defer { (Parallel.threadCount, BF16.enabled) = saved }
+    for bf16 in BF16.supported ? [false, true] : [false] {
+      BF16.enabled = bf16
+      bandsEqualTwoPasses()
+    }
+  }
+
+  func bandsEqualTwoPasses() {
     let convs = [
       ConvGeometry(batch: 1, inChannels: 3, inHeight: 75, inWidth: 41, outChannels: 16, kernelH: 7, kernelW: 7,
                    strideH: 2, strideW: 2, padTop: 2, padLeft: 3, padBottom: 3, padRight: 3),
@@ -189,7 +197,7 @@ final class ConvKernelTests: XCTestCase {
           for threads in [1, 2, 3] {
             Parallel.threadCount = threads
             Conv2DKernels.forwardMaxPooled(g, x: x, w: w, bias: shift, scale: scale, relu: relu, pool: pg, y: &got)
-            XCTAssertEqual(got, want, "\(g) pool \(pg) relu \(relu) threads \(threads)")
+            XCTAssertEqual(got, want, "\(g) pool \(pg) relu \(relu) threads \(threads) bf16 \(BF16.enabled)")
           }
         }
       }
