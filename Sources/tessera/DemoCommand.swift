@@ -74,7 +74,7 @@ struct DemoCommand: ParsableCommand {
       return
     }
     print("\(trainIdx.count) training and \(testIdx.count) held-out \(data.side)×\(data.side) images; the class is the shape of \(data.marksPerImage) \(data.mark)-pixel marks"
-          + (compute.effective == "bf16" ? "; forward convolutions in bf16" : ""))
+          + (compute.effective == "bf16" ? "; convolutions in bf16 (--compute bf16)" : ""))
     print(pad("", 18) + pad("input", 14) + pad("accuracy", 10, right: true) + pad("time", 10, right: true) + pad("ledger peak", 14, right: true))
     for key in ["fullResolution", "downsampled"] {
       let r = results[key]!, s = (r["inputSize"] as! [Int])[1]
