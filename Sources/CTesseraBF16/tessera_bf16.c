@@ -100,8 +100,8 @@ void tb16_pack_phases(const float *x, int h, int w, int top, int left, int hp, i
       continue;
     }
     for (int ph = 0; ph < stride; ph++) {
-      // Padded columns j ≡ ph (mod stride) that hold input: j = left + i.
-      long j0 = left, first = (ph - j0 % stride + stride) % stride;  // first i with (left + i) % stride == ph
+      // Padded columns j = left + i ≡ ph (mod stride): the first such i, then every stride-th.
+      long first = (ph - left % stride + stride) % stride;
       uint16_t *dp = d + ph * phaseLen;
       for (long i = first; i < w; i += stride) dp[(left + i) / stride] = tb16_round(src[i]);
     }

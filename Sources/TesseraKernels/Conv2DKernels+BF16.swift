@@ -1,8 +1,8 @@
 import CTesseraBF16
 import Foundation
 
-/// Convolution forward with bf16 multiplies and fp32 sums (`--compute bf16`), the arithmetic of
-/// TensorFlow's `mixed_bfloat16` policy. The kernel is C (CTesseraBF16, `vdpbf16ps` under target
+/// Convolutions with bf16 multiplies and fp32 sums (`--compute bf16`), the arithmetic of
+/// TensorFlow's `mixed_bfloat16` policy. The kernels are C (CTesseraBF16, `vdpbf16ps` under target
 /// attributes): one instruction multiplies 16 pairs and adds them to 16 fp32 sums, twice the
 /// multiply-adds of an fp32 FMA per cycle on this CPU. Channels go in pairs (c, c+1), so the
 /// padded image is held as bf16 pairs [C/2][Hp][Wp] and the weights as [16-channel block]
@@ -21,7 +21,7 @@ import Foundation
 public enum BF16 {
   /// This CPU has AVX512_BF16 and the OS keeps AVX-512 state.
   public static let supported = tb16_supported() != 0
-  /// Set by `--compute bf16`: forward convolutions of one group take this path where `supported`.
+  /// Set by `--compute bf16`: convolutions of one group take this path where `supported`.
   nonisolated(unsafe) public static var enabled = false
 
   public static func applies(_ g: ConvGeometry) -> Bool { enabled && supported && g.groups == 1 }
@@ -41,9 +41,7 @@ public enum BF16 {
     return g.inChannels / 2 * taps + (g.inChannels % 2 == 0 ? 0 : xPairs(g) ? g.kernelH * ((g.kernelW + 1) / 2) : taps)
   }
   /// 4-byte pairs of one packed image (padded; its layout differs from x's, so always a copy).
-  static func imagePairs(_ g: ConvGeometry) -> Int {
-    (g.inChannels + 1) / 2 * (g.inHeight + g.padTop + g.padBottom) * (g.inWidth + g.padLeft + g.padRight)
-  }
+  static func imagePairs(_ g: ConvGeometry) -> Int { (g.inChannels + 1) / 2 * g.paddedHeight * g.paddedWidth }
   static func weightPairs(_ g: ConvGeometry) -> Int { (g.outChannels + lanes - 1) / lanes * steps(g) * lanes }
 
   /// Workspace bytes of `Conv2DKernels.forward` on this path (the packed weights and one packed
@@ -83,8 +81,8 @@ public enum BF16 {
 
     init(_ g: ConvGeometry) {
       self.g = g
-      hp = g.inHeight + g.padTop + g.padBottom
-      wp = g.inWidth + g.padLeft + g.padRight
+      hp = g.paddedHeight
+      wp = g.paddedWidth
       buffer = Buffer(byteCount: 4 * BF16.imagePairs(g), category: .workspace)
     }
 
@@ -164,42 +162,44 @@ extension BF16 {
   /// `phaseLen` values (one more than needed: the odd last pixel's partner reads a zero there), so
   /// the two pixels of a pair are adjacent for every tap.
   static func phaseLayout(_ g: ConvGeometry) -> (hp: Int, phaseLen: Int, rowLen: Int) {
-    let hp = g.inHeight + g.padTop + g.padBottom, wp = g.inWidth + g.padLeft + g.padRight
-    let phaseLen = (wp + g.strideW - 1) / g.strideW + 1
-    return (hp, phaseLen, g.strideW * phaseLen)
+    let phaseLen = (g.paddedWidth + g.strideW - 1) / g.strideW + 1
+    return (g.paddedHeight, phaseLen, g.strideW * phaseLen)
   }
 
   static func gradientWorkers(_ g: ConvGeometry, threads: Int) -> Int { max(1, min(g.outHeight, threads)) }
+  /// Pixel pairs of an output row (the last one's partner 0 when the width is odd).
+  static func pixelPairs(_ g: ConvGeometry) -> Int { (g.outWidth + 1) / 2 }
   /// Output rows per kernel call: ≥ 128 pixel pairs summed before the tile's sums go to memory.
-  static func gradientRows(_ g: ConvGeometry) -> Int { min(g.outHeight, max(1, 128 / ((g.outWidth + 1) / 2))) }
+  static func gradientRows(_ g: ConvGeometry) -> Int { min(g.outHeight, max(1, 128 / pixelPairs(g))) }
+  /// 4-byte pairs of one call's rows of dy, [16-channel block][row · pixel pair][16].
+  static func gradientRowPairs(_ g: ConvGeometry) -> Int {
+    (g.outChannels + lanes - 1) / lanes * gradientRows(g) * pixelPairs(g) * lanes
+  }
 
   /// Workspace bytes of `backwardWeights` on this path: the image in bf16 phases, and per worker
   /// its dw partial and one row of dy in pixel pairs.
   static func backwardWeightsWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
     let (hp, _, rowLen) = phaseLayout(g), workers = gradientWorkers(g, threads: threads)
-    let rowPairs = (g.outChannels + lanes - 1) / lanes * gradientRows(g) * ((g.outWidth + 1) / 2) * lanes
-    return 2 * g.inChannels * hp * rowLen + 4 * workers * (g.outChannels * g.taps + rowPairs)
+    return 2 * g.inChannels * hp * rowLen + 4 * workers * (g.outChannels * g.taps + gradientRowPairs(g))
   }
 
   /// dw += Σ x-window · dy with both rounded to bf16 and the products summed in fp32: each output
   /// row's pixels in adjacent pairs (vdpbf16ps sums a pair), 12 taps × 16 channels a tile summed
-  /// over a few rows (`gradientRows`) before it goes to memory; each
-  /// worker owns a fixed band of rows and its own partial dw (reproducible), summed into dw at the
-  /// end. dbias (Σ dy) stays fp32.
+  /// over a few rows (`gradientRows`) before it goes to memory; each worker owns a fixed band of
+  /// rows and its own partial dw (reproducible), summed into dw at the end. dbias (Σ dy) stays fp32.
   static func backwardWeights(
     _ g: ConvGeometry, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
     dw: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>?
   ) {
     let K = g.outChannels, T = g.taps, C = g.inChannels, P = g.outHeight * g.outWidth
     let (hp, phaseLen, rowLen) = phaseLayout(g), sw = g.strideW
-    let pairs = (g.outWidth + 1) / 2, rowsPerCall = gradientRows(g)
-    let rowPairs = (K + lanes - 1) / lanes * rowsPerCall * pairs * lanes
+    let pairs = pixelPairs(g), rowsPerCall = gradientRows(g), rowPairs = gradientRowPairs(g)
     let workers = gradientWorkers(g, threads: Parallel.threadCount)
     let imageBuf = Buffer(byteCount: 2 * C * hp * rowLen, category: .workspace)  // zero padding
     let partialBuf = Buffer(floats: workers * K * T)
     let rowBuf = Buffer(byteCount: 4 * workers * rowPairs, category: .workspace, zeroed: false)
     let image = imageBuf.raw.assumingMemoryBound(to: UInt16.self)
-    let partials = SendablePointer(partialBuf.floats), rows = SendablePointer(rowBuf.pairs)
+    let partials = SendablePointer(partialBuf.floats), dyPairs = SendablePointer(rowBuf.pairs)
     var tapOff = [Int64]()
     for c in 0..<C {
       for ky in 0..<g.kernelH {
@@ -219,7 +219,7 @@ extension BF16 {
                            Int32(sw), phaseLen, r.lowerBound, r.upperBound, img.p)
         }
         Parallel.forRanges(g.outHeight, maxWorkers: workers) { wi, r in
-          let d = rows.p + wi * rowPairs
+          let d = dyPairs.p + wi * rowPairs
           var oy = r.lowerBound
           while oy < r.upperBound {
             let rows = min(rowsPerCall, r.upperBound - oy)

@@ -214,7 +214,7 @@ extension Conv2DKernels {
   ) {
     let T = g.taps, kg = g.groupOutChannels, P = g.outHeight * g.outWidth, K = g.outChannels
     let cg = g.groupInChannels, G = g.groups, khw = g.kernelH * g.kernelW
-    let hp = g.inHeight + g.padTop + g.padBottom, wp = g.inWidth + g.padLeft + g.padRight
+    let hp = g.paddedHeight, wp = g.paddedWidth
     let plane = hp * wp
     let needsCrop = hp != g.inHeight || wp != g.inWidth
     // Weights per group as [k][taps + 16], zero-padded so a 16-wide load never leaves the row.

@@ -35,9 +35,8 @@ extension Conv2DKernels {
       for ry in 0..<min(g.strideH, g.inHeight) {
         for rx in 0..<min(g.strideW, g.inWidth) {
           let rows = (g.inHeight - ry + g.strideH - 1) / g.strideH, cols = (g.inWidth - rx + g.strideW - 1) / g.strideW
-          // Taps in descending order: their dy offsets ascend by one.
-          let kys = (0..<g.kernelH).reversed().filter { ((ry + g.padTop - $0) % g.strideH + g.strideH) % g.strideH == 0 }
-          let kxs = (0..<g.kernelW).reversed().filter { ((rx + g.padLeft - $0) % g.strideW + g.strideW) % g.strideW == 0 }
+          let kys = reaching(ry, kernel: g.kernelH, pad: g.padTop, stride: g.strideH)
+          let kxs = reaching(rx, kernel: g.kernelW, pad: g.padLeft, stride: g.strideW)
           guard let ky0 = kys.first, let kx0 = kxs.first else {
             out.append(Phase(ry: ry, rx: rx, rows: rows, cols: cols, kys: [], kxs: [], geometry: nil))
             continue
@@ -55,6 +54,12 @@ extension Conv2DKernels {
         }
       }
       return out
+    }
+
+    /// The taps k that reach input positions ≡ r (mod stride), r + pad − k ≡ 0, in descending
+    /// order: their dy offsets (r + pad − k) / stride ascend by one.
+    static func reaching(_ r: Int, kernel: Int, pad: Int, stride: Int) -> [Int] {
+      (0..<kernel).reversed().filter { ((r + pad - $0) % stride + stride) % stride == 0 }
     }
 
     /// Workspace bytes at the peak: the phases run one after another, each holding its sub-kernel,

@@ -21,8 +21,8 @@ public enum Conv2DKernels {
 
     init(_ g: ConvGeometry) {
       self.g = g
-      hp = g.inHeight + g.padTop + g.padBottom
-      wp = g.inWidth + g.padLeft + g.padRight
+      hp = g.paddedHeight
+      wp = g.paddedWidth
       let floats = Conv2DKernels.paddedFloats(g)
       buffer = floats == 0 ? nil : Buffer(floats: floats)
     }
@@ -46,7 +46,7 @@ public enum Conv2DKernels {
 
   /// Floats of the padded copy of one image (0 when no padding is needed).
   static func paddedFloats(_ g: ConvGeometry) -> Int {
-    let hp = g.inHeight + g.padTop + g.padBottom, wp = g.inWidth + g.padLeft + g.padRight
+    let hp = g.paddedHeight, wp = g.paddedWidth
     return hp == g.inHeight && wp == g.inWidth ? 0 : g.inChannels * hp * wp
   }
 

@@ -36,6 +36,9 @@ public struct ConvGeometry: Sendable, Equatable, CustomStringConvertible {
   public var outHeight: Int { (inHeight + padTop + padBottom - dilationH * (kernelH - 1) - 1) / strideH + 1 }
   public var outWidth: Int { (inWidth + padLeft + padRight - dilationW * (kernelW - 1) - 1) / strideW + 1 }
   /// Input channels per group.
+  /// The input's size with its padding (the kernels' zero-padded copy).
+  public var paddedHeight: Int { inHeight + padTop + padBottom }
+  public var paddedWidth: Int { inWidth + padLeft + padRight }
   public var groupInChannels: Int { inChannels / groups }
   /// Output channels per group.
   public var groupOutChannels: Int { outChannels / groups }

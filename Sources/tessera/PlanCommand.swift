@@ -237,7 +237,8 @@ struct PlanCommand: ParsableCommand {
 
   func planJSON(_ p: Plan, advice: BudgetAdvice?) -> [String: Any] {
     var out: [String: Any] = [
-      "model": p.model, "input": p.input, "batch": p.batch, "precision": precision, "optimizer": p.optimizer.rawValue,
+      "model": p.model, "input": p.input, "batch": p.batch, "precision": precision, "compute": compute.effective,
+      "optimizer": p.optimizer.rawValue,
       "checkpointing": checkpointing,
       "threads": p.threads, "parameters": p.parameters, "macs": p.macs,
       "bytes": [

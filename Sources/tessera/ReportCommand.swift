@@ -85,6 +85,7 @@ enum RunReportBuilder {
     show("lr", "learning rate")
     show("schedule", "schedule")
     show("precision", "kept tensors stored in")
+    show("compute", "convolutions computed in")
     show("checkpointing", "checkpointing")
     show("tile", "streaming tile")
     show("budget", "budget") { ByteSize.format(($0 as? Int) ?? 0) }

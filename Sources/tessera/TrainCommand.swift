@@ -275,7 +275,7 @@ struct TrainCommand: ParsableCommand {
       "model": model, "data": data as Any? ?? NSNull(), "manifest": manifest as Any? ?? NSNull(),
       "patches": patches as Any? ?? NSNull(), "classes": ds.classes,
       "imageSize": imageSize, "policy": policy, "batch": b, "epochs": epochs, "optimizer": optimizer, "lr": Double("\(lr)") ?? Double(lr),
-      "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": "\(ckptPolicy)", "precision": ActivationStorage.precision.rawValue, "test": test, "seed": seed, "augment": augment,
+      "schedule": schedule, "warmup": warmup, "accumulate": accumulate, "checkpointing": "\(ckptPolicy)", "precision": ActivationStorage.precision.rawValue, "compute": compute.effective, "test": test, "seed": seed, "augment": augment,
       "threads": Parallel.threadCount, "trainImages": trainIdx.count, "heldOutImages": valIdx.count,
       "predictedPeakBytes": predicted + runtimeReserveBytes, "plannedLedgerBytes": predicted, "prefetch": prefetch, "workers": workers,
       "native": native, "tile": streaming.tile as Any? ?? NSNull(), "budget": budgetBytes as Any? ?? NSNull(),
