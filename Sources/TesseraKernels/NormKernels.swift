@@ -40,8 +40,8 @@ public enum BatchNormKernels {
     return s
   }
 
-  /// The fused ReLU's gate in backward: dy where scale·x + shift > 0 (recomputed from the kept x),
-  /// else 0; when off, dy unchanged.
+  /// The fused ReLU's gate in backward: dy where scale·x + shift > 0 (recomputed from the kept x, as
+  /// `affine` rounds it), else 0; when off, dy unchanged.
   struct ReLUGate {
     let on: Bool, scale: Float, shift: Float
     let vs: SIMD8<Float>, vb: SIMD8<Float>
@@ -50,12 +50,15 @@ public enum BatchNormKernels {
       (vs, vb) = (SIMD8(repeating: scale), SIMD8(repeating: shift))
     }
     @inline(__always) func callAsFunction(_ d: SIMD8<Float>, _ x: SIMD8<Float>) -> SIMD8<Float> {
-      on ? d.replacing(with: SIMD8<Float>(), where: vb.addingProduct(x, vs) .<= SIMD8<Float>()) : d
+      on ? d.replacing(with: SIMD8<Float>(), where: x * vs + vb .<= SIMD8<Float>()) : d
     }
     @inline(__always) func callAsFunction(_ d: Float, _ x: Float) -> Float { on && x * scale + shift <= 0 ? 0 : d }
   }
 
-  /// y = x · scale[c] + shift[c], optionally followed by ReLU.
+  /// y = x · scale[c] + shift[c], optionally followed by ReLU: a multiply rounded, then an add, for
+  /// every value alike (no fused multiply-add in the vector part: a value's result must not depend
+  /// on where it sits in its plane, which streamed tiles move); where x is the mean and β = 0 the
+  /// result is exactly 0 (shift = −mean·scale cancels the rounded product), a clean ReLU tie.
   public static func affine(
     x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, batch: Int, channels: Int, spatial: Int,
     scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu: Bool = false
@@ -70,13 +73,13 @@ public enum BatchNormKernels {
         if relu {
           let z = SIMD8<Float>()
           while i + 8 <= spatial {
-            let v = b.addingProduct(load8(xp + i), a)
+            let v = load8(xp + i) * a + b
             store8(v.replacing(with: z, where: v .< z), yp + i)
             i += 8
           }
           while i < spatial { yp[i] = max(xp[i] * scale[c] + shift[c], 0); i += 1 }
         } else {
-          while i + 8 <= spatial { store8(b.addingProduct(load8(xp + i), a), yp + i); i += 8 }
+          while i + 8 <= spatial { store8(load8(xp + i) * a + b, yp + i); i += 8 }
           while i < spatial { yp[i] = xp[i] * scale[c] + shift[c]; i += 1 }
         }
       }

@@ -212,6 +212,40 @@ public enum Pool2DKernels {
     while ox < Wo { scalar(ox); ox += 1 }
   }
 
+  /// Where the max of f(x) over each window lies when f is monotone per channel, found on x itself:
+  /// for a channel with `direction` > 0 (f non-decreasing) each window's max, < 0 (non-increasing)
+  /// its min, 0 (f constant: every cell ties and, as in `maxForward`, the first wins) its first
+  /// cell. Then max-pooling f(x) gives f(y) exactly — f(max x) = max f(x) for rounded arithmetic
+  /// too, as rounding is monotone — without f(x) ever being made (streamed training's fused
+  /// statistics and output pass). The min planes of x are negated in place and restored (−(−v) = v).
+  public static func extremeForward(_ g: PoolGeometry, x: UnsafeMutablePointer<Float>, y: UnsafeMutablePointer<Float>,
+                                    direction: [Int8]) {
+    let C = direction.count, inPlane = g.inHeight * g.inWidth, outPlane = g.outHeight * g.outWidth
+    precondition(C > 0 && g.planes % C == 0, "one direction per channel")
+    let mins = (0..<g.planes).filter { direction[$0 % C] < 0 }, firsts = (0..<g.planes).filter { direction[$0 % C] == 0 }
+    let xx = SendablePointer(x), yy = SendablePointer(y)
+    func negate(_ planes: [Int], _ p: SendablePointer<Float>, _ size: Int) {
+      Parallel.forRanges(planes.count) { _, r in
+        for i in r {
+          let q = p.p + planes[i] * size
+          for j in 0..<size { q[j] = -q[j] }
+        }
+      }
+    }
+    negate(mins, xx, inPlane)
+    maxForwardRows(g, x: x, y: y)
+    negate(mins, xx, inPlane)
+    negate(mins, yy, outPlane)
+    for p in firsts {
+      for oy in 0..<g.outHeight {
+        for ox in 0..<g.outWidth {
+          let (y0, y1, x0, x1) = g.window(oy, ox)
+          y[p * outPlane + oy * g.outWidth + ox] = y1 > y0 && x1 > x0 ? x[p * inPlane + y0 * g.inWidth + x0] : -.infinity
+        }
+      }
+    }
+  }
+
   /// out[o] = x[argmax[o]] plane by plane: what a map the size of the pooling's input holds at each
   /// window's arg-max (streamed training's `sumsFromOutput`). Overwrites out.
   public static func gather(_ g: PoolGeometry, argmax: UnsafePointer<Int32>, from x: UnsafePointer<Float>,

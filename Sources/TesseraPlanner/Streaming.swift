@@ -154,20 +154,33 @@ extension Planner {
   /// the same model without streaming. Work is counted in multiply-accumulates plus the memory passes
   /// MACs leave out (`macsPerElement` per element each layer reads or writes: BatchNorm, ReLU,
   /// pooling windows, conv outputs, the copies of each tile's crop): every pass over every crop
-  /// (halos included), forward 1×, backward data 1× and weights 1× where gathered, the rest of the
-  /// network 3×, against 3× the whole network for the plain step. An estimate for choosing.
+  /// (halos included), forward 1×, backward data 1× and a convolution's weights 1× where gathered,
+  /// the rest of the network as in the plain step (`stepWork`). An estimate for choosing.
   public static func streamingCost(_ model: Sequential, input: [Int], batch: Int) throws -> Double {
-    var shape = [batch] + input, cost = 0.0, streamedWhole = 0.0, i = 0
+    var shape = [batch] + input, cost = 0.0, streamedPlain = 0.0, i = 0
     while i < model.layers.count, let s = model.layers[i].1 as? Streamed {
       let (c, w) = try segmentCost(s, input: shape, inputGradient: i > 0)
       cost += c
-      streamedWhole += w
+      streamedPlain += w
       shape = try s.outputShape(for: shape)
       i += 1
     }
     guard i > 0 else { return 1 }
-    let plain = try forwardWork(model, input: [batch] + input).work
-    return (cost + 3 * (plain - streamedWhole)) / (3 * plain)
+    let plain = try stepWork(model, input: [batch] + input, inputGradient: false)
+    return (cost + plain - streamedPlain) / plain
+  }
+
+  /// A plain training step's work on `layer`: each leaf's forward, its backward-data (not the first
+  /// leaf's without `inputGradient`: nothing asks for the image's gradient) and a convolution's or
+  /// linear layer's backward-weights, each as much as its forward.
+  static func stepWork(_ layer: Layer, input: [Int], inputGradient: Bool) throws -> Double {
+    var work = 0.0, first = !inputGradient
+    _ = try walk(layer, path: "", input: input, rf: .identity) { _, leaf, inShape, outShape, _ in
+      let w = try leafWork(leaf, inShape, outShape)
+      work += w * (1 + (first ? 0 : 1) + (leaf is Conv2D || leaf is Linear ? 1 : 0))
+      first = false
+    }
+    return work
   }
 
   /// MAC-equivalents of one element read or written by a memory-bound pass, against convolution
@@ -176,26 +189,37 @@ extension Planner {
   /// batch 4, docs/BENCHMARKS.md).
   static let macsPerElement = 30.0
 
-  /// A layer's forward work (MAC-equivalents) on `input`, and its output shape: convolutions and
-  /// linear layers their MACs and output, pooling each window it reads, other leaves what they read
-  /// and write (containers: their leaves, as the planner walks them).
+  /// A convolution MAC's time under `--compute bf16` against fp32's: the convolutions of a 1024²
+  /// batch-4 step took 0.47–0.58 of their fp32 time (`bench train --profile`, docs/BENCHMARKS.md,
+  /// "bf16 compute"); the memory-bound passes are unchanged.
+  static let bf16MACShare = 0.5
+
+  /// A layer's forward work (MAC-equivalents) on `input`, and its output shape (containers: their
+  /// leaves, as the planner walks them).
   static func forwardWork(_ layer: Layer, input: [Int]) throws -> (work: Double, output: [Int]) {
-    let e = macsPerElement
     var work = 0.0
     _ = try walk(layer, path: "", input: input, rf: .identity) { _, leaf, inShape, outShape, _ in
-      let nIn = Double(inShape.reduce(1, *)), nOut = Double(outShape.reduce(1, *))
-      switch leaf {
-      case let c as Conv2D: work += Double(try c.geometry(for: inShape).macs) + e * nOut
-      case let p as Pool2D: work += e * Double(p.kernelSize.0 * p.kernelSize.1 + 1) * nOut
-      case let l as Linear: work += Double(l.inputFeatures * l.outputFeatures * inShape[0]) + e * nOut
-      default: work += e * (nIn + nOut)
-      }
+      work += try leafWork(leaf, inShape, outShape)
     }
     return (work, try layer.outputShape(for: input))
   }
 
+  /// One leaf's forward work: convolutions and linear layers their MACs (a bf16 convolution's at
+  /// `bf16MACShare`) and output, pooling each window it reads, other leaves what they read and write.
+  static func leafWork(_ leaf: Layer, _ inShape: [Int], _ outShape: [Int]) throws -> Double {
+    let e = macsPerElement, nIn = Double(inShape.reduce(1, *)), nOut = Double(outShape.reduce(1, *))
+    switch leaf {
+    case let c as Conv2D:
+      let g = try c.geometry(for: inShape)
+      return Double(g.macs) * (BF16.applies(g) ? bf16MACShare : 1) + e * nOut
+    case let p as Pool2D: return e * Double(p.kernelSize.0 * p.kernelSize.1 + 1) * nOut
+    case let l as Linear: return Double(l.inputFeatures * l.outputFeatures * inShape[0]) + e * nOut
+    default: return e * (nIn + nOut)
+    }
+  }
+
   /// A streamed segment's cost (work over every pass and crop, backward counted as in
-  /// `streamingCost`) and its forward work on the whole input.
+  /// `streamingCost`) and its plain step's work on the whole input (`stepWork`).
   static func segmentCost(_ s: Streamed, input: [Int], inputGradient: Bool) throws -> (Double, Double) {
     let geo = try s.geometry(for: input)
     let L = s.leaves.count
@@ -210,26 +234,37 @@ extension Planner {
         sh = r.output
       }
     }
-    let whole = try forwardWork(s.segment, input: input)
-    let all = crop.reduce(0, +), e = macsPerElement
-    // The output pass, which also copies each tile's owned output into the segment's output.
-    var cost = all + e * Double(whole.output.reduce(1, *))
-    var passes = 1.0
+    let output = try s.outputShape(for: input)
+    let all = crop.reduce(0, +), e = macsPerElement, outputCells = Double(output.reduce(1, *))
+    var cost: Double, passes: Double
+    if let k = s.fusedOutputPass {
+      // No output pass: the deepest BatchNorm's statistics pass pools its input (`Streamed.route`),
+      // copies each tile's part out, and BatchNorm of that map is the output.
+      cost = crop[(k + 1)...].reduce(0, +) + e * 2 * outputCells
+      passes = 0
+    } else {
+      // The output pass, which also copies each tile's owned output into the segment's output.
+      cost = all + e * outputCells
+      passes = 1
+    }
     if !s.frozenBatchNorm {
       for k in s.batchNorms { cost += crop[..<k].reduce(0, +) }  // statistics passes
       passes += Double(s.batchNorms.count)
     }
     if s.sumsFromOutput != nil {
-      // The output pass records a BatchNorm input per output cell; backward copies it and dY out
+      // The statistics pass records a BatchNorm input per output cell; backward copies it and dY out
       // tile by tile and sums them (`Streamed.sumsFromOutput`).
-      cost += e * 4 * Double(whole.output.reduce(1, *))
+      cost += e * 4 * outputCells
     }
     for p in s.passes() {
       cost += all  // recompute
       passes += 1
       let last = p.gather == nil
-      for l in p.from..<L { cost += crop[l] * ((l > 0 || (last && inputGradient) ? 1 : 0) + (p.weights.contains(l) ? 1 : 0)) }
+      for l in p.from..<L {
+        cost += crop[l] * ((l > 0 || (last && inputGradient) ? 1 : 0) + (s.leaves[l] is Conv2D && p.weights.contains(l) ? 1 : 0))
+      }
     }
-    return (cost + e * cropInput * passes, whole.work)  // each pass reads every tile's crop of the input
+    // Each pass reads every tile's crop of the input.
+    return (cost + e * cropInput * passes, try stepWork(s.segment, input: input, inputGradient: inputGradient))
   }
 }

@@ -203,7 +203,7 @@ func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
   let segments = c.model.layers.compactMap { $0.1 as? Streamed }
   func passes(_ st: Streamed) -> String {
     let bn = st.batchNorms.count
-    return bn == 0 ? "no BatchNorm: 1 pass each way" : s.frozenBatchNorm ? "frozen BatchNorm, 1 pass each way" : "exact BatchNorm: \(bn + 1) passes forward, \(st.passes().count) backward"
+    return bn == 0 ? "no BatchNorm: 1 pass each way" : s.frozenBatchNorm ? "frozen BatchNorm, 1 pass each way" : "exact BatchNorm: \(st.forwardPasses) pass\(st.forwardPasses == 1 ? "" : "es") forward, \(st.passes().count) backward"
   }
   var text = "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") ("
     + segments.map { $0.children.map(\.0).joined(separator: ", ") }.joined(separator: " | ")

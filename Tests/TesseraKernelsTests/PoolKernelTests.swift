@@ -50,6 +50,41 @@ final class PoolKernelTests: XCTestCase {
     }
   }
 
+  /// Max pooling of a per-channel monotone f(x) — ReLU(x·scale + shift) with scale > 0, < 0 and 0,
+  /// as BatchNorm+ReLU — equals f of each window's max, min or first cell of x, bit for bit
+  /// (streamed training's fused statistics and output pass); x is left as it was.
+  func testExtremesGiveTheMaxOfAMonotoneFunction() {
+    let scales: [Float] = [0.7, -1.3, 0, 2.1], shifts: [Float] = [0.1, 0.2, 0.3, -0.4]
+    for (i, g) in Self.cases.enumerated() {
+      let C = g.planes
+      let direction = (0..<C).map { Int8(scales[$0 % 4].sign == .minus ? -1 : scales[$0 % 4] == 0 ? 0 : 1) }
+      func f(_ v: Float, _ plane: Int) -> Float { max(0, shifts[plane % C % 4].addingProduct(v, scales[plane % C % 4])) }
+      for x0 in [randomFloats(g.planes * g.inHeight * g.inWidth, seed: 200 + UInt64(i)).map { $0 - 0.3 },
+                 randomFloats(g.planes * g.inHeight * g.inWidth, seed: 300 + UInt64(i)).map { ($0 * 3).rounded() / 3 }] {
+        let plane = g.inHeight * g.inWidth, outCount = g.planes * g.outHeight * g.outWidth
+        let fx = x0.indices.map { f(x0[$0], $0 / plane) }
+        var want = [Float](repeating: 0, count: outCount)
+        Pool2DKernels.maxForward(g, x: fx, y: &want)
+        var x = x0, e = [Float](repeating: 0, count: outCount)
+        x.withUnsafeMutableBufferPointer { xp in
+          e.withUnsafeMutableBufferPointer { Pool2DKernels.extremeForward(g, x: xp.baseAddress!, y: $0.baseAddress!, direction: direction) }
+        }
+        let got = e.indices.map { f(e[$0], $0 / (g.outHeight * g.outWidth)) }
+        XCTAssertEqual(got.map(\.bitPattern), want.map(\.bitPattern), "\(g)")
+        XCTAssertEqual(x, x0, "x restored \(g)")
+        // Where f is constant every cell ties: the first inside the window, as `maxForward` picks.
+        for pl in 0..<g.planes where direction[pl] == 0 {
+          for oy in 0..<g.outHeight {
+            for ox in 0..<g.outWidth {
+              let iy = max(0, oy * g.strideH - g.padTop), ix = max(0, ox * g.strideW - g.padLeft)
+              XCTAssertEqual(e[(pl * g.outHeight + oy) * g.outWidth + ox], x0[pl * plane + iy * g.inWidth + ix], "first cell \(g)")
+            }
+          }
+        }
+      }
+    }
+  }
+
   func checkMax(_ g: PoolGeometry, _ x: [Float]) {
     do {
       let outCount = g.planes * g.outHeight * g.outWidth

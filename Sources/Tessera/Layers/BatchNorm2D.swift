@@ -90,6 +90,15 @@ public final class BatchNorm2D: Layer {
     return y
   }
 
+  /// Streamed training: x ← BatchNorm(+ReLU)(x) in place with `fixedStatistics`, nothing recorded
+  /// (the arithmetic of `forward`).
+  func applyFixedStatistics(inPlace x: Tensor) {
+    guard let (mean, variance) = fixedStatistics else { preconditionFailure("BatchNorm2D.applyFixedStatistics without statistics") }
+    let (_, scale, shift) = normalization(mean: mean, variance: variance)
+    BatchNormKernels.affine(x: x.floats, y: x.floats, batch: x.shape[0], channels: channels, spatial: x.shape[2] * x.shape[3],
+                            scale: scale, shift: shift, relu: fusedReLU)
+  }
+
   /// Inference-mode BatchNorm as y = scale·x + shift per channel (from the running statistics), the
   /// form a preceding convolution folds into its weights and bias (`Conv2D.forward(_:folding:)`).
   public func inferenceAffine() -> (scale: [Float], shift: [Float]) {

@@ -7,20 +7,31 @@ extension Streamed {
     let geo = try geometry(for: x.shape)
     let tiles = geo.tiles.distinct()
     reset()
+    let fused = training ? fusedOutputPass : nil, keep = training && BackwardRecording.isOn ? sumsFromOutput : nil
+    var map: SimTensor?, routed: SimTensor?
     if training && !frozenBatchNorm {
       for k in batchNorms {
-        for t in tiles { _ = try BackwardRecording.without { try planRun(t, geo, through: k, recordFrom: nil, true, sim) } }
+        if k == fused { map = sim.allocate(geo.output) }
+        for t in tiles {
+          let h = try BackwardRecording.without { try planRun(t, geo, through: k, recordFrom: nil, true, sim) }
+          if k == fused { withExtendedLifetime(try planRoute(h, k, sim)) {} }
+          withExtendedLifetime(h) {}
+        }
       }
     }
-    let y = sim.allocate(geo.output)
-    let shortcut = training && BackwardRecording.isOn ? sumsFromOutput : nil
-    let routed = shortcut.map { _ in sim.allocate(geo.output) }
-    for t in tiles {
-      if let k = shortcut {
-        try BackwardRecording.without { try planRunRouting(t, geo, k, sim) }
-        continue
+    let y: SimTensor
+    if let k = fused, let map {
+      if keep != nil {
+        routed = map
+        y = try BackwardRecording.without { try leaves[k].planForward(map, training: true, sim) }
+      } else {
+        y = map  // in place
       }
-      _ = try BackwardRecording.without { try planRun(t, geo, through: leaves.count, recordFrom: nil, training, sim) }
+    } else {
+      y = sim.allocate(geo.output)
+      for t in tiles {
+        _ = try BackwardRecording.without { try planRun(t, geo, through: leaves.count, recordFrom: nil, training, sim) }
+      }
     }
     if training && BackwardRecording.isOn {
       sim.keep(self, [x] + (routed.map { [$0] } ?? []))
@@ -29,24 +40,11 @@ extension Streamed {
     return y
   }
 
-  /// `runRouting`'s allocations, in its order.
-  private func planRunRouting(_ t: StreamGeometry.Tile, _ geo: StreamGeometry, _ k: Int, _ sim: MemorySimulation) throws {
-    var h = sim.allocate([geo.input[0], geo.input[1], t.crop.rows.count, t.crop.cols.count])
-    var bnInput: SimTensor?, routed: SimTensor?
-    for l in 0..<leaves.count {
-      if l == k { bnInput = h }
-      if l > k, let pool = leaves[l] as? Pool2D, bnInput != nil {
-        let g = try pool.geometry(for: h.shape)
-        let y = sim.allocate([h.shape[0], h.shape[1], g.outHeight, g.outWidth])
-        let argmax = sim.allocate(y.shape)
-        routed = sim.allocate(y.shape)
-        withExtendedLifetime(argmax) {}
-        h = y
-      } else {
-        h = try leaves[l].planForward(h, training: true, sim)
-      }
-    }
-    withExtendedLifetime((h, bnInput, routed)) {}
+  /// `route`'s allocation: the pooled map, or nothing.
+  private func planRoute(_ h: SimTensor, _ k: Int, _ sim: MemorySimulation) throws -> SimTensor {
+    guard k + 1 < leaves.count, let pool = leaves[k + 1] as? Pool2D else { return h }
+    let g = try pool.geometry(for: h.shape)
+    return sim.allocate([h.shape[0], h.shape[1], g.outHeight, g.outWidth])
   }
 
   private func planRun(_ t: StreamGeometry.Tile, _ geo: StreamGeometry, through end: Int, recordFrom: Int?,

@@ -12,8 +12,9 @@ import TesseraKernels
 /// layer's gradient sums Σdy and Σdy·x̂ over the whole image — by linearity, summed over every
 /// tile's whole crop — so the next pass can apply them, each tile adding the batch-statistic terms
 /// only to the cells it owns — except the deepest BatchNorm layer when at most a max pooling follows
-/// it (`sumsFromOutput`): its sums come from the output gradient and the BatchNorm input the output
-/// pass recorded at each output cell's arg-max, with no pass. Every weight gradient is gathered in
+/// it (`sumsFromOutput`): its sums come from the output gradient and the BatchNorm input recorded at
+/// each output cell's arg-max, with no pass; and that layer's statistics pass is the output pass
+/// too (the recorded inputs give the output, see `route`). Every weight gradient is gathered in
 /// exactly one pass. With
 /// `frozenBatchNorm` the segment's BatchNorm layers use their running statistics (γ and β still
 /// learn): one pass each way, as StreamingCNN.
@@ -143,30 +144,43 @@ public final class Streamed: Layer {
     let record = training && BackwardRecording.isOn
     saved = nil
     reset()
+    // The deepest BatchNorm's statistics pass is the output pass too (`fusedOutputPass`); with
+    // `sumsFromOutput` the map it fills is kept for backward as well.
+    let fused = training ? fusedOutputPass : nil, keep = record ? sumsFromOutput : nil
+    var map: Tensor?
     if training {
       for k in batchNorms {
         if frozenBatchNorm {
           bn(k).fixedStatistics = (bn(k).runningMean.value.toArray(), bn(k).runningVariance.value.toArray())
         } else {
-          try gatherStatistics(k, geo, source)
+          if k == fused { map = Tensor(zeros: geo.output) }
+          try gatherStatistics(k, geo, source, routing: k == fused ? map : nil)
         }
       }
     }
-    let y = Tensor(zeros: geo.output)
-    let shortcut = record ? sumsFromOutput : nil
-    routed = shortcut.map { _ in Tensor(zeros: geo.output) }
-    for t in myTiles(geo) {
-      if let k = shortcut, let routed {
-        let (h, r) = try BackwardRecording.without { try runRouting(source, t, k) }
-        Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
-        Self.copy(r, region: t.owned[leaves.count - 1], into: routed, at: t.out)
-        continue
+    let y: Tensor
+    if let k = fused, let map {
+      // Each cell is owned by one tile, so the sum over ranks is the whole map, exactly.
+      collective?.allreduceSum(map.floats, count: map.count)
+      // BatchNorm(+ReLU) of the inputs where each output cell's max lies is the output (see `route`):
+      // a new tensor when the map is kept for backward, else in place.
+      y = Profiler.shared.time("streamed \(paths[k]) \(leaves[k].kind) forward of the routed inputs") {
+        if keep != nil {
+          routed = map
+          return BackwardRecording.without { leaves[k].forward(map, training: true) }
+        }
+        bn(k).applyFixedStatistics(inPlace: map)
+        return map
       }
-      let h = try BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
-      Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
+    } else {
+      y = Tensor(zeros: geo.output)
+      for t in myTiles(geo) {
+        let h = try BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
+        Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
+      }
+      // Each cell is owned by one tile, so the sum over ranks is the stitched output, exactly.
+      collective?.allreduceSum(y.floats, count: y.count)
     }
-    // Each cell is owned by one tile, so the sum over ranks is the stitched output, exactly.
-    collective?.allreduceSum(y.floats, count: y.count)
     if record { saved = (source, geo) } else { reset() }
     return y
   }
@@ -196,43 +210,45 @@ public final class Streamed: Layer {
   /// reaching each of its cells is a sum of output cells' gradients (each output cell's going to
   /// its window's arg-max, or to itself), so Σdy and Σdy·x̂ over its map are sums over output cells
   /// given the BatchNorm input at the cell each one's gradient reaches — recorded in the forward
-  /// output pass (`routed`, one tensor the size of the output). nil with frozen BatchNorm.
-  public var sumsFromOutput: Int? {
-    guard outputSums, !frozenBatchNorm, let k = batchNorms.last else { return nil }
+  /// statistics pass of that layer (`routed`, one tensor the size of the output), which then also
+  /// gives the output: no separate output pass. nil with frozen BatchNorm.
+  public var sumsFromOutput: Int? { outputSums ? fusedOutputPass : nil }
+
+  /// The deepest BatchNorm layer when at most one max pooling follows it (and BatchNorm is not
+  /// frozen): its statistics pass also gives the segment's output (`route`), so a training forward
+  /// needs no separate output pass — whether or not `sumsFromOutput` keeps the map for backward.
+  public var fusedOutputPass: Int? {
+    guard !frozenBatchNorm, let k = batchNorms.last else { return nil }
     let after = leaves[(k + 1)...]
     guard after.count <= 1, after.allSatisfy({ ($0 as? Pool2D)?.mode == .max }) else { return nil }
     return k
   }
 
-  /// A tile's output (training forward, nothing recorded) and, for each of its output cells, the
-  /// input of BatchNorm layer k at the cell its gradient reaches (see `sumsFromOutput`).
-  private func runRouting(_ source: TileSource, _ t: StreamGeometry.Tile, _ k: Int) throws -> (Tensor, Tensor) {
-    var h = try Profiler.shared.time("streamed read tile") { try source.read(t.crop) }
-    var bnInput: Tensor?, routed: Tensor?
-    for l in 0..<leaves.count {
-      if l == k { bnInput = h }
-      h = try Profiler.shared.time("streamed \(paths[l]) \(leaves[l].kind) forward (not kept)") {
-        guard l > k, let pool = leaves[l] as? Pool2D, let x = bnInput else { return leaves[l].forward(h, training: true) }
-        let g = try pool.geometry(for: h.shape)
-        let y = Tensor(uninitialized: [h.shape[0], h.shape[1], g.outHeight, g.outWidth])
-        let argmax = Tensor(zeros: y.shape, dtype: .int32)
-        let a = argmax.storage.raw.assumingMemoryBound(to: Int32.self)
-        Pool2DKernels.maxForward(g, x: h.floats, y: y.floats, argmax: a)
-        let r = Tensor(uninitialized: y.shape)
-        Pool2DKernels.gather(g, argmax: a, from: x.floats, into: r.floats)
-        withExtendedLifetime(argmax) {}
-        routed = r
-        return y
-      }
+  /// For `fusedOutputPass`'s BatchNorm layer k, from its input h on one tile's crop: at each output
+  /// cell, the BatchNorm input at the cell the output's value (and gradient) comes from. With no
+  /// layer after k that is h itself. With a max pooling after it, BatchNorm(+ReLU) is monotone per
+  /// channel — non-decreasing where γ > 0 (its scale γ·invstd has γ's sign), non-increasing where
+  /// γ < 0, constant where γ = 0 — so the pooled output is BatchNorm(+ReLU) of each window's max,
+  /// min or first cell of h (`Pool2DKernels.extremeForward`), bit for bit (rounding is monotone
+  /// too, and `BatchNormKernels.affine` rounds every value alike wherever it sits), found before
+  /// the statistics are known. Where f ties between cells of different h, the value taken may be
+  /// another tied cell's than the arg-max the pooling's backward picks: the same output, BatchNorm
+  /// inputs a rounding apart in the gradient sums.
+  private func route(_ h: Tensor, _ k: Int) throws -> Tensor {
+    guard k + 1 < leaves.count, let pool = leaves[k + 1] as? Pool2D else { return h }
+    let g = try pool.geometry(for: h.shape)
+    let r = Tensor(uninitialized: [h.shape[0], h.shape[1], g.outHeight, g.outWidth])
+    let direction = UnsafeBufferPointer(start: bn(k).weight.value.floats, count: bn(k).channels).map { γ -> Int8 in
+      γ > 0 ? 1 : γ < 0 ? -1 : 0
     }
-    let r = routed ?? bnInput!
-    bnInput = nil
-    return (h, r)
+    Pool2DKernels.extremeForward(g, x: h.floats, y: r.floats, direction: direction)
+    return r
   }
 
   /// The whole image's statistics at BatchNorm layer k (earlier ones already fixed), accumulated
-  /// over the cells each tile owns; then the running statistics are updated once.
-  private func gatherStatistics(_ k: Int, _ geo: StreamGeometry, _ source: TileSource) throws {
+  /// over the cells each tile owns; then the running statistics are updated once. With `routing`
+  /// (an output-sized map), each tile's `route` goes into it too: the output pass in the same pass.
+  private func gatherStatistics(_ k: Int, _ geo: StreamGeometry, _ source: TileSource, routing: Tensor? = nil) throws {
     let bn = leaves[k] as! BatchNorm2D, C = bn.channels
     var sum = [Double](repeating: 0, count: C), squares = sum, shift: [Float]?, cells = 0
     for t in myTiles(geo) {
@@ -247,6 +263,10 @@ public final class Streamed: Layer {
       }
       BatchNormKernels.accumulateStatistics(x: h.floats, batch: s[0], channels: C, height: s[2], width: s[3],
                                             region: region, shift: shift!, sum: &sum, sumSquares: &squares)
+      if let routing {
+        let r = try Profiler.shared.time("streamed \(paths[k]) \(leaves[k].kind) routed inputs") { try route(h, k) }
+        Self.copy(r, region: t.owned[leaves.count - 1], into: routing, at: t.out)
+      }
     }
     let M = Double(geo.counts[k])
     if let coll = collective, coll.size > 1 {
@@ -300,6 +320,12 @@ public final class Streamed: Layer {
         c.accumulatesWeightGradient = true
       }
     }
+  }
+
+  /// Passes over the tiles in a training forward: one per BatchNorm layer (its statistics) and the
+  /// output pass — which the deepest BatchNorm's pass also is (`fusedOutputPass`); one when frozen.
+  public var forwardPasses: Int {
+    frozenBatchNorm || batchNorms.isEmpty ? 1 : batchNorms.count + (fusedOutputPass == nil ? 1 : 0)
   }
 
   // MARK: backward
