@@ -246,19 +246,6 @@ public enum Pool2DKernels {
     }
   }
 
-  /// out[o] = x[argmax[o]] plane by plane: what a map the size of the pooling's input holds at each
-  /// window's arg-max (streamed training's `sumsFromOutput`). Overwrites out.
-  public static func gather(_ g: PoolGeometry, argmax: UnsafePointer<Int32>, from x: UnsafePointer<Float>,
-                            into out: UnsafeMutablePointer<Float>) {
-    let inPlane = g.inHeight * g.inWidth, outPlane = g.outHeight * g.outWidth, o = SendablePointer(out)
-    Parallel.forRanges(g.planes) { _, planes in
-      for p in planes {
-        let src = x + p * inPlane, dst = o.p + p * outPlane, ap = argmax + p * outPlane
-        for i in 0..<outPlane { dst[i] = src[Int(ap[i])] }
-      }
-    }
-  }
-
   /// Backward from recorded arg-maxes: dx = 0, then dx[argmax] += dy. Overwrites dx.
   public static func maxBackward(
     _ g: PoolGeometry, argmax: UnsafePointer<Int32>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>
