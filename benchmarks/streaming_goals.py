@@ -27,7 +27,10 @@ def run(binary, size, tile, steps, compute, flags):
            "--steps", str(steps), "--warmup", "1", "--compute", compute, "--json"]
     if flags is not None:
         cmd += ["--tile", str(tile)] + flags
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"cannot run {binary}: {e.strerror} (build it: swift build -c release --product tessera)")
     if out.returncode != 0:
         sys.exit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr.strip()}")
     return json.loads(out.stdout)

@@ -44,17 +44,16 @@ public struct SyntheticTileSource: TileSource {
         let key = Self.hash(UInt32(truncatingIfNeeded: rowIndex) ^ Self.hash(UInt32(truncatingIfNeeded: rowIndex >> 32) ^ seedKey))
         let out = p.p + row * w
         var i = 0
-        while i + 8 <= w {
+        while i < w {
           let cols = SIMD8<UInt32>(repeating: UInt32(truncatingIfNeeded: col0 + i)) &+ SIMD8(0, 1, 2, 3, 4, 5, 6, 7)
           let h = Self.hash(SIMD8(repeating: key) ^ (cols &* 0x9E37_79B9))
           let v = SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: h &>> 8)) * (2.0 / 16_777_216.0) - 1
-          UnsafeMutableRawPointer(out + i).storeBytes(of: v, as: SIMD8<Float>.self)
+          if i + 8 <= w {
+            UnsafeMutableRawPointer(out + i).storeBytes(of: v, as: SIMD8<Float>.self)
+          } else {
+            for j in 0..<(w - i) { out[i + j] = v[j] }  // the row's last few columns
+          }
           i += 8
-        }
-        while i < w {
-          let h = Self.hash(key ^ (UInt32(truncatingIfNeeded: col0 + i) &* 0x9E37_79B9))
-          out[i] = Float(Int32(truncatingIfNeeded: h >> 8)) * (2.0 / 16_777_216.0) - 1
-          i += 1
         }
       }
     }
@@ -72,15 +71,7 @@ public struct SyntheticTileSource: TileSource {
     return x
   }
 
-  @inline(__always) static func hash(_ v: UInt32) -> UInt32 {
-    var x = v
-    x ^= x >> 16
-    x &*= 0x7FEB_352D
-    x ^= x >> 15
-    x &*= 0x846C_A68B
-    x ^= x >> 16
-    return x
-  }
+  @inline(__always) static func hash(_ v: UInt32) -> UInt32 { hash(SIMD2(v, 0))[0] }
 }
 
 /// Why a segment cannot be streamed, or a tile does not fit it.
