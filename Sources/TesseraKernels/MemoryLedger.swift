@@ -112,6 +112,7 @@ public final class Buffer: @unchecked Sendable {
     } else {
       raw = Buffer.systemAllocate(blockBytes)
       reused = false
+      BlockCache.shared.countFresh(blockBytes)
       // Fresh pages from the system are not guaranteed zero by `allocate`.
       if zeroed || byteCount < BlockCache.minimumBytes {
         raw.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
@@ -178,7 +179,9 @@ public final class BlockCache: @unchecked Sendable {
   public static let shared = BlockCache()
   static let minimumBytes = 1 << 20
   private let lock = NSLock()
-  private var blocks: [Int: [UnsafeMutableRawPointer]] = [:]
+  /// Cached blocks by size class, each list in the order they were freed (`clock` at the time).
+  private var blocks: [Int: [(p: UnsafeMutableRawPointer, freed: Int)]] = [:]
+  private var clock = 0
   private var _cached = 0
   /// Σ (block − bytes asked for) over the reused blocks in use now.
   private var _rounding = 0
@@ -196,6 +199,15 @@ public final class BlockCache: @unchecked Sendable {
 
   public var cachedBytes: Int { lock.withLock { _cached } }
 
+  /// Bytes of large blocks taken from the system so far (each one's pages are faulted in and zeroed
+  /// by the kernel on first touch): what the cache did not save.
+  public var freshBytes: Int { lock.withLock { _fresh } }
+  private var _fresh = 0
+  func countFresh(_ block: Int) {
+    guard block >= Self.minimumBytes else { return }
+    lock.withLock { _fresh += block }
+  }
+
   /// The block a request of `bytes` takes: itself below 1 MiB, else rounded up to a sixteenth of
   /// its power of two (at most 6.25 % more), so that edge tiles a few rows short reuse the blocks
   /// of the full tiles.
@@ -205,41 +217,53 @@ public final class BlockCache: @unchecked Sendable {
     return (bytes + step - 1) / step * step
   }
 
-  /// A cached block of `block` bytes for a request of `bytes`, or nil — then room is made (cached
-  /// blocks returned to the system) for the request under the bound.
+  /// A cached block of `block` bytes for a request of `bytes`, or nil — then room is made for the
+  /// request under the bound, the least recently freed cached blocks returned to the system first.
   func take(_ block: Int, for bytes: Int, ledger: MemoryLedger = .shared) -> UnsafeMutableRawPointer? {
     guard block >= Self.minimumBytes else { return nil }
     let (current, highWater) = ledger.currentAndHighWater
     var released: [UnsafeMutableRawPointer] = []
     defer { for p in released { p.deallocate() } }
     return lock.withLock {
-      if _rounding + block - bytes <= limitBytes, var list = blocks[block], let p = list.popLast() {
+      if _rounding + block - bytes <= limitBytes, var list = blocks[block], let e = list.popLast() {
         blocks[block] = list.isEmpty ? nil : list
         _cached -= block
         _rounding += block - bytes
-        return p
+        return e.p
       }
       let inUse = current + bytes
-      let room = max(highWater, floorBytes, inUse) + limitBytes - inUse - _rounding
-      while _cached > max(0, room), let size = blocks.keys.max(), var list = blocks[size], let p = list.popLast() {
-        blocks[size] = list.isEmpty ? nil : list
-        _cached -= size
-        released.append(p)
-      }
+      evictOldest(toFit: max(highWater, floorBytes, inUse) + limitBytes - inUse - _rounding, into: &released)
       return nil
     }
   }
 
-  /// Keeps a freed block if in-use, rounding and cached bytes stay under the bound; false: free it.
+  /// Keeps a freed block if in-use, rounding and cached bytes can stay under the bound — making room
+  /// by returning the least recently freed blocks to the system (a loop's hot sizes stay, sizes of
+  /// an earlier phase of the step go first); false: free it.
   func give(_ p: UnsafeMutableRawPointer, _ block: Int, for bytes: Int, reused: Bool, ledger: MemoryLedger = .shared) -> Bool {
     guard block >= Self.minimumBytes else { return false }
     let (current, highWater) = ledger.currentAndHighWater
+    var released: [UnsafeMutableRawPointer] = []
+    defer { for p in released { p.deallocate() } }
     return lock.withLock {
       if reused { _rounding -= block - bytes }
-      guard limitBytes >= 0, current + _rounding + _cached + block <= max(highWater, floorBytes) + limitBytes else { return false }
-      blocks[block, default: []].append(p)
+      let room = max(highWater, floorBytes) + limitBytes - current - _rounding - block
+      guard limitBytes >= 0, room >= 0 else { return false }
+      evictOldest(toFit: room, into: &released)
+      clock += 1
+      blocks[block, default: []].append((p, clock))
       _cached += block
       return true
+    }
+  }
+
+  /// Takes the least recently freed cached blocks out until at most `room` bytes stay cached (they
+  /// go to `released`, freed outside the lock). Each size class's list is in freeing order.
+  private func evictOldest(toFit room: Int, into released: inout [UnsafeMutableRawPointer]) {
+    while _cached > max(0, room), let (size, list) = blocks.min(by: { $0.value[0].freed < $1.value[0].freed }) {
+      released.append(list[0].p)
+      blocks[size] = list.count == 1 ? nil : Array(list.dropFirst())
+      _cached -= size
     }
   }
 
@@ -253,7 +277,7 @@ public final class BlockCache: @unchecked Sendable {
   /// Returns every cached block to the system.
   public func empty() {
     lock.withLock {
-      for (_, list) in blocks { for p in list { p.deallocate() } }
+      for (_, list) in blocks { for e in list { e.p.deallocate() } }
       blocks = [:]
       _cached = 0
     }

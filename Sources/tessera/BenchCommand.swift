@@ -243,7 +243,9 @@ struct TrainBench: ParsableCommand {
       step as 3× the forward convolution/linear FLOPs (2·MACs), as the peer does. peak_bytes is the
       memory ledger's peak over the whole run (parameters, gradients, optimizer state, the batch,
       activations and workspaces) and planned_peak_bytes the planner's prediction of it;
-      max_rss_bytes is the process's peak resident set.
+      max_rss_bytes is the process's peak resident set. Per timed step: fresh_block_bytes_per_step,
+      the large blocks taken from the system rather than reused from the block cache (the kernel
+      faults in and zeroes their pages), and the CPU seconds spent in user and system mode.
       Streamed training: --tile N (with --stream-blocks, --frozen-bn); --streamed-input generates the
       input region by region (deterministic noise) so an image larger than memory is never held.
       --budget refuses a run whose planned peak exceeds it, before allocating.
@@ -382,12 +384,14 @@ struct TrainBench: ParsableCommand {
     }
     for _ in 0..<warmup { try step() }
     Profiler.shared.enabled = profile
+    let fresh0 = BlockCache.shared.freshBytes, cpu0 = cpuSeconds()
     let t0 = DispatchTime.now().uptimeNanoseconds
     for i in 0..<steps {
       try step()
       if !json { note("step \(i + 1)/\(steps)") }
     }
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    let cpu1 = cpuSeconds(), freshBytes = BlockCache.shared.freshBytes - fresh0
     let ips = Double(batch * steps) / seconds
     let allSteps = Double(steps + warmup)
     // Every rank's ledger peak, for rank 0's report.
@@ -407,6 +411,9 @@ struct TrainBench: ParsableCommand {
       "peak_bytes": MemoryLedger.shared.peakBytes, "max_rss_bytes": maxRSSBytes(),
       "parameters": net.parameterCount, "final_loss": Double(losses.last ?? 0), "checkpointing": checkpointing, "precision": precision, "compute": compute.effective,
       "planned_peak_bytes": planned,
+      "fresh_block_bytes_per_step": freshBytes / steps,
+      "user_seconds_per_step": (cpu1.user - cpu0.user) / Double(steps),
+      "system_seconds_per_step": (cpu1.system - cpu0.system) / Double(steps),
     ]
     if let b = budgetBytes { out["budget_bytes"] = b }
     if let (c, mode) = parallel {

@@ -131,6 +131,14 @@ func maxRSSBytes() -> Int {
   return Int(u.ru_maxrss) * 1024
 }
 
+/// CPU seconds this process has spent in user and in kernel (system) mode, all threads.
+func cpuSeconds() -> (user: Double, system: Double) {
+  var u = rusage()
+  getrusage(RUSAGE_SELF.rawValue, &u)
+  func s(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+  return (s(u.ru_utime), s(u.ru_stime))
+}
+
 /// "3x1024x768" or "1024x768" (channels default) → [C, H, W].
 func parseInput(_ s: String, defaultChannels: Int = 3) throws -> [Int] {
   let parts = s.lowercased().split(separator: "x").map { Int($0) }

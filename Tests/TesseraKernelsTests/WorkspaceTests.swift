@@ -156,4 +156,38 @@ final class WorkspaceTests: XCTestCase {
     free(d, 2 * mib)
     XCTAssertEqual(cache.cachedBytes, 0)
   }
+
+  /// A freed block that does not fit makes room by returning the least recently freed blocks to the
+  /// system, so a tile loop whose sizes differ from an earlier phase's keeps its own blocks (refused
+  /// instead, each would be mapped and faulted in again every tile); the bound still holds.
+  func testBlockCacheEvictsTheLeastRecentlyFreed() {
+    let mib = 1 << 20
+    let ledger = MemoryLedger(), cache = BlockCache()
+    cache.limitBytes = 0
+    cache.floorBytes = 100 * mib
+    var blocks: [UnsafeMutableRawPointer] = []
+    func give(_ bytes: Int) -> Bool {
+      let p = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)  // stands in for the block
+      let kept = cache.give(p, bytes, for: bytes, reused: false, ledger: ledger)
+      if kept { blocks.append(p) } else { p.deallocate() }
+      let (resident, bound) = cache.residentBound(ledger: ledger)
+      XCTAssertLessThanOrEqual(resident, bound)
+      return kept
+    }
+    XCTAssertTrue(give(30 * mib))
+    XCTAssertTrue(give(40 * mib))
+    ledger.allocated(20 * mib, .activation)  // in use, e.g. small tensors the cache never sees
+    XCTAssertTrue(give(20 * mib), "kept: the 30 MiB block, least recently freed, goes")
+    XCTAssertEqual(cache.cachedBytes, 60 * mib)
+    XCTAssertTrue(give(50 * mib), "kept: the 40 MiB block goes, the newer 20 MiB one stays")
+    XCTAssertEqual(cache.cachedBytes, 70 * mib)
+    XCTAssertEqual(cache.take(20 * mib, for: 20 * mib, ledger: ledger), blocks[2])
+    // A block that alone would pass the bound is refused and evicts nothing.
+    XCTAssertFalse(give(81 * mib))
+    XCTAssertEqual(cache.cachedBytes, 50 * mib)
+    // The cache deallocated the evicted stand-ins; these two are the kept ones.
+    XCTAssertEqual(cache.take(50 * mib, for: 50 * mib, ledger: ledger), blocks[3])
+    blocks[2].deallocate()
+    blocks[3].deallocate()
+  }
 }
