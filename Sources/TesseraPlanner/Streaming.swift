@@ -154,8 +154,9 @@ extension Planner {
   /// the same model without streaming. Work is counted in multiply-accumulates plus the memory passes
   /// MACs leave out (`macsPerElement` per element each layer reads or writes: BatchNorm, ReLU,
   /// pooling windows, conv outputs, the copies of each tile's crop): every pass over every crop
-  /// (halos included), forward 1×, backward data 1× and a convolution's weights 1× where gathered,
-  /// the rest of the network as in the plain step (`stepWork`). An estimate for choosing.
+  /// (halos included), forward 1×, backward-data and a convolution's weights (where gathered) at
+  /// their measured shares of the forward (`backwardShares`), the rest of the network as in the
+  /// plain step (`stepWork`). An estimate for choosing.
   public static func streamingCost(_ model: Sequential, input: [Int], batch: Int) throws -> Double {
     var shape = [batch] + input, cost = 0.0, streamedPlain = 0.0, i = 0
     while i < model.layers.count, let s = model.layers[i].1 as? Streamed {
@@ -172,22 +173,45 @@ extension Planner {
 
   /// A plain training step's work on `layer`: each leaf's forward, its backward-data (not the first
   /// leaf's without `inputGradient`: nothing asks for the image's gradient) and a convolution's or
-  /// linear layer's backward-weights, each as much as its forward.
+  /// linear layer's backward-weights, each its forward work times its measured share
+  /// (`backwardShares`).
   static func stepWork(_ layer: Layer, input: [Int], inputGradient: Bool) throws -> Double {
     var work = 0.0, first = !inputGradient
     _ = try walk(layer, path: "", input: input, rf: .identity) { _, leaf, inShape, outShape, _ in
-      let w = try leafWork(leaf, inShape, outShape)
-      work += w * (1 + (first ? 0 : 1) + (leaf is Conv2D || leaf is Linear ? 1 : 0))
+      let w = try leafWork(leaf, inShape, outShape), b = try backwardShares(leaf, inShape)
+      work += w * (1 + (first ? 0 : b.data) + b.weights)
       first = false
     }
     return work
   }
 
+  /// A leaf's backward-data and backward-weights time against its forward's, as measured on a plain
+  /// fcn-large step (`bench train --model fcn-large --input 3x4096x4096 --batch 1 --profile`, fp32
+  /// and bf16, two rounds each, docs/BENCHMARKS.md session 8): a convolution's backward-weights 1.25×
+  /// its forward in fp32 and 1.0× in bf16 (the stem, which has no backward-data: 1.24–1.29 and
+  /// 0.81–1.15); backward-data 1.0× at stride 1 (the stride-1 layers' whole backward 2.26–2.31 fp32,
+  /// 1.88–2.01 bf16) and 1.8× at larger strides (2.74–3.21 and 2.76–3.03: a scatter, or phases);
+  /// BatchNorm(+ReLU) 1.2× (1.19–1.52), max pooling with its arg-maxes 0.65× (0.50–0.68); other
+  /// leaves 1×, linear layers' weights 1×.
+  static func backwardShares(_ leaf: Layer, _ inShape: [Int]) throws -> (data: Double, weights: Double) {
+    switch leaf {
+    case let c as Conv2D:
+      let g = try c.geometry(for: inShape)
+      return (g.strideH > 1 || g.strideW > 1 ? 1.8 : 1.0, BF16.applies(g) ? 1.0 : 1.25)
+    case let p as Pool2D where p.mode == .max: return (0.65, 0)
+    case is BatchNorm2D: return (1.2, 0)
+    case is Linear: return (1, 1)
+    default: return (1, 0)
+    }
+  }
+
   /// MAC-equivalents of one element read or written by a memory-bound pass, against convolution
-  /// MACs: BatchNorm+ReLU forward on 16.7 M elements takes 8.4 ms and backward 9.6 ms, max pooling
-  /// with arg-maxes 18 ms, where the convolutions run ≈ 50 GMAC/s (`bench train --profile`, 1024²
-  /// batch 4, docs/BENCHMARKS.md).
-  static let macsPerElement = 30.0
+  /// MACs, on a plain fcn-large step at 4096² batch 1 (`bench train --profile`, fp32, two rounds,
+  /// docs/BENCHMARKS.md session 8): the stem's convolution 9.87 G MACs in 132–140 ms (≈ 73 GMAC/s);
+  /// its BatchNorm+ReLU forward, 67.1 M elements read and as many written, 29.2–32.0 ms (16–17 per
+  /// element); max pooling 33.6–37.0 ms for 16.8 M outputs of ten element-reads each (15–16).
+  /// (Session 3 took 30 from a 1024² batch-4 step, convolutions then ≈ 50 GMAC/s.)
+  static let macsPerElement = 17.0
 
   /// A convolution MAC's time under `--compute bf16` against fp32's: the convolutions of a 1024²
   /// batch-4 step took 0.47–0.58 of their fp32 time (`bench train --profile`, docs/BENCHMARKS.md,
@@ -236,6 +260,13 @@ extension Planner {
     }
     let output = try s.outputShape(for: input)
     let all = crop.reduce(0, +), e = macsPerElement, outputCells = Double(output.reduce(1, *))
+    // Backward shares from one crop's shapes (they depend on strides and channels, not on size).
+    var shares: [(data: Double, weights: Double)] = []
+    var sh0 = [input[0], input[1]] + (geo.tiles.cropSizeCounts().keys.first ?? [input[2], input[3]])
+    for l in s.leaves {
+      shares.append(try backwardShares(l, sh0))
+      sh0 = try l.outputShape(for: sh0)
+    }
     var cost: Double, passes: Double
     if let k = s.fusedOutputPass {
       // No output pass: the deepest BatchNorm's statistics pass pools its input (`Streamed.route`),
@@ -261,7 +292,8 @@ extension Planner {
       passes += 1
       let last = p.gather == nil
       for l in p.from..<L {
-        cost += crop[l] * ((l > 0 || (last && inputGradient) ? 1 : 0) + (s.leaves[l] is Conv2D && p.weights.contains(l) ? 1 : 0))
+        cost += crop[l] * ((l > 0 || (last && inputGradient) ? shares[l].data : 0)
+          + (s.leaves[l] is Conv2D && p.weights.contains(l) ? shares[l].weights : 0))
       }
     }
     // Each pass reads every tile's crop of the input.

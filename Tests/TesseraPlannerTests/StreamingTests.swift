@@ -1,6 +1,6 @@
 import Tessera
 import TesseraKernels
-import TesseraPlanner
+@testable import TesseraPlanner
 import TestSupport
 import XCTest
 
@@ -308,6 +308,28 @@ final class StreamingTests: XCTestCase {
       if precision == .fp32 { XCTAssertLessThan(measured.training, plainPeak, "\(blocks) blocks tile \(tile)") }
       print("streaming \(blocks) blocks tile \(tile) frozen \(frozen) \(precision): \(measured.training) B vs plain \(plainPeak) B")
     }
+  }
+  /// The cost model ranks what costs more as costing more: each streamed BatchNorm adds passes, a
+  /// frozen one none; a plain step is 1×; a backward-heavy plain step (the measured backward shares)
+  /// makes the same extra passes a smaller share of it.
+  func testStreamingCostRanksThePasses() throws {
+    func est(_ blocks: Int, split: Int? = 0, frozen: Bool = false) throws -> Double {
+      let m = try Streamed.apply(to: Zoo.fcnLarge(classes: 4), blocks: blocks, tile: 256, frozenBatchNorm: frozen, split: split)
+      return try Planner.streamingCost(m, input: [3, 1024, 1024], batch: 1)
+    }
+    XCTAssertEqual(try Planner.streamingCost(Zoo.fcnLarge(classes: 4), input: [3, 1024, 1024], batch: 1), 1)
+    let stem = try est(1), frozen = try est(3, frozen: true), three = try est(3), six = try est(6)
+    XCTAssertGreaterThan(stem, 1)
+    XCTAssertLessThan(stem, frozen)
+    XCTAssertLessThan(frozen, three, "frozen BatchNorm: one pass each way")
+    XCTAssertLessThan(three, six)
+    XCTAssertLessThan(try est(3, split: 1), three, "a cut after the stem spares its passes over the stem")
+    // The plain step's backward at its measured shares: a strided convolution's backward-data and
+    // backward-weights cost more than its forward.
+    let conv = Conv2D(inputChannels: 16, outputChannels: 32, kernelSize: (3, 3), stride: (2, 2), padding: .same)
+    let w = try Planner.stepWork(conv, input: [1, 16, 64, 64], inputGradient: true)
+    let f = try Planner.leafWork(conv, [1, 16, 64, 64], [1, 32, 32, 32])
+    XCTAssertGreaterThan(w, 3 * f)
   }
 }
 
