@@ -260,12 +260,11 @@ extension Planner {
     }
     let output = try s.outputShape(for: input)
     let all = crop.reduce(0, +), e = macsPerElement, outputCells = Double(output.reduce(1, *))
-    // Backward shares from one crop's shapes (they depend on strides and channels, not on size).
-    var shares: [(data: Double, weights: Double)] = []
-    var sh0 = [input[0], input[1]] + (geo.tiles.cropSizeCounts().keys.first ?? [input[2], input[3]])
+    // Backward shares (they depend on strides and channels, not on the crop's size).
+    var shares: [(data: Double, weights: Double)] = [], sh = input
     for l in s.leaves {
-      shares.append(try backwardShares(l, sh0))
-      sh0 = try l.outputShape(for: sh0)
+      shares.append(try backwardShares(l, sh))
+      sh = try l.outputShape(for: sh)
     }
     var cost: Double, passes: Double
     if let k = s.fusedOutputPass {
