@@ -105,8 +105,17 @@ extension Planner {
     func choice(_ b: Int, _ splits: [Int], outputSums: Bool) throws -> StreamingChoice {
       let m = rest.apply(to: try Streamed.apply(to: model, blocks: b, tile: tile, frozenBatchNorm: settings.frozenBatchNorm,
                                                 splits: splits, outputSums: outputSums))
-      let p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
+      var p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
                        inputResident: settings.inputResident)
+      // Segments with one backward pass keep their last tile's recording for backward
+      // (`Streamed.keepsLastTile`: one tile's forward fewer) unless that passes the budget.
+      let single = m.layers.compactMap { $0.1 as? Streamed }.filter { $0.frozenBatchNorm || $0.batchNorms.isEmpty }
+      if !single.isEmpty {
+        single.forEach { $0.keepsLastTile = true }
+        let q = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
+                         inputResident: settings.inputResident)
+        if q.peakTrainingBytes <= max(p.peakTrainingBytes, budget ?? .max) { p = q } else { single.forEach { $0.keepsLastTile = false } }
+      }
       let geo = try (m.layers[0].1 as! Streamed).geometry(for: [batch] + input)
       return StreamingChoice(model: m, blocks: b, splits: splits, tile: tile, plan: p,
                              relativeTime: try streamingCost(m, input: input, batch: batch), tiles: geo.tiles.count, halo: geo.halo,
@@ -293,6 +302,16 @@ extension Planner {
       for l in p.from..<L {
         cost += crop[l] * ((l > 0 || (last && inputGradient) ? shares[l].data : 0)
           + (s.leaves[l] is Conv2D && p.weights.contains(l) ? shares[l].weights : 0))
+      }
+    }
+    if s.keepsLastTileNow, let t = geo.tiles.last {
+      // Backward does not run the forward of the tile the forward recorded, nor read its crop again.
+      var sh = [input[0], input[1], t.crop.rows.count, t.crop.cols.count]
+      cost -= e * Double(sh.reduce(1, *))
+      for l in s.leaves {
+        let r = try forwardWork(l, input: sh)
+        cost -= r.work
+        sh = r.output
       }
     }
     // Each pass reads every tile's crop of the input.

@@ -245,7 +245,8 @@ struct TrainBench: ParsableCommand {
       activations and workspaces) and planned_peak_bytes the planner's prediction of it;
       max_rss_bytes is the process's peak resident set. Per timed step: fresh_block_bytes_per_step,
       the large blocks taken from the system rather than reused from the block cache (the kernel
-      faults in and zeroes their pages), and the CPU seconds spent in user and system mode.
+      faults in and zeroes their pages), and user_seconds_per_step / system_seconds_per_step, the
+      CPU seconds all threads spent in user and in kernel mode.
       Streamed training: --tile N (with --stream-blocks, --frozen-bn); --streamed-input generates the
       input region by region (deterministic noise) so an image larger than memory is never held.
       --budget refuses a run whose planned peak exceeds it, before allocating.

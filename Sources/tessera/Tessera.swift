@@ -210,8 +210,10 @@ struct StreamingOptions: ParsableArguments {
 func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
   let segments = c.model.layers.compactMap { $0.1 as? Streamed }
   func passes(_ st: Streamed) -> String {
-    let bn = st.batchNorms.count
-    return bn == 0 ? "no BatchNorm: 1 pass each way" : s.frozenBatchNorm ? "frozen BatchNorm, 1 pass each way" : "exact BatchNorm: \(st.forwardPasses) pass\(st.forwardPasses == 1 ? "" : "es") forward, \(st.passes().count) backward"
+    let kept = st.keepsLastTileNow ? " (the last tile's forward kept for backward)" : ""
+    if st.batchNorms.isEmpty { return "no BatchNorm: 1 pass each way" + kept }
+    if s.frozenBatchNorm { return "frozen BatchNorm, 1 pass each way" + kept }
+    return "exact BatchNorm: \(st.forwardPasses) pass\(st.forwardPasses == 1 ? "" : "es") forward, \(st.passes().count) backward"
   }
   var text = "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") ("
     + segments.map { $0.children.map(\.0).joined(separator: ", ") }.joined(separator: " | ")

@@ -251,6 +251,23 @@ final class StreamingTests: XCTestCase {
     let whole = try step(try frozen(1024), x, labels)
     let tiled = try step(try frozen(32), x, labels)
     assertSame(tiled, whole, "frozen BatchNorm, tile 32 vs one tile")
+    // The last tile's forward kept for backward: the same step, one tile read fewer.
+    let keeping = try frozen(32), seg = keeping.layers[0].1 as! Streamed
+    seg.keepsLastTile = true
+    XCTAssertTrue(seg.keepsLastTileNow)
+    assertSame(try step(keeping, x, labels), whole, "frozen BatchNorm, tile 32, last tile kept")
+    let tiles = try seg.geometry(for: x.shape).tiles.count
+    XCTAssertGreaterThan(tiles, 4)
+    for keep in [false, true] {
+      seg.keepsLastTile = keep
+      let source = CountingTileSource(TensorTileSource(x))
+      let y = try seg.forward(source: source, training: true)
+      _ = seg.backward(randomTensor(y.shape, seed: 8), needInputGradient: false)
+      XCTAssertEqual(source.reads, keep ? 2 * tiles - 1 : 2 * tiles, "tile reads, last tile kept: \(keep)")
+    }
+    let exactSegment = try Streamed.apply(to: fcn(), blocks: 3, tile: 32).layers[0].1 as! Streamed
+    exactSegment.keepsLastTile = true
+    XCTAssertFalse(exactSegment.keepsLastTileNow, "exact BatchNorm (several backward passes) keeps no tile")
     XCTAssertEqual(tiled.values["stem.bn.running_mean"]?[1], 0.1)
     // and it is not the batch-statistics computation
     let exact = try step(try Streamed.apply(to: fcn(), blocks: 3, tile: 32), x, labels)
@@ -266,6 +283,7 @@ final class StreamingTests: XCTestCase {
       ("conv2", Conv2D(inputChannels: 3, outputChannels: 2, kernelSize: 3, padding: .same)),
     ])
     let s = try Streamed(seg, tile: 8, frozenBatchNorm: frozen)
+    s.keepsLastTile = frozen  // frozen: the last tile's forward kept for backward
     seg.initializeParameters(seed: 4)
     (seg.layers[1].1 as! BatchNorm2D).runningMean.value.floats[0] = 0.3
     let x = randomTensor([1, 2, 30, 26], seed: 6)
@@ -294,13 +312,15 @@ final class StreamingTests: XCTestCase {
     let plainPeak = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(fcn(initialized: false), input: input, batch: batch).training
     for (blocks, tile, frozen, precision) in [(2, 64, false, StoragePrecision.fp32), (4, 128, false, .fp32),
                                               (4, 64, true, .fp32), (3, 64, false, .fp16), (0, 0, false, .fp32),
-                                              (-3, 128, false, .fp32)] {
+                                              (-3, 128, false, .fp32), (3, 64, true, .fp16)] {
       ActivationStorage.precision = precision
       defer { ActivationStorage.precision = .fp32 }
       // 0: two segments by hand; −3: three blocks as three segments.
       let m = blocks == 0 ? try chained(fcn(initialized: false), 128, 32)
         : blocks < 0 ? try Streamed.apply(to: fcn(initialized: false), blocks: -blocks, tile: tile, splits: [1, 2])
         : try Streamed.apply(to: fcn(initialized: false), blocks: blocks, tile: tile, frozenBatchNorm: frozen)
+      // The fp16 frozen case keeps its last tile's forward for backward (`keepsLastTile`).
+      if frozen && precision == .fp16 { (m.layers[0].1 as! Streamed).keepsLastTile = true }
       let plan = try Planner.plan(m, name: "s", input: input, batch: batch)
       let measured = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(m, input: input, batch: batch)
       XCTAssertEqual(plan.peakTrainingBytes, measured.training, "\(blocks) blocks tile \(tile) frozen \(frozen) \(precision): training")
@@ -309,6 +329,31 @@ final class StreamingTests: XCTestCase {
       print("streaming \(blocks) blocks tile \(tile) frozen \(frozen) \(precision): \(measured.training) B vs plain \(plainPeak) B")
     }
   }
+  /// The planner keeps a frozen segment's last tile for backward unless that passes the budget;
+  /// its estimate is then lower and its plan the plan of what runs.
+  func testPlannerKeepsTheLastTileWithinTheBudget() throws {
+    let input = [3, 384, 320]
+    var grows = 0
+    for tile in [64, 128] {
+      let m = try Streamed.apply(to: fcn(initialized: false), blocks: 3, tile: tile, frozenBatchNorm: true)
+      let without = try Planner.plan(m, name: "", input: input, batch: 1).peakTrainingBytes
+      let off = try Planner.streamingCost(m, input: input, batch: 1)
+      (m.layers[0].1 as! Streamed).keepsLastTile = true
+      let with = try Planner.plan(m, name: "", input: input, batch: 1).peakTrainingBytes
+      if with > without { grows += 1 }
+      let settings = StreamingSettings(tile: tile, blocks: 3, frozenBatchNorm: true, split: 0)
+      for budget in [nil, with, with - 1] {
+        let c = try Planner.applyStreaming(fcn(initialized: false), settings, input: input, batch: 1, budget: budget)
+        let seg = c.model.layers[0].1 as! Streamed
+        let keeps = budget.map { with <= max(without, $0) } ?? true
+        XCTAssertEqual(seg.keepsLastTile, keeps, "tile \(tile), budget \(budget ?? 0): \(with) B kept against \(without) B")
+        XCTAssertEqual(c.plan.peakTrainingBytes, keeps ? with : without)
+        if keeps { XCTAssertLessThan(c.relativeTime, off) } else { XCTAssertEqual(c.relativeTime, off) }
+      }
+    }
+    XCTAssertGreaterThan(grows, 0, "a case where keeping the tile grows the peak, so the budget decides")
+  }
+
   /// The cost model ranks what costs more as costing more: each streamed BatchNorm adds passes, a
   /// frozen one none; a plain step is 1×; a backward-heavy plain step (the measured backward shares)
   /// makes the same extra passes a smaller share of it.
@@ -335,4 +380,16 @@ final class StreamingTests: XCTestCase {
 
 enum ResidualBlockProbe {
   static func block() throws -> ResidualBlock { ResidualBlock.basic(inputChannels: 4, channels: 4, stride: 1) }
+}
+
+/// A tile source that counts its reads.
+final class CountingTileSource: TileSource {
+  let inner: TileSource
+  private(set) var reads = 0
+  init(_ inner: TileSource) { self.inner = inner }
+  var shape: [Int] { inner.shape }
+  func read(_ region: MapRegion) throws -> Tensor {
+    reads += 1
+    return try inner.read(region)
+  }
 }

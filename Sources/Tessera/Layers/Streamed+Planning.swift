@@ -7,6 +7,7 @@ extension Streamed {
     let geo = try geometry(for: x.shape)
     let tiles = geo.tiles.distinct()
     reset()
+    plannedKeptTile = nil
     let fused = training ? fusedOutputPass : nil, keep = training && BackwardRecording.isOn ? sumsFromOutput : nil
     var map: SimTensor?, routed: SimTensor?
     if training && !frozenBatchNorm {
@@ -31,6 +32,11 @@ extension Streamed {
       y = sim.allocate(geo.output)
       for t in tiles {
         _ = try BackwardRecording.without { try planRun(t, geo, through: leaves.count, recordFrom: nil, training, sim) }
+      }
+      // `keepsLastTile`: the last tile run again, recorded (its recordings live until backward).
+      if training && BackwardRecording.isOn && keepsLastTileNow, let last = geo.tiles.last {
+        _ = try planRun(last, geo, through: leaves.count, recordFrom: 0, training, sim)
+        plannedKeptTile = last
       }
     }
     if training && BackwardRecording.isOn {
@@ -81,12 +87,15 @@ extension Streamed {
       withExtendedLifetime(routed) {}
       routed = nil
     }
+    // The tile the forward recorded first, without its forward (`keepsLastTile`).
+    let keptTile = plannedKeptTile
+    plannedKeptTile = nil
     for pass in passes() {
       let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
-      for t in tiles {
-        _ = try? planRun(t, geo, through: L, recordFrom: pass.from, true, sim)
+      for (i, t) in ((keptTile.map { [$0] } ?? []) + tiles).enumerated() {
+        if !(keptTile != nil && i == 0) { _ = try? planRun(t, geo, through: L, recordFrom: pass.from, true, sim) }
         let o = geo.output, lo = t.local[L - 1]
         var g: SimTensor? = sim.allocate([o[0], o[1], lo.0, lo.1])
         for l in (pass.from..<L).reversed() {

@@ -37,6 +37,17 @@ public final class Streamed: Layer {
   private var saved: (source: TileSource, geometry: StreamGeometry)?
   /// For `sumsFromOutput`: at each output cell, the BatchNorm input its gradient reaches.
   private var routed: Tensor?
+  /// With one backward pass (`keepsLastTile`): the training forward recorded its last tile.
+  private var keptLastTile = false
+  /// With one backward pass (frozen BatchNorm, or none): the training forward records its last
+  /// tile and backward starts with that tile, without running its forward again — one tile's
+  /// recomputation fewer, for holding its activations from the forward to the backward. The planner
+  /// turns it on where the peak allows (`Planner.applyStreaming`); off by default.
+  public var keepsLastTile = false
+  /// `keepsLastTile`, where it applies: a segment with one backward pass.
+  public var keepsLastTileNow: Bool { keepsLastTile && (frozenBatchNorm || batchNorms.isEmpty) }
+  /// The planner twin's `keptLastTile`.
+  var plannedKeptTile: StreamGeometry.Tile?
   /// Tile-parallel streaming: rank r of N takes tiles r, r + N, r + 2N, …; the BatchNorm sums, the
   /// stitched output, the input gradient and the segment's weight gradients are summed over the
   /// ranks, so every rank ends the step with what one process computes alone.
@@ -174,9 +185,14 @@ public final class Streamed: Layer {
       }
     } else {
       y = Tensor(zeros: geo.output)
-      for t in myTiles(geo) {
-        let h = try BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
+      let tiles = myTiles(geo)
+      for (i, t) in tiles.enumerated() {
+        // The last tile recorded for backward (`keepsLastTile`), the others not.
+        let keep = record && keepsLastTileNow && i == tiles.count - 1
+        let h = try keep ? run(source, t, through: leaves.count, recordFrom: 0, training)
+          : BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
         Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
+        keptLastTile = keep
       }
       // Each cell is owned by one tile, so the sum over ranks is the stitched output, exactly.
       collective?.allreduceSum(y.floats, count: y.count)
@@ -312,6 +328,7 @@ public final class Streamed: Layer {
   /// Clears what the passes set on the segment's layers.
   func reset() {
     routed = nil
+    keptLastTile = false
     for l in leaves {
       if let bn = l as? BatchNorm2D {
         bn.fixedStatistics = nil
@@ -363,7 +380,11 @@ public final class Streamed: Layer {
     let weights = parallel ? segment.namedParameters().map(\.1).filter(\.trainable) : []
     let earlier = weights.map { p in p.grad.map { Array(UnsafeBufferPointer(start: $0.floats, count: $0.count)) } }
     weights.forEach { $0.zeroGradient() }
-    let tiles = myTiles(geo)
+    var tiles = myTiles(geo)
+    // The tile the forward recorded goes first, its forward not run again.
+    let kept = keptLastTile && passes().count == 1
+    keptLastTile = false
+    if kept, let last = tiles.popLast() { tiles.insert(last, at: 0) }
     if let k = sumsFromOutput, let r = routed {
       // Tile by tile over the cells each owns, as the pass it replaces summed them (tile-parallel:
       // this rank's tiles, summed over the ranks in `finishGathering`), so N ranks add in one
@@ -378,12 +399,14 @@ public final class Streamed: Layer {
       let last = pass.gather == nil
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
-      for t in tiles {
+      for (i, t) in tiles.enumerated() {
         for k in batchNorms { bn(k).streamedBackward!.region = t.owned[k] }
-        do {
-          _ = try run(source, t, through: L, recordFrom: pass.from, true)
-        } catch {
-          preconditionFailure("\(error)")  // the same regions were read in forward
+        if !(kept && i == 0) {
+          do {
+            _ = try run(source, t, through: L, recordFrom: pass.from, true)
+          } catch {
+            preconditionFailure("\(error)")  // the same regions were read in forward
+          }
         }
         let o = geo.output, lo = t.local[L - 1]
         // (no named binding: the tile's output gradient must go when the last layer's backward is done)
