@@ -41,6 +41,7 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
     if let s = streaming {
       m = try Streamed.apply(to: m, blocks: s.blocks ?? Streamed.streamableBlocks(of: m), tile: s.tile,
                              frozenBatchNorm: s.frozenBatchNorm, splits: s.splits ?? [], outputSums: s.outputSums ?? true)
+      for case let seg as Streamed in m.layers.map(\.1) { seg.keepsLastTile = s.keepsLastTile ?? false }
     }
     return checkpointing.apply(to: m)
   }
@@ -93,7 +94,8 @@ extension Planner {
           (try? plan(c.model, name: "", input: input, batch: b, optimizer: optimizer, threads: threads)).map { $0.peakTrainingBytes + extraBytes(b) }
         }
         guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let pk = peak(b) else { continue }
-        let settings = StreamingSettings(tile: c.tile, blocks: c.blocks, splits: c.splits, outputSums: c.outputSums)
+        let settings = StreamingSettings(tile: c.tile, blocks: c.blocks, splits: c.splits, outputSums: c.outputSums,
+                                         keepsLastTile: c.keepsLastTile)
         let mode = MemoryMode(precision: p, checkpointing: ck, streaming: settings)
         let factor = MemoryMode(precision: p, checkpointing: ck).relativeTime
         choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: pk, relativeTime: c.relativeTime * factor))

@@ -22,12 +22,16 @@ public struct StreamingSettings: Sendable, Equatable {
   /// Whether the deepest BatchNorm's sums come from the output (`Streamed.outputSums`: one pass
   /// fewer, one output-sized tensor more); nil: yes, unless only the pass fits the budget.
   public var outputSums: Bool?
+  /// Whether segments with one backward pass keep their last tile's forward for backward
+  /// (`Streamed.keepsLastTile`); nil: yes, unless that passes the budget.
+  public var keepsLastTile: Bool?
 
   public init(tile: Int, blocks: Int? = nil, frozenBatchNorm: Bool = false, inputResident: Bool = true, split: Int? = nil,
-              splits: [Int]? = nil, outputSums: Bool? = nil) {
+              splits: [Int]? = nil, outputSums: Bool? = nil, keepsLastTile: Bool? = nil) {
     self.tile = tile
     self.splits = splits ?? split.map { [$0] }
     self.outputSums = outputSums
+    self.keepsLastTile = keepsLastTile
     self.blocks = blocks
     self.frozenBatchNorm = frozenBatchNorm
     self.inputResident = inputResident
@@ -51,6 +55,8 @@ public struct StreamingChoice {
   public var tiles: Int, halo: Int
   /// See `StreamingSettings.outputSums`.
   public var outputSums: Bool
+  /// Whether the one-backward-pass segments keep their last tile (`StreamingSettings.keepsLastTile`).
+  public var keepsLastTile: Bool
 }
 
 public struct StreamingPlanError: Error, CustomStringConvertible {
@@ -110,16 +116,20 @@ extension Planner {
       // Segments with one backward pass keep their last tile's recording for backward
       // (`Streamed.keepsLastTile`: one tile's forward fewer) unless that passes the budget.
       let single = m.layers.compactMap { $0.1 as? Streamed }.filter { $0.frozenBatchNorm || $0.batchNorms.isEmpty }
-      if !single.isEmpty {
+      if !single.isEmpty && settings.keepsLastTile != false {
         single.forEach { $0.keepsLastTile = true }
         let q = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
                          inputResident: settings.inputResident)
-        if q.peakTrainingBytes <= max(p.peakTrainingBytes, budget ?? .max) { p = q } else { single.forEach { $0.keepsLastTile = false } }
+        if settings.keepsLastTile == true || q.peakTrainingBytes <= max(p.peakTrainingBytes, budget ?? .max) {
+          p = q
+        } else {
+          single.forEach { $0.keepsLastTile = false }
+        }
       }
       let geo = try (m.layers[0].1 as! Streamed).geometry(for: [batch] + input)
       return StreamingChoice(model: m, blocks: b, splits: splits, tile: tile, plan: p,
                              relativeTime: try streamingCost(m, input: input, batch: batch), tiles: geo.tiles.count, halo: geo.halo,
-                             outputSums: outputSums)
+                             outputSums: outputSums, keepsLastTile: single.contains { $0.keepsLastTile })
     }
     // The deepest BatchNorm's sums from the output unless told otherwise, or unless only the pass
     // that gathers them fits the budget.

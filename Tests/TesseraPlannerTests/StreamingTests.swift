@@ -349,6 +349,12 @@ final class StreamingTests: XCTestCase {
         XCTAssertEqual(seg.keepsLastTile, keeps, "tile \(tile), budget \(budget ?? 0): \(with) B kept against \(without) B")
         XCTAssertEqual(c.plan.peakTrainingBytes, keeps ? with : without)
         if keeps { XCTAssertLessThan(c.relativeTime, off) } else { XCTAssertEqual(c.relativeTime, off) }
+        XCTAssertEqual(c.keepsLastTile, keeps)
+        // A memory mode made from the choice (`train --batch auto`) runs what was planned.
+        var kept = settings
+        kept.keepsLastTile = c.keepsLastTile
+        let run = try MemoryMode(precision: .fp32, checkpointing: .none, streaming: kept).apply(to: fcn(initialized: false))
+        XCTAssertEqual((run.layers[0].1 as! Streamed).keepsLastTile, keeps)
       }
     }
     XCTAssertGreaterThan(grows, 0, "a case where keeping the tile grows the peak, so the budget decides")
