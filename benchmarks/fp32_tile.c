@@ -1,7 +1,7 @@
 // fp32 forward-convolution register tiles on one core, the tap loop alone (no packing, no stores to
 // channel planes): the kernels' 6 pixels × 16 channels (ymm, AVX2: 12 accumulators in 16 registers)
 // against 12 × 16 under AVX-512VL (24 accumulators in ymm0–31), with 12 row pointers or one row base.
-// docs/BENCHMARKS.md, "the block cache keeps the running loop's blocks" (session 8), and "Open".
+// docs/BENCHMARKS.md, "Open" (session 8).
 //   clang -O2 -mllvm -enable-misched=false benchmarks/fp32_tile.c -o /tmp/fp32_tile
 //   /tmp/fp32_tile C H K k s      e.g. 3 1024 16 7 2 (the stem), 32 128 32 3 1, 128 32 128 3 1
 // (without the -mllvm flag clang hoists all twelve broadcasts and spills the accumulators.) The

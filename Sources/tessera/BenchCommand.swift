@@ -449,6 +449,7 @@ struct TrainBench: ParsableCommand {
       out["tiles"] = c.tiles
       out["halo"] = c.halo
       out["frozen_bn"] = streaming.frozenBn
+      out["keeps_last_tile"] = c.keepsLastTile
       out["streamed_input"] = streamedInput
       if let image { out["image"] = image }
       out["estimated_relative_time"] = (c.relativeTime * 100).rounded() / 100

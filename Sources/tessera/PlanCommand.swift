@@ -161,7 +161,8 @@ struct PlanCommand: ParsableCommand {
       if let c = streamChoice {
         o["streaming"] = ["tile": c.tile, "blocks": c.blocks, "split": c.split as Any? ?? NSNull(), "splits": c.splits, "tiles": c.tiles, "halo": c.halo, "frozenBatchNorm": streaming.frozenBn,
                           "inputResident": !streamedInput, "estimatedRelativeTime": c.relativeTime,
-                          "batchNormPasses": (c.model.layers[0].1 as! Streamed).passes().count] as [String: Any]
+                          "batchNormPasses": (c.model.layers[0].1 as! Streamed).passes().count,
+                          "keepsLastTile": c.keepsLastTile] as [String: Any]
       }
       printJSON(o)
       return
