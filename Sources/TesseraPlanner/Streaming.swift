@@ -115,7 +115,7 @@ extension Planner {
                        inputResident: settings.inputResident)
       // Segments with one backward pass keep their last tile's recording for backward
       // (`Streamed.keepsLastTile`: one tile's forward fewer) unless that passes the budget.
-      let single = m.layers.compactMap { $0.1 as? Streamed }.filter { $0.frozenBatchNorm || $0.batchNorms.isEmpty }
+      let single = m.layers.compactMap { $0.1 as? Streamed }.filter(\.hasOneBackwardPass)
       if !single.isEmpty && settings.keepsLastTile != false {
         single.forEach { $0.keepsLastTile = true }
         let q = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
@@ -267,15 +267,19 @@ extension Planner {
     let geo = try s.geometry(for: input)
     let L = s.leaves.count
     var crop = [Double](repeating: 0, count: L), cropInput = 0.0
+    /// Each leaf's forward work on one crop of `hw` input pixels.
+    func leafWorks(_ hw: [Int]) throws -> [Double] {
+      var sh = [input[0], input[1]] + hw
+      return try s.leaves.map { l in
+        let r = try forwardWork(l, input: sh)
+        sh = r.output
+        return r.work
+      }
+    }
     // Crops of one size cost alike: each size once, times how many tiles have it.
     for (hw, n) in geo.tiles.cropSizeCounts().mapValues(Double.init) {
-      var sh = [input[0], input[1]] + hw
-      cropInput += Double(sh.reduce(1, *)) * n
-      for (i, l) in s.leaves.enumerated() {
-        let r = try forwardWork(l, input: sh)
-        crop[i] += r.work * n
-        sh = r.output
-      }
+      cropInput += Double(input[0] * input[1] * hw[0] * hw[1]) * n
+      for (i, w) in try leafWorks(hw).enumerated() { crop[i] += w * n }
     }
     let output = try s.outputShape(for: input)
     let all = crop.reduce(0, +), e = macsPerElement, outputCells = Double(output.reduce(1, *))
@@ -316,13 +320,8 @@ extension Planner {
     }
     if s.keepsLastTileNow, let t = geo.tiles.last {
       // Backward does not run the forward of the tile the forward recorded, nor read its crop again.
-      var sh = [input[0], input[1], t.crop.rows.count, t.crop.cols.count]
-      cost -= e * Double(sh.reduce(1, *))
-      for l in s.leaves {
-        let r = try forwardWork(l, input: sh)
-        cost -= r.work
-        sh = r.output
-      }
+      let hw = [t.crop.rows.count, t.crop.cols.count]
+      cost -= e * Double(input[0] * input[1] * hw[0] * hw[1]) + (try leafWorks(hw)).reduce(0, +)
     }
     // Each pass reads every tile's crop of the input.
     return (cost + e * cropInput * passes, try stepWork(s.segment, input: input, inputGradient: inputGradient))

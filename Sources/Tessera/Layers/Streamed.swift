@@ -42,10 +42,12 @@ public final class Streamed: Layer {
   /// With one backward pass (frozen BatchNorm, or none): the training forward records its last
   /// tile and backward starts with that tile, without running its forward again — one tile's
   /// recomputation fewer, for holding its activations from the forward to the backward. The planner
-  /// turns it on where the peak allows (`Planner.applyStreaming`); off by default.
+  /// turns it on unless that passes the budget (`Planner.applyStreaming`); off by default.
   public var keepsLastTile = false
   /// `keepsLastTile`, where it applies: a segment with one backward pass.
-  public var keepsLastTileNow: Bool { keepsLastTile && (frozenBatchNorm || batchNorms.isEmpty) }
+  public var keepsLastTileNow: Bool { keepsLastTile && hasOneBackwardPass }
+  /// Frozen BatchNorm, or none: one pass over the tiles each way, no statistics to gather.
+  public var hasOneBackwardPass: Bool { frozenBatchNorm || batchNorms.isEmpty }
   /// The planner twin's `keptLastTile`.
   var plannedKeptTile: StreamGeometry.Tile?
   /// Tile-parallel streaming: rank r of N takes tiles r, r + N, r + 2N, …; the BatchNorm sums, the
@@ -186,13 +188,12 @@ public final class Streamed: Layer {
     } else {
       y = Tensor(zeros: geo.output)
       let tiles = myTiles(geo)
+      keptLastTile = record && keepsLastTileNow && !tiles.isEmpty
       for (i, t) in tiles.enumerated() {
         // The last tile recorded for backward (`keepsLastTile`), the others not.
-        let keep = record && keepsLastTileNow && i == tiles.count - 1
-        let h = try keep ? run(source, t, through: leaves.count, recordFrom: 0, training)
+        let h = try keptLastTile && i == tiles.count - 1 ? run(source, t, through: leaves.count, recordFrom: 0, training)
           : BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
         Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
-        keptLastTile = keep
       }
       // Each cell is owned by one tile, so the sum over ranks is the stitched output, exactly.
       collective?.allreduceSum(y.floats, count: y.count)
@@ -342,7 +343,7 @@ public final class Streamed: Layer {
   /// Passes over the tiles in a training forward: one per BatchNorm layer (its statistics) and the
   /// output pass — which the deepest BatchNorm's pass also is (`fusedOutputPass`); one when frozen.
   public var forwardPasses: Int {
-    frozenBatchNorm || batchNorms.isEmpty ? 1 : batchNorms.count + (fusedOutputPass == nil ? 1 : 0)
+    hasOneBackwardPass ? 1 : batchNorms.count + (fusedOutputPass == nil ? 1 : 0)
   }
 
   // MARK: backward
@@ -351,7 +352,7 @@ public final class Streamed: Layer {
   /// layer recorded, layers whose weight gradient it gathers).
   public func passes() -> [(gather: Int?, from: Int, weights: Range<Int>)] {
     let bns = batchNorms, L = leaves.count
-    if frozenBatchNorm || bns.isEmpty { return [(nil, 0, 0..<L)] }
+    if hasOneBackwardPass { return [(nil, 0, 0..<L)] }
     var out = [(gather: Int?, from: Int, weights: Range<Int>)]()
     var next = L
     for k in bns.reversed() {
@@ -382,7 +383,7 @@ public final class Streamed: Layer {
     weights.forEach { $0.zeroGradient() }
     var tiles = myTiles(geo)
     // The tile the forward recorded goes first, its forward not run again.
-    let kept = keptLastTile && passes().count == 1
+    let kept = keptLastTile
     keptLastTile = false
     if kept, let last = tiles.popLast() { tiles.insert(last, at: 0) }
     if let k = sumsFromOutput, let r = routed {
