@@ -41,7 +41,11 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
     if let s = streaming {
       m = try Streamed.apply(to: m, blocks: s.blocks ?? Streamed.streamableBlocks(of: m), tile: s.tile,
                              frozenBatchNorm: s.frozenBatchNorm, splits: s.splits ?? [], outputSums: s.outputSums ?? true)
-      for case let seg as Streamed in m.layers.map(\.1) { seg.keepsLastTile = s.keepsLastTile ?? false }
+      let segments = m.layers.compactMap { $0.1 as? Streamed }
+      for (i, seg) in segments.enumerated() {
+        seg.keepsLastTile = s.keepsLastTile ?? false
+        seg.cacheLevel = s.cacheLevels.flatMap { i < $0.count ? $0[i] : nil }
+      }
     }
     return checkpointing.apply(to: m)
   }
@@ -95,7 +99,7 @@ extension Planner {
         }
         guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let pk = peak(b) else { continue }
         let settings = StreamingSettings(tile: c.tile, blocks: c.blocks, splits: c.splits, outputSums: c.outputSums,
-                                         keepsLastTile: c.keepsLastTile)
+                                         keepsLastTile: c.keepsLastTile, cacheLevels: c.cacheLevels)
         let mode = MemoryMode(precision: p, checkpointing: ck, streaming: settings)
         let factor = MemoryMode(precision: p, checkpointing: ck).relativeTime
         choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: pk, relativeTime: c.relativeTime * factor))

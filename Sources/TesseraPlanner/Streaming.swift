@@ -25,13 +25,17 @@ public struct StreamingSettings: Sendable, Equatable {
   /// Whether segments with one backward pass keep their last tile's forward for backward
   /// (`Streamed.keepsLastTile`); nil: yes, unless that passes the budget.
   public var keepsLastTile: Bool?
+  /// Each segment's cached level (`Streamed.cacheLevel`, in segment order; nil in it: none); nil:
+  /// chosen where it fits (`Planner.applyStreaming`); []: none.
+  public var cacheLevels: [Int?]?
 
   public init(tile: Int, blocks: Int? = nil, frozenBatchNorm: Bool = false, inputResident: Bool = true, split: Int? = nil,
-              splits: [Int]? = nil, outputSums: Bool? = nil, keepsLastTile: Bool? = nil) {
+              splits: [Int]? = nil, outputSums: Bool? = nil, keepsLastTile: Bool? = nil, cacheLevels: [Int?]? = nil) {
     self.tile = tile
     self.splits = splits ?? split.map { [$0] }
     self.outputSums = outputSums
     self.keepsLastTile = keepsLastTile
+    self.cacheLevels = cacheLevels
     self.blocks = blocks
     self.frozenBatchNorm = frozenBatchNorm
     self.inputResident = inputResident
@@ -57,6 +61,8 @@ public struct StreamingChoice {
   public var outputSums: Bool
   /// Whether the one-backward-pass segments keep their last tile (`StreamingSettings.keepsLastTile`).
   public var keepsLastTile: Bool
+  /// Each segment's cached level (`StreamingSettings.cacheLevels`).
+  public var cacheLevels: [Int?]
 }
 
 public struct StreamingPlanError: Error, CustomStringConvertible {
@@ -126,10 +132,51 @@ extension Planner {
           single.forEach { $0.keepsLastTile = false }
         }
       }
+      // Cache levels as given (`StreamingSettings.cacheLevels`); when not, `cached` chooses them.
+      let segments = m.layers.compactMap { $0.1 as? Streamed }
+      if let given = settings.cacheLevels {
+        for (s, j) in zip(segments, given) { s.cacheLevel = j }
+        if given.contains(where: { $0 != nil }) {
+          p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
+                       inputResident: settings.inputResident)
+        }
+      }
       let geo = try (m.layers[0].1 as! Streamed).geometry(for: [batch] + input)
       return StreamingChoice(model: m, blocks: b, splits: splits, tile: tile, plan: p,
                              relativeTime: try streamingCost(m, input: input, batch: batch), tiles: geo.tiles.count, halo: geo.halo,
-                             outputSums: outputSums, keepsLastTile: single.contains { $0.keepsLastTile })
+                             outputSums: outputSums, keepsLastTile: single.contains { $0.keepsLastTile },
+                             cacheLevels: segments.map(\.cacheLevel))
+    }
+    /// `c` with its segments' tiles cached across the BatchNorm passes (`Streamed.cacheLevel`): in
+    /// each segment the level that saves the most first (up to three), where the plan fits the
+    /// budget less `cacheHeadroom` — without one, where it does not raise the peak. `c` itself
+    /// when the levels were given or none fits.
+    func cached(_ c: StreamingChoice) throws -> StreamingChoice {
+      guard settings.cacheLevels == nil else { return c }
+      var c = c, changed = false
+      for s in c.model.layers.compactMap({ $0.1 as? Streamed }) where !s.hasOneBackwardPass {
+        for j in try cacheLevels(c.model, s, input: input, batch: batch).prefix(3) {
+          s.cacheLevel = j
+          let q = try plan(c.model, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
+                           inputResident: settings.inputResident)
+          if q.peakTrainingBytes <= max(c.plan.peakTrainingBytes, (budget ?? 0) - cacheHeadroom) {
+            (c.plan, changed) = (q, true)
+            break
+          }
+          s.cacheLevel = nil
+        }
+      }
+      guard changed else { return c }
+      c.relativeTime = try streamingCost(c.model, input: input, batch: batch)
+      c.cacheLevels = c.model.layers.compactMap { $0.1 as? Streamed }.map(\.cacheLevel)
+      return c
+    }
+    /// `c`'s estimate were each segment to cache its best level (a bound: no plan is made).
+    func optimistic(_ c: StreamingChoice) throws -> Double {
+      let segments = c.model.layers.compactMap { $0.1 as? Streamed }.filter { !$0.hasOneBackwardPass }
+      defer { segments.forEach { $0.cacheLevel = nil } }
+      for s in segments { s.cacheLevel = try cacheLevels(c.model, s, input: input, batch: batch).first }
+      return try streamingCost(c.model, input: input, batch: batch)
     }
     // The deepest BatchNorm's sums from the output unless told otherwise, or unless only the pass
     // that gathers them fits the budget.
@@ -143,14 +190,14 @@ extension Planner {
       guard b >= 1, b <= most else {
         throw StreamingPlanError(description: "--stream-blocks must be between 1 and \(most) for this model (its first \(most) top-level blocks can be streamed)")
       }
-      if let j = settings.splits { return try choice(b, j.filter { $0 > 0 }) }
-      if budget == nil { return try choice(b, []) }
+      if let j = settings.splits { return try cached(choice(b, j.filter { $0 > 0 })) }
+      if budget == nil { return try cached(choice(b, [])) }
     }
-    guard let budget else { return try choice(most, []) }
+    guard let budget else { return try cached(choice(most, [])) }
     // Within the budget: the fastest estimate among one segment of the first b blocks and every way
     // of cutting them into segments (up to 5 blocks; one cut beyond); when nothing fits, the
     // smallest peak.
-    var fastest: StreamingChoice?, smallest: StreamingChoice?, firstError: Error?
+    var fastest: StreamingChoice?, smallest: StreamingChoice?, firstError: Error?, all = [StreamingChoice]()
     for b in settings.blocks.map({ [$0] }) ?? Array(1...most) {
       let cuts: [[Int]] = b <= 5
         ? (0..<(1 << (b - 1))).map { mask in (1..<b).filter { mask & (1 << ($0 - 1)) != 0 } }
@@ -158,6 +205,7 @@ extension Planner {
       for splits in cuts {
         do {
           let c = try choice(b, splits)
+          all.append(c)
           if c.plan.peakTrainingBytes <= budget, fastest == nil || c.relativeTime < fastest!.relativeTime { fastest = c }
           if smallest == nil || c.plan.peakTrainingBytes < smallest!.plan.peakTrainingBytes { smallest = c }
         } catch {
@@ -165,8 +213,44 @@ extension Planner {
         }
       }
     }
+    // Then caching, tried where it could beat the fastest (its estimate with every segment's best
+    // level, no plan needed, is a bound), most promising first.
+    if let first = fastest, settings.cacheLevels == nil {
+      var best = first
+      for (c, bound) in try all.map({ ($0, try optimistic($0)) }).sorted(by: { $0.1 < $1.1 }) where bound < best.relativeTime {
+        let cc = try cached(c)
+        if cc.plan.peakTrainingBytes <= budget && cc.relativeTime < best.relativeTime {
+          best = cc
+        } else {
+          cc.model.layers.compactMap { $0.1 as? Streamed }.forEach { $0.cacheLevel = nil }
+        }
+      }
+      return best
+    }
     if let c = fastest ?? smallest { return c }
     throw firstError!
+  }
+
+  /// What the tile cache leaves of a budget beyond the plan: memory outside the ledger grows with
+  /// the run (freed small blocks the heap keeps, huge-page and size-class tails of large blocks) —
+  /// measured 110–149 MB on 16384² and gigapixel steps against the 96 MiB the commands reserve for
+  /// it; a 16384² step whose cached plan came within 6 MB of the budget less that reserve went 10 MB
+  /// over the budget in resident memory (docs/BENCHMARKS.md, session 9).
+  static let cacheHeadroom = 64 << 20
+
+  /// Segment `s`'s levels worth caching (`Streamed.cacheLevel`), the one saving the most estimated
+  /// time first.
+  static func cacheLevels(_ m: Sequential, _ s: Streamed, input: [Int], batch: Int) throws -> [Int] {
+    let before = s.cacheLevel
+    defer { s.cacheLevel = before }
+    s.cacheLevel = nil
+    let none = try streamingCost(m, input: input, batch: batch)
+    var saved = [(Int, Double)]()
+    for j in 1..<s.leaves.count where s.cacheUses(j) > 0 {
+      s.cacheLevel = j
+      saved.append((j, none - (try streamingCost(m, input: input, batch: batch))))
+    }
+    return saved.filter { $0.1 > 0 }.sorted { $0.1 > $1.1 }.map(\.0)
   }
 
   /// Estimated time of a training step of a model whose first layer is `Streamed`, relative to
@@ -317,6 +401,12 @@ extension Planner {
         cost += crop[l] * ((l > 0 || (last && inputGradient) ? shares[l].data : 0)
           + (s.leaves[l] is Conv2D && p.weights.contains(l) ? shares[l].weights : 0))
       }
+    }
+    if let j = s.cacheLevelNow {
+      // Runs that start from the tiles' cached tensors: no read, no layers before the level.
+      let n = Double(s.cacheUses(j))
+      cost -= n * crop[..<j].reduce(0, +)
+      passes -= n
     }
     if s.keepsLastTileNow, let t = geo.tiles.last {
       // Backward does not run the forward of the tile the forward recorded, nor read its crop again.

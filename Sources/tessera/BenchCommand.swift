@@ -450,6 +450,7 @@ struct TrainBench: ParsableCommand {
       out["halo"] = c.halo
       out["frozen_bn"] = streaming.frozenBn
       out["keeps_last_tile"] = c.keepsLastTile
+      out["cached_inputs"] = cachedInputs(c)
       out["streamed_input"] = streamedInput
       if let image { out["image"] = image }
       out["estimated_relative_time"] = (c.relativeTime * 100).rounded() / 100

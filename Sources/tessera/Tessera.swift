@@ -166,7 +166,7 @@ struct StreamingOptions: ParsableArguments {
     "Streamed training: run the network's first blocks tile by tile, N input pixels of output per tile, or auto.",
     discussion: "N must be a multiple of the streamed part's output stride (the error names it); auto: the planner tries powers of two and takes the fastest that fits. Exact: outputs and every gradient equal the untiled step, BatchNorm included (extra passes), at the cost of recomputation."))
   var tile: String?
-  @Option(help: "Leading top-level blocks to stream (default: with --budget, the blocks and split with the lowest estimated time that fit it less 128 MiB for the runtime; without, all that can be).")
+  @Option(help: "Leading top-level blocks to stream (default: with --budget, the blocks and split with the lowest estimated time that fit it less \(runtimeReserveBytes >> 20) MiB for the runtime; without, all that can be).")
   var streamBlocks: Int?
   @Option(help: ArgumentHelp(
     "With --stream-blocks K: cut the streamed blocks into segments before block J (or J1,J2,… for more), each in tiles of its own input (0: one segment; default: the planner's choice within --budget, one segment without).",
@@ -206,6 +206,12 @@ struct StreamingOptions: ParsableArguments {
   }
 }
 
+/// For each streamed segment, the layer whose input each tile keeps across the passes
+/// (`Streamed.cacheLevel`), or null.
+func cachedInputs(_ c: StreamingChoice) -> [Any] {
+  c.model.layers.compactMap { $0.1 as? Streamed }.map { s in s.cacheLevelNow.map { s.paths[$0] as Any } ?? NSNull() }
+}
+
 /// One line describing a streaming choice.
 func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
   let segments = c.model.layers.compactMap { $0.1 as? Streamed }
@@ -213,7 +219,11 @@ func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
     let kept = st.keepsLastTileNow ? " (the last tile's forward kept for backward)" : ""
     if st.batchNorms.isEmpty { return "no BatchNorm: 1 pass each way" + kept }
     if s.frozenBatchNorm { return "frozen BatchNorm, 1 pass each way" + kept }
-    return "exact BatchNorm: \(st.forwardPasses) pass\(st.forwardPasses == 1 ? "" : "es") forward, \(st.passes().count) backward"
+    let cached = st.cacheLevelNow.map { j in
+      let n = st.cacheUses(j)
+      return " (each tile's input of \(st.paths[j]) kept: \(n) run\(n == 1 ? "" : "s") start\(n == 1 ? "s" : "") there)"
+    } ?? ""
+    return "exact BatchNorm: \(st.forwardPasses) pass\(st.forwardPasses == 1 ? "" : "es") forward, \(st.passes().count) backward" + cached
   }
   var text = "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") ("
     + segments.map { $0.children.map(\.0).joined(separator: ", ") }.joined(separator: " | ")

@@ -360,6 +360,82 @@ final class StreamingTests: XCTestCase {
     XCTAssertGreaterThan(grows, 0, "a case where keeping the tile grows the peak, so the budget decides")
   }
 
+  /// Each tile's input of one layer kept across the BatchNorm passes (`Streamed.cacheLevel`): the
+  /// same step (to the plain step's tolerance, against streaming without it), fewer tile reads —
+  /// one per run that starts from the cache — and the planner's peak equal to the ledger's.
+  func testCachedTilesGiveTheSameStep() throws {
+    let x = randomTensor([2, 3, 200, 168], seed: 1), labels = [1, 3]
+    let ref = try step(try Streamed.apply(to: fcn(), blocks: 3, tile: 48), x, labels)
+    let plainRef = try step(fcn(), x, labels)
+    let probe = try Streamed(Sequential(Array(fcn().layers[0..<3])), tile: 48)
+    let levels = (0...probe.leaves.count).filter { probe.cacheUses($0) > 0 }
+    XCTAssertEqual(levels.first, 1, "the stem's convolution output: used by every later run but the last")
+    XCTAssertFalse(levels.contains(probe.leaves.count), "the output is no layer's input")
+    XCTAssertEqual(probe.cacheUses(probe.batchNorms.last!), 0, "the deepest BatchNorm's input: its pass fills it, none after")
+    for j in levels {
+      let m = try Streamed.apply(to: fcn(), blocks: 3, tile: 48), seg = m.layers[0].1 as! Streamed
+      seg.cacheLevel = j
+      XCTAssertEqual(seg.cacheLevelNow, j)
+      let got = try step(m, x, labels)
+      assertSame(got, ref, "3 blocks, tile 48, input of \(seg.paths[j]) cached", tolerance: 1e-6)
+      assertSame(got, plainRef, "3 blocks, tile 48, input of \(seg.paths[j]) cached, against the plain step")
+      let tiles = try seg.geometry(for: x.shape).tiles.count
+      let source = CountingTileSource(TensorTileSource(x))
+      let y = try seg.forward(source: source, training: true)
+      _ = seg.backward(randomTensor(y.shape, seed: 8), needInputGradient: false)
+      XCTAssertEqual(source.reads, (seg.runs().count - seg.cacheUses(j)) * tiles, "tile reads, level \(j)")
+    }
+    let frozen = try Streamed(Sequential(Array(fcn().layers[0..<3])), tile: 48, frozenBatchNorm: true)
+    frozen.cacheLevel = 3
+    XCTAssertNil(frozen.cacheLevelNow, "one pass each way: nothing to start from")
+
+    // Planner = ledger, the cache filled tile by tile and released before the pass that records
+    // below it; one segment and three segments.
+    let input = [3, 384, 320]
+    for (splits, level) in [([Int](), 1), ([], 3), ([], 4), ([1, 2], 1)] {
+      let model = try Streamed.apply(to: fcn(initialized: false), blocks: 3, tile: 64, splits: splits)
+      let segments = model.layers.compactMap { $0.1 as? Streamed }
+      let without = try Planner.plan(model, name: "s", input: input, batch: 1).peakTrainingBytes
+      for seg in segments where seg.cacheUses(level) > 0 { seg.cacheLevel = level }
+      XCTAssertTrue(segments.contains { $0.cacheLevelNow != nil })
+      let plan = try Planner.plan(model, name: "s", input: input, batch: 1)
+      let measured = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(model, input: input, batch: 1)
+      XCTAssertEqual(plan.peakTrainingBytes, measured.training, "3 blocks as \(splits), level \(level) cached: training")
+      XCTAssertEqual(plan.peakInferenceBytes, measured.inference)
+      print("3 blocks as \(splits), level \(level) cached: \(plan.peakTrainingBytes) B, \(without) B without")
+    }
+  }
+
+  /// The planner caches where it fits: without a budget where the peak does not grow, within one
+  /// up to it less `cacheHeadroom`; the estimate falls with it, and a memory mode made from the
+  /// choice runs it.
+  func testPlannerCachesWithinTheBudget() throws {
+    let input = [3, 384, 320]
+    let settings = StreamingSettings(tile: 64, blocks: 3, split: 0)
+    let none = try Planner.applyStreaming(fcn(initialized: false), { var s = settings; s.cacheLevels = []; return s }(),
+                                          input: input, batch: 1)
+    XCTAssertEqual(none.cacheLevels, [nil])
+    let roomy = none.plan.peakTrainingBytes + Planner.cacheHeadroom + (64 << 20)
+    for budget in [nil, none.plan.peakTrainingBytes, roomy] {
+      let c = try Planner.applyStreaming(fcn(initialized: false), settings, input: input, batch: 1, budget: budget)
+      XCTAssertLessThanOrEqual(c.plan.peakTrainingBytes, max(none.plan.peakTrainingBytes, (budget ?? 0) - Planner.cacheHeadroom))
+      let seg = c.model.layers[0].1 as! Streamed
+      XCTAssertEqual(c.cacheLevels, [seg.cacheLevel])
+      if let j = seg.cacheLevel {
+        XCTAssertGreaterThan(seg.cacheUses(j), 0)
+        XCTAssertLessThan(c.relativeTime, none.relativeTime, "budget \(budget ?? 0)")
+      } else {
+        XCTAssertEqual(c.relativeTime, none.relativeTime)
+      }
+      var run = settings
+      run.cacheLevels = c.cacheLevels
+      let m = try MemoryMode(precision: .fp32, checkpointing: .none, streaming: run).apply(to: fcn(initialized: false))
+      XCTAssertEqual((m.layers[0].1 as! Streamed).cacheLevel, seg.cacheLevel)
+    }
+    let c = try Planner.applyStreaming(fcn(initialized: false), settings, input: input, batch: 1, budget: roomy)
+    XCTAssertNotNil(c.cacheLevels[0], "64 MiB to spare beyond the headroom holds some level's tensors")
+  }
+
   /// The cost model ranks what costs more as costing more: each streamed BatchNorm adds passes, a
   /// frozen one none; a plain step is 1×; a backward-heavy plain step (the measured backward shares)
   /// makes the same extra passes a smaller share of it.

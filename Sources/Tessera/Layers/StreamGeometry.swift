@@ -144,6 +144,22 @@ public struct StreamGeometry {
       return out
     }
 
+    /// The row-major index of the last tile of each shape (as `distinct` tells shapes apart), in
+    /// increasing order.
+    public func lastOfEachShape() -> [Int] {
+      func lasts(_ spans: [Span]) -> [Int] {
+        var seen = Set<[Int]>()
+        return spans.indices.reversed().filter { seen.insert([spans[$0].crop.count] + spans[$0].local).inserted }
+      }
+      let cs = lasts(cols)
+      return lasts(rows).flatMap { r in cs.map { r * cols.count + $0 } }.sorted()
+    }
+
+    /// Cells of layer l's output on tile i's crop.
+    public func localCells(_ i: Int, layer l: Int) -> Int {
+      rows[i / cols.count].local[l] * cols[i % cols.count].local[l]
+    }
+
     /// One tile of each shape (crop size and every layer's local size): a tile's shape is its row
     /// span's with its column span's, so only distinct spans are combined. In a dry run every tile
     /// starts from and returns to the same count, and tiles of one shape allocate alike, so the

@@ -8,12 +8,21 @@ extension Streamed {
     let tiles = geo.tiles.distinct()
     reset()
     plannedKeptTile = nil
+    if training && BackwardRecording.isOn, let j = cacheLevelNow { (plannedCaching, plannedFilling) = (j, true) }
+    /// A run through `end` over the tiles: one of each shape, or the pass that fills the cache.
+    func eachTile(_ end: Int, _ body: (StreamGeometry.Tile) throws -> Void) throws {
+      if plannedFilling, let j = plannedCaching, end >= j, plannedCache.isEmpty {
+        try planFillingPass(geo, j, sim, body)
+      } else {
+        for t in tiles { try body(t) }
+      }
+    }
     let fused = training ? fusedOutputPass : nil, keep = training && BackwardRecording.isOn ? sumsFromOutput : nil
     var map: SimTensor?, routed: SimTensor?
     if training && !frozenBatchNorm {
       for k in batchNorms {
         if k == fused { map = sim.allocate(geo.output) }
-        for t in tiles {
+        try eachTile(k) { t in
           let h = try BackwardRecording.without { try planRun(t, geo, through: k, recordFrom: nil, true, sim) }
           if k == fused { withExtendedLifetime(try planRoute(h, k, sim)) {} }
           withExtendedLifetime(h) {}
@@ -30,7 +39,7 @@ extension Streamed {
       }
     } else {
       y = sim.allocate(geo.output)
-      for t in tiles {
+      try eachTile(leaves.count) { t in
         _ = try BackwardRecording.without { try planRun(t, geo, through: leaves.count, recordFrom: nil, training, sim) }
       }
       // `keepsLastTile`: the last tile run again, recorded (its recordings live until backward).
@@ -39,11 +48,34 @@ extension Streamed {
         plannedKeptTile = last
       }
     }
+    plannedFilling = false
     if training && BackwardRecording.isOn {
       sim.keep(self, [x] + (routed.map { [$0] } ?? []))
       sim.notes[ObjectIdentifier(self)] = geo
     }
     return y
+  }
+
+  /// The pass that fills the cache at level j, in the twin: the last tile of each shape runs in full
+  /// (`body`), each after every other tile of its shape, so the peak of the pass is the real one's
+  /// (the cache only grows); the cached tensors of the tiles between them are allocated as one block.
+  private func planFillingPass(_ geo: StreamGeometry, _ j: Int, _ sim: MemorySimulation,
+                               _ body: (StreamGeometry.Tile) throws -> Void) throws {
+    var shape = geo.input
+    for l in 0..<j { shape = try leaves[l].outputShape(for: shape) }
+    let perCell = shape[0] * shape[1]
+    var next = 0
+    for i in geo.tiles.lastOfEachShape() {
+      let cells = (next..<i).reduce(0) { $0 + geo.tiles.localCells($1, layer: j - 1) }
+      if cells > 0 { plannedCacheRest.append(sim.allocate([perCell * cells])) }
+      try body(geo.tiles[i])
+      next = i + 1
+    }
+  }
+
+  /// A tile's shape, as the twin's cache keys it.
+  private func shapeKey(_ t: StreamGeometry.Tile) -> [Int] {
+    [t.crop.rows.count, t.crop.cols.count] + t.local.flatMap { [$0.0, $0.1] }
   }
 
   /// `route`'s allocation: the pooled map, or nothing.
@@ -55,13 +87,20 @@ extension Streamed {
 
   private func planRun(_ t: StreamGeometry.Tile, _ geo: StreamGeometry, through end: Int, recordFrom: Int?,
                        _ training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
-    var h = sim.allocate([geo.input[0], geo.input[1], t.crop.rows.count, t.crop.cols.count])
-    for l in 0..<end {
+    let key = shapeKey(t)
+    var h: SimTensor, start = 0
+    if let j = plannedCaching, end >= j, recordFrom ?? end >= j, let c = plannedCache[key] {
+      (h, start) = (c, j)
+    } else {
+      h = sim.allocate([geo.input[0], geo.input[1], t.crop.rows.count, t.crop.cols.count])
+    }
+    for l in start..<end {
       if let r = recordFrom, l >= r {
         h = try leaves[l].planForward(h, training: training, sim)
       } else {
         h = try BackwardRecording.without { try leaves[l].planForward(h, training: training, sim) }
       }
+      if plannedFilling, l + 1 == plannedCaching, plannedCache[key] == nil { plannedCache[key] = h }
     }
     return h
   }
@@ -92,6 +131,7 @@ extension Streamed {
     plannedKeptTile = nil
     for pass in passes() {
       let last = pass.gather == nil
+      if let j = plannedCaching, pass.from < j { (plannedCache, plannedCacheRest, plannedCaching) = ([:], [], nil) }
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
       for (i, t) in ((keptTile.map { [$0] } ?? []) + tiles).enumerated() {

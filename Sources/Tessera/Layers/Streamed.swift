@@ -50,6 +50,25 @@ public final class Streamed: Layer {
   public var hasOneBackwardPass: Bool { frozenBatchNorm || batchNorms.isEmpty }
   /// The planner twin's `keptLastTile`.
   var plannedKeptTile: StreamGeometry.Tile?
+  /// With BatchNorm's passes: each tile's input of leaf `cacheLevel` (what the layers before it
+  /// make) is kept from the first run over the tiles that makes it — the statistics of every
+  /// BatchNorm before it then fixed — until the last run that can start from it, and those runs
+  /// start there: no tile read, no recomputation of the layers before, and the very same tensors,
+  /// so the arithmetic is unchanged. Costs one such tensor per tile, all held at once. The planner
+  /// picks the level within the budget (`Planner.applyStreaming`); nil by default.
+  public var cacheLevel: Int?
+  /// `cacheLevel`, where it saves a run (`cacheUses`).
+  public var cacheLevelNow: Int? { cacheLevel.flatMap { cacheUses($0) > 0 ? $0 : nil } }
+  /// A tile's key in the cache: its owned output's origin (crops may share theirs).
+  struct TileKey: Hashable {
+    let row: Int, col: Int
+    init(_ t: StreamGeometry.Tile) { (row, col) = (t.out.rows.lowerBound, t.out.cols.lowerBound) }
+  }
+  /// The cached tensors and the level they are at while a step uses them (`filling`: in forward).
+  private var cache: [TileKey: Tensor] = [:], caching: Int?, filling = false
+  /// The planner twin's cache: one tensor per tile shape (the last tile of each runs), the other
+  /// tiles' as one allocation per run of them (`planFillingPass`).
+  var plannedCache: [[Int]: SimTensor] = [:], plannedCacheRest: [SimTensor] = [], plannedCaching: Int?, plannedFilling = false
   /// Tile-parallel streaming: rank r of N takes tiles r, r + N, r + 2N, …; the BatchNorm sums, the
   /// stitched output, the input gradient and the segment's weight gradients are summed over the
   /// ranks, so every rank ends the step with what one process computes alone.
@@ -157,6 +176,7 @@ public final class Streamed: Layer {
     let record = training && BackwardRecording.isOn
     saved = nil
     reset()
+    if record, let j = cacheLevelNow { (caching, filling) = (j, true) }
     // The deepest BatchNorm's statistics pass is the output pass too (`fusedOutputPass`); with
     // `sumsFromOutput` the map it fills is kept for backward as well.
     let fused = training ? fusedOutputPass : nil, keep = record ? sumsFromOutput : nil
@@ -198,6 +218,7 @@ public final class Streamed: Layer {
       // Each cell is owned by one tile, so the sum over ranks is the stitched output, exactly.
       collective?.allreduceSum(y.floats, count: y.count)
     }
+    filling = false
     if record { saved = (source, geo) } else { reset() }
     return y
   }
@@ -208,18 +229,40 @@ public final class Streamed: Layer {
     return geo.tiles.enumerated().filter { $0.offset % c.size == c.rank }.map(\.element)
   }
 
-  /// Runs the first `end` layers on a tile's crop, recording from layer `recordFrom` on.
+  /// Runs the first `end` layers on a tile's crop, recording from layer `recordFrom` on — from the
+  /// tile's cached tensor when it has one and nothing before it is recorded (`cacheLevel`).
   private func run(_ source: TileSource, _ t: StreamGeometry.Tile, through end: Int, recordFrom: Int?,
                    _ training: Bool) throws -> Tensor {
-    var h = try Profiler.shared.time("streamed read tile") { try source.read(t.crop) }
-    for l in 0..<end {
+    let key = TileKey(t)
+    var h: Tensor, start = 0
+    if let j = caching, end >= j, recordFrom ?? end >= j, let c = cache[key] {
+      (h, start) = (c, j)
+    } else {
+      h = try Profiler.shared.time("streamed read tile") { try source.read(t.crop) }
+    }
+    for l in start..<end {
       let record = recordFrom.map { l >= $0 } ?? false
       h = Profiler.shared.time("streamed \(paths[l]) \(leaves[l].kind) forward\(record ? "" : " (not kept)")") {
         record ? leaves[l].forward(h, training: training)
           : BackwardRecording.without { leaves[l].forward(h, training: training) }
       }
+      if filling, l + 1 == caching, cache[key] == nil { cache[key] = h }
     }
     return h
+  }
+
+  /// The runs over the tiles of a training step, in order: layers run, and the first recorded.
+  public func runs() -> [(end: Int, recordFrom: Int?)] {
+    var r = [(end: Int, recordFrom: Int?)]()
+    if !frozenBatchNorm { r += batchNorms.map { ($0, nil) } }
+    if fusedOutputPass == nil { r.append((leaves.count, nil)) }
+    return r + passes().map { (leaves.count, $0.from) }
+  }
+
+  /// Runs that would start from tensors cached at level j (the first run through j makes them).
+  public func cacheUses(_ j: Int) -> Int {
+    guard j > 0, j < leaves.count else { return 0 }
+    return runs().filter { $0.end >= j }.dropFirst().filter { ($0.recordFrom ?? j) >= j }.count
   }
 
   /// The deepest BatchNorm layer whose gradient sums the segment's output gradient gives directly,
@@ -330,6 +373,8 @@ public final class Streamed: Layer {
   func reset() {
     routed = nil
     keptLastTile = false
+    (cache, caching, filling) = ([:], nil, false)
+    (plannedCache, plannedCacheRest, plannedCaching, plannedFilling) = ([:], [], nil, false)
     for l in leaves {
       if let bn = l as? BatchNorm2D {
         bn.fixedStatistics = nil
@@ -398,6 +443,8 @@ public final class Streamed: Layer {
     }
     for pass in passes() {
       let last = pass.gather == nil
+      // Passes record from ever shallower layers: once one records below the cache, none uses it.
+      if let j = caching, pass.from < j { (cache, caching) = ([:], nil) }
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
       for (i, t) in tiles.enumerated() {
