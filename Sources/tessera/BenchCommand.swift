@@ -249,6 +249,9 @@ struct TrainBench: ParsableCommand {
       CPU seconds all threads spent in user and in kernel mode.
       Streamed training: --tile N (with --stream-blocks, --frozen-bn); --streamed-input generates the
       input region by region (deterministic noise) so an image larger than memory is never held.
+      The JSON then adds the plan's tile, tiles, halo, stream_blocks, stream_split(s), keeps_last_tile,
+      cached_inputs (per segment, the layer whose input each tile keeps across the BatchNorm passes,
+      or null) and estimated_relative_time.
       --budget refuses a run whose planned peak exceeds it, before allocating.
       """))
 
