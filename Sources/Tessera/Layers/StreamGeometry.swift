@@ -146,7 +146,7 @@ public struct StreamGeometry {
 
     /// The row-major index of the last tile of each shape (as `distinct` tells shapes apart), in
     /// increasing order.
-    public func lastOfEachShape() -> [Int] {
+    func lastOfEachShape() -> [Int] {
       func lasts(_ spans: [Span]) -> [Int] {
         var seen = Set<[Int]>()
         return spans.indices.reversed().filter { seen.insert([spans[$0].crop.count] + spans[$0].local).inserted }
@@ -156,7 +156,7 @@ public struct StreamGeometry {
     }
 
     /// Cells of layer l's output on tile i's crop.
-    public func localCells(_ i: Int, layer l: Int) -> Int {
+    func localCells(_ i: Int, layer l: Int) -> Int {
       rows[i / cols.count].local[l] * cols[i % cols.count].local[l]
     }
 
