@@ -197,6 +197,21 @@ public final class BlockCache: @unchecked Sendable {
   /// fill up to it from the start instead of waiting for the ledger to climb there (default 0).
   public var floorBytes = 0
 
+  /// The budget, when there is one: the resident memory the process may hold. The bound above
+  /// counts the ledger's bytes and the cache's; what the ledger does not see (code, thread stacks,
+  /// the heap's small blocks, huge-page tails, image libraries' buffers) is left to the commands'
+  /// runtime reserve, and grows with a run (60 MB at 16384², 149 MB on a gigapixel file). With a
+  /// ceiling, each fresh large block and each free reads the process's resident bytes
+  /// (`MachineMemory.residentBytes`) and, above the ceiling, returns cached blocks to the system
+  /// (least recently freed first) and the freed block with them — so the cache, the only part of
+  /// the process that can give memory back, gives it back before the budget is passed.
+  public var residentCeilingBytes: Int?
+  /// Reads resident bytes (a test stands in its own figure).
+  var residentNow: () -> Int = MachineMemory.residentBytes
+  /// Bytes of cached blocks returned to the system because resident memory reached the ceiling.
+  public var releasedForCeilingBytes: Int { lock.withLock { _releasedForCeiling } }
+  private var _releasedForCeiling = 0
+
   public var cachedBytes: Int { lock.withLock { _cached } }
 
   /// Bytes of large blocks taken from the system so far (each one's pages are faulted in and zeroed
@@ -233,6 +248,11 @@ public final class BlockCache: @unchecked Sendable {
       }
       let inUse = current + bytes
       evictOldest(toFit: max(highWater, floorBytes, inUse) + limitBytes - inUse - _rounding, into: &released)
+      // The fresh block's pages will be resident too.
+      if let ceiling = residentCeilingBytes, _cached > 0 {
+        let over = residentNow() + bytes - ceiling
+        if over > 0 { releaseForCeiling(over, into: &released) }
+      }
       return nil
     }
   }
@@ -249,12 +269,28 @@ public final class BlockCache: @unchecked Sendable {
       if reused { _rounding -= block - bytes }
       let room = max(highWater, floorBytes) + limitBytes - current - _rounding - block
       guard limitBytes >= 0, room >= 0 else { return false }
+      if let ceiling = residentCeilingBytes {
+        let over = residentNow() - ceiling
+        // Over the budget: this block goes back to the system, and cached ones for the rest.
+        if over > 0 {
+          _releasedForCeiling += block
+          if over > block { releaseForCeiling(over - block, into: &released) }
+          return false
+        }
+      }
       evictOldest(toFit: room, into: &released)
       clock += 1
       blocks[block, default: []].append((p, clock))
       _cached += block
       return true
     }
+  }
+
+  /// Returns at least `bytes` of cached blocks (or all of them), least recently freed first.
+  private func releaseForCeiling(_ bytes: Int, into released: inout [UnsafeMutableRawPointer]) {
+    let before = _cached
+    evictOldest(toFit: _cached - bytes, into: &released)
+    _releasedForCeiling += before - _cached
   }
 
   /// Takes the least recently freed cached blocks out until at most `room` bytes stay cached (they

@@ -246,7 +246,9 @@ struct TrainBench: ParsableCommand {
       max_rss_bytes is the process's peak resident set. Per timed step: fresh_block_bytes_per_step,
       the large blocks taken from the system rather than reused from the block cache (the kernel
       faults in and zeroes their pages), and user_seconds_per_step / system_seconds_per_step, the
-      CPU seconds all threads spent in user and in kernel mode.
+      CPU seconds all threads spent in user and in kernel mode. With --budget,
+      cache_released_for_budget_bytes: cached blocks the block cache returned to the system because
+      the process's resident memory reached the budget (0 when the runtime reserve sufficed).
       Streamed training: --tile N (with --stream-blocks, --frozen-bn); --streamed-input generates the
       input region by region (deterministic noise) so an image larger than memory is never held.
       The JSON then adds the plan's tile, tiles, halo, stream_blocks, stream_split(s), keeps_last_tile,
@@ -419,7 +421,7 @@ struct TrainBench: ParsableCommand {
       "user_seconds_per_step": (cpu1.user - cpu0.user) / Double(steps),
       "system_seconds_per_step": (cpu1.system - cpu0.system) / Double(steps),
     ]
-    if let b = budgetBytes { out["budget_bytes"] = b }
+    if let b = budgetBytes { out["budget_bytes"] = b; out["cache_released_for_budget_bytes"] = BlockCache.shared.releasedForCeilingBytes }
     if let (c, mode) = parallel {
       // Per step, averaged over every step run (warm-up included: the sums are the same each step).
       let bytes = Double(c.bytesReduced - bytes0) / allSteps

@@ -239,10 +239,14 @@ func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
 let runtimeReserveBytes = 96 << 20
 
 /// Within a budget, freed blocks kept for reuse may take only what the plan leaves free: in use plus
-/// cached stays under the planned peak (which the ledger reaches anyway) plus the budget's slack.
+/// cached stays under the planned peak (which the ledger reaches anyway) plus the budget's slack;
+/// and whenever the process's resident memory reaches the budget, cached blocks go back to the
+/// system first (`BlockCache.residentCeilingBytes`: memory outside the ledger that outgrows the
+/// reserve comes out of the cache, not out of the budget).
 func limitBlockCache(budget: Int, planned: Int) {
   BlockCache.shared.limitBytes = min(BlockCache.shared.limitBytes, max(0, budget - planned - runtimeReserveBytes))
   BlockCache.shared.floorBytes = planned
+  BlockCache.shared.residentCeilingBytes = budget
 }
 
 /// The same value with every non-finite number replaced by null (JSON cannot say NaN or inf).

@@ -190,4 +190,67 @@ final class WorkspaceTests: XCTestCase {
     blocks[2].deallocate()
     blocks[3].deallocate()
   }
+
+  /// With a budget as the resident ceiling, memory the ledger does not see comes out of the cache:
+  /// above the ceiling a freed block goes back to the system, and cached blocks with it (oldest
+  /// first) until the overshoot is covered; a fresh block's pages count before it is mapped.
+  func testBlockCacheGivesBackAboveTheResidentCeiling() {
+    let mib = 1 << 20
+    let ledger = MemoryLedger(), cache = BlockCache()
+    cache.limitBytes = 1 << 30
+    var resident = 0
+    cache.residentNow = { resident }
+    cache.residentCeilingBytes = 500 * mib
+    var stand: [UnsafeMutableRawPointer] = []
+    func give(_ bytes: Int) -> Bool {
+      let p = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)  // stands in for the block
+      let kept = cache.give(p, bytes, for: bytes, reused: false, ledger: ledger)
+      if kept { stand.append(p) } else { p.deallocate() }
+      return kept
+    }
+    resident = 400 * mib
+    XCTAssertTrue(give(30 * mib))
+    XCTAssertTrue(give(40 * mib))
+    XCTAssertTrue(give(50 * mib), "under the ceiling the cache keeps what its bound allows")
+    XCTAssertEqual(cache.cachedBytes, 120 * mib)
+    XCTAssertEqual(cache.releasedForCeilingBytes, 0)
+    // Outside the ledger the process grew 60 MiB past the ceiling: the freed 20 MiB block and the
+    // oldest cached ones (30, then 40 MiB) go, the newest stays.
+    resident = 560 * mib
+    XCTAssertFalse(give(20 * mib))
+    XCTAssertEqual(cache.cachedBytes, 50 * mib)
+    XCTAssertEqual(cache.releasedForCeilingBytes, 90 * mib)
+    XCTAssertEqual(cache.take(50 * mib, for: 50 * mib, ledger: ledger), stand[2])
+    // A miss for a fresh 80 MiB block at 450 MiB resident: 30 MiB over once it is mapped.
+    resident = 400 * mib
+    XCTAssertTrue(give(40 * mib))
+    XCTAssertTrue(give(10 * mib))
+    resident = 450 * mib
+    XCTAssertNil(cache.take(80 * mib, for: 80 * mib, ledger: ledger))
+    XCTAssertEqual(cache.cachedBytes, 10 * mib, "the 40 MiB block (oldest) went")
+    XCTAssertEqual(cache.releasedForCeilingBytes, 130 * mib)
+    // Without a ceiling nothing is read or released.
+    cache.residentCeilingBytes = nil
+    resident = 10_000 * mib
+    XCTAssertTrue(give(20 * mib))
+    XCTAssertEqual(cache.cachedBytes, 30 * mib)
+    XCTAssertEqual(cache.releasedForCeilingBytes, 130 * mib)
+    cache.empty()
+    stand[2].deallocate()
+  }
+
+  /// The resident-bytes reader the ceiling uses sees a block's pages once they are touched.
+  func testResidentBytesFollowTouchedPages() throws {
+    #if os(Linux)
+    let before = MachineMemory.residentBytes()
+    XCTAssertGreaterThan(before, 1 << 20)
+    let bytes = 64 << 20
+    let p = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
+    p.initializeMemory(as: UInt8.self, repeating: 1, count: bytes)
+    XCTAssertGreaterThan(MachineMemory.residentBytes() - before, bytes / 2)
+    p.deallocate()
+    #else
+    throw XCTSkip("reads /proc/self/statm")
+    #endif
+  }
 }
