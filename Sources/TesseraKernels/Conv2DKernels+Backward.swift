@@ -165,7 +165,7 @@ extension Conv2DKernels {
     _ g: ConvGeometry, dy: UnsafePointer<Float>, w: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>
   ) {
     if let (gt, wf) = transposedForward(g, w) {
-      forward(gt, x: dy, w: wf.floats, bias: nil, y: dx)
+      forward(gt, x: dy, w: wf.floats, bias: nil, y: dx, winograd: Winograd.inTraining)
       return
     }
     if PhasedData.applies(g), let phases = PhasedData.phases(g) {

@@ -74,7 +74,9 @@ public enum Conv2DKernels {
   }
 
   public static func backwardDataWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
-    if let gt = transposedGeometry(g) { return 4 * g.weightCount + forwardWorkspaceBytes(gt, threads: threads) }
+    if let gt = transposedGeometry(g) {
+      return 4 * g.weightCount + forwardWorkspaceBytes(gt, threads: threads, winograd: Winograd.inTraining)
+    }
     if PhasedData.applies(g), let phases = PhasedData.phases(g) { return PhasedData.workspaceBytes(phases, threads: threads) }
     return 4 * (g.groups * g.groupOutChannels * (g.taps + lanes) + max(imageWorkers(g, threads: threads), 1) * paddedFloats(g))
   }
@@ -112,8 +114,8 @@ public enum Conv2DKernels {
   /// With `scale`, each output channel's weights are multiplied by scale[k] as they are packed, and
   /// `relu` clamps the result at 0 as it is stored: y = max(scale·conv(x, w) + bias, 0), an
   /// inference-mode BatchNorm (+ ReLU) folded into the convolution at no extra pass or tensor.
-  /// `winograd` lets 3×3 stride-1 layers take `Winograd` (inference: its rounding, a few times the
-  /// direct kernel's, would break training's streamed = plain equality at 1e-5). With
+  /// `winograd` lets 3×3 stride-1 layers take `Winograd` (inference, and training unless
+  /// `Winograd.inTraining` is off: its rounding is a few times the direct kernel's). With
   /// `BF16.enabled` (`--compute bf16`) ungrouped layers multiply in bf16 instead, training too.
   public static func forward(
     _ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,

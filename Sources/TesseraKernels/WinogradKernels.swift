@@ -18,6 +18,9 @@ public enum Winograd {
   /// false: every convolution takes the direct kernel (`TESSERA_WINOGRAD=0`; `bench conv --algorithm`).
   nonisolated(unsafe) public static var enabled: Bool =
     ProcessInfo.processInfo.environment["TESSERA_WINOGRAD"] != "0"
+  /// Whether training's forward and stride-1 backward-data take it too (`TESSERA_WINOGRAD_TRAINING=0`: no).
+  nonisolated(unsafe) public static var inTraining: Bool =
+    ProcessInfo.processInfo.environment["TESSERA_WINOGRAD_TRAINING"] != "0"
 
   /// Whether `Conv2DKernels.forward` takes this path for g.
   public static func applies(_ g: ConvGeometry) -> Bool {

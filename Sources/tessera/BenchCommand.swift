@@ -116,12 +116,14 @@ struct ConvBench: ParsableCommand {
     commandName: "conv",
     abstract: "Convolution forward, backward-data and backward-weights GFLOP/s.",
     discussion: prose("""
-      `forward` is the training forward (the direct kernel); `inference forward` the one inference
-      takes: Winograd F(4×4, 3×3) for 3×3 stride-1 layers of 16+ channels (GFLOP/s counted as the
-      direct convolution's FLOPs, so the two compare), the direct kernel otherwise. `bf16 forward` is
-      the forward and backward-weights of --compute bf16 (bf16 multiplies, fp32 sums) on CPUs with
-      AVX512_BF16 (its stride-1 backward-data is its forward kernel).
-      TESSERA_WINOGRAD=0 turns Winograd off everywhere.
+      `forward` is the direct kernel; `inference forward` the forward inference and training take:
+      Winograd F(4×4, 3×3) for 3×3 stride-1 layers of 16+ channels (GFLOP/s counted as the direct
+      convolution's FLOPs, so the two compare), the direct kernel otherwise. `backward-data` is
+      training's: at stride 1 a forward of the flipped weights, so Winograd where it applies.
+      gflops (JSON) is the three kernels a training step runs. `bf16 forward` is the forward and
+      backward-weights of --compute bf16 (bf16 multiplies, fp32 sums) on CPUs with AVX512_BF16 (its
+      stride-1 backward-data is its forward kernel).
+      TESSERA_WINOGRAD=0 turns Winograd off everywhere; TESSERA_WINOGRAD_TRAINING=0 in training only.
       """))
 
   @Option(help: "Input C×H×W, e.g. 16x256x256.") var input = "16x256x256"
@@ -163,7 +165,7 @@ struct ConvBench: ParsableCommand {
     for i in 0..<g.weightCount { w.floats[i] = r.nextUniform() }
     let flop = 2 * Double(g.macs)
     let tf = medianSeconds(runs: runs) { Conv2DKernels.forward(g, x: x.floats, w: w.floats, bias: nil, y: y.floats) }
-    // Inference forward: Winograd F(4×4, 3×3) where it applies (`TESSERA_WINOGRAD=0` turns it off).
+    // Inference's (and training's) forward: Winograd F(4×4, 3×3) where it applies.
     let winograd = Winograd.applies(g)
     let ti = winograd
       ? medianSeconds(runs: runs) {
@@ -218,7 +220,7 @@ struct ConvBench: ParsableCommand {
       "forward_gflops": gf(tf), "backward_data_gflops": gf(td), "backward_weights_gflops": gf(tw),
       "inference_forward_gflops": gf(ti), "inference_algorithm": winograd ? "winograd" : "direct",
       "bf16_forward_gflops": tb.map(gf) as Any, "bf16_backward_weights_gflops": tbw.map(gf) as Any,
-      "gflops": ((3 * flop / (tf + td + tw)) / 1e8).rounded() / 10,
+      "gflops": ((3 * flop / ((Winograd.inTraining ? ti : tf) + td + tw)) / 1e8).rounded() / 10,
     ].merging(pooled) { a, _ in a }
     if json { printJSON(out) } else {
       print(g.description)

@@ -121,6 +121,27 @@ final class ConvKernelTests: XCTestCase {
         XCTAssertLessThanOrEqual(error, max(30 * directError, 1e-6), "\(g): Winograd \(error), direct \(directError)")
         if threads == 1 { print("winograd error \(error) direct \(directError) \(g)") }
       }
+      // Training's stride-1 backward-data: a forward of the flipped weights, Winograd when it applies.
+      let dy = randomFloats(g.outputCount, seed: 70 + UInt64(i))
+      var dxRef = [Float](repeating: 0, count: g.inputCount), dxDirect = dxRef
+      ConvReference.backwardData(g, dy: dy, w: w, dx: &dxRef)
+      let inTraining = Winograd.inTraining
+      defer { Winograd.inTraining = inTraining }
+      Winograd.inTraining = false
+      Conv2DKernels.backwardData(g, dy: dy, w: w, dx: &dxDirect)
+      let dxDirectError = maxRelativeError(dxDirect, dxRef)
+      Winograd.inTraining = true
+      guard let gt = Conv2DKernels.transposedGeometry(g) else { XCTFail("\(g): stride 1 is a transposed forward"); continue }
+      XCTAssertTrue(Winograd.applies(gt), "\(gt)")
+      for threads in [1, 3] where Winograd.applies(gt) {
+        Parallel.threadCount = threads
+        var dx = [Float](repeating: .nan, count: g.inputCount)
+        Conv2DKernels.backwardData(g, dy: dy, w: w, dx: &dx)
+        let error = maxRelativeError(dx, dxRef)
+        XCTAssertNotEqual(dx, dxDirect, "\(g): backward-data took Winograd")
+        XCTAssertLessThanOrEqual(error, 1e-5, "backward-data \(g) threads \(threads)")
+        XCTAssertLessThanOrEqual(error, max(30 * dxDirectError, 1e-6), "backward-data \(g): Winograd \(error), direct \(dxDirectError)")
+      }
     }
     // Below 16 channels, or a map under one tile, the direct kernel runs.
     XCTAssertFalse(Winograd.applies(ConvGeometry(batch: 1, inChannels: 8, inHeight: 9, inWidth: 9, outChannels: 32,

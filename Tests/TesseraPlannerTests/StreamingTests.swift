@@ -9,6 +9,16 @@ import XCTest
 final class StreamingTests: XCTestCase {
   struct Result { var logits: [Float]; var values: [String: [Float]] }
 
+  /// These tests hold the streaming machinery to the plain step at 1e-5, so both run the direct
+  /// kernel: Winograd's rounding depends on where its 4×4 tiles fall in each crop
+  /// (`testWinogradTrainingStreamsWithinItsRounding` checks streaming with it).
+  private var winograd = true
+  override func setUp() {
+    winograd = Winograd.inTraining
+    Winograd.inTraining = false
+  }
+  override func tearDown() { Winograd.inTraining = winograd }
+
   func step(_ model: Sequential, _ x: Tensor, _ labels: [Int]) throws -> Result {
     let r = try model.trainingStep(input: x, labels: labels)
     var out = [String: [Float]]()
@@ -54,6 +64,39 @@ final class StreamingTests: XCTestCase {
       let geo = try s.geometry(for: x.shape)
       XCTAssertGreaterThan(geo.tiles.count, 1)
       assertSame(try step(m, x, labels), ref, "\(blocks) blocks, tile \(tile) (\(geo.tiles.count) tiles, halo \(geo.halo))")
+    }
+  }
+
+  /// With Winograd in training (the default for 3×3 stride-1 layers of 16+ channels): the plain
+  /// step within its rounding of the direct kernel's, and streamed steps — one segment, and four
+  /// in tiles of their own inputs, with tile caching — within it of the plain step. Its rounding
+  /// differs with each 4×4 tile's place in a crop, so 1e-4 here, where the direct kernel holds 1e-5.
+  func testWinogradTrainingStreamsWithinItsRounding() throws {
+    let x = randomTensor([2, 3, 200, 168], seed: 1), labels = [1, 3]
+    let direct = try step(fcn(), x, labels)
+    Winograd.inTraining = true
+    XCTAssertTrue(Winograd.applies(ConvGeometry(batch: 2, inChannels: 32, inHeight: 25, inWidth: 21, outChannels: 32,
+                                                kernelH: 3, kernelW: 3, padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)),
+                  "stage1.conv2 at this size takes Winograd")
+    let plain = try step(fcn(), x, labels)
+    assertSame(plain, direct, "Winograd against the direct kernel", tolerance: 1e-4)
+    let moved = plain.values.map { maxRelativeError($0.value, direct.values[$0.key]!) }.max() ?? 0
+    XCTAssertGreaterThan(moved, 0, "Winograd ran: its rounding is not the direct kernel's")
+    for (blocks, tile, splits) in [(2, 32, [Int]()), (4, 64, [1, 2, 3])] {
+      let m = try Streamed.apply(to: fcn(), blocks: blocks, tile: tile, splits: splits)
+      assertSame(try step(m, x, labels), plain, "Winograd, \(blocks) blocks cut at \(splits), tile \(tile)", tolerance: 1e-4)
+    }
+    let cached = try Streamed.apply(to: fcn(), blocks: 3, tile: 48)
+    let s = cached.layers[0].1 as! Streamed
+    s.cacheLevel = (0...s.leaves.count).last { s.cacheUses($0) > 0 }
+    XCTAssertNotNil(s.cacheLevelNow)
+    assertSame(try step(cached, x, labels), plain, "Winograd, three blocks, tile cache at leaf \(s.cacheLevel!)", tolerance: 1e-4)
+    // Its workspaces in the training forward and backward-data: planner = ledger, streamed and plain.
+    let input = [3, 384, 320]
+    for model in [fcn(initialized: false), try Streamed.apply(to: fcn(initialized: false), blocks: 3, tile: 64, splits: [1, 2])] {
+      let plan = try Planner.plan(model, name: "w", input: input, batch: 1)
+      let measured = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(model, input: input, batch: 1)
+      XCTAssertEqual(plan.peakTrainingBytes, measured.training, "Winograd in training: planner = ledger")
     }
   }
 

@@ -246,6 +246,11 @@ final class TIFFTests: TemporaryDirectoryTestCase {
   /// A streamed step whose input is read from a TIFF crop by crop (never held) equals the step on
   /// the whole image as one tensor: logits and every gradient to 1e-5.
   func testStreamedStepFromATIFFEqualsTheWholeImageStep() throws {
+    // Both steps on the direct kernel: Winograd's rounding depends on where its 4×4 tiles fall in
+    // each crop (StreamingTests.testWinogradTrainingStreamsWithinItsRounding).
+    let winograd = Winograd.inTraining
+    Winograd.inTraining = false
+    defer { Winograd.inTraining = winograd }
     let url = dir.appendingPathComponent("step.tif")
     _ = try TIFFConverter.convert(PatternRows(width: 144, height: 160), to: url, tile: 32, compression: 8)
     TIFFFile.registerWithTesseraData()

@@ -103,7 +103,7 @@ public final class Conv2D: Layer {
     do { g = try geometry(for: x.shape) } catch { preconditionFailure("\(error)") }
     let y = Tensor(uninitialized: [g.batch, g.outChannels, g.outHeight, g.outWidth])
     Conv2DKernels.forward(g, x: x.floats, w: weight.value.floats, bias: bias?.value.floats, y: y.floats,
-                          winograd: !training)
+                          winograd: !training || Winograd.inTraining)
     if training && BackwardRecording.isOn { saved = (accumulatesWeightGradient ? ActivationStorage.keep(x) : nil, g) }
     return y
   }
@@ -176,7 +176,7 @@ public final class Conv2D: Layer {
   public func planForward(_ x: SimTensor, training: Bool, _ sim: MemorySimulation) throws -> SimTensor {
     let g = try geometry(for: x.shape)
     let y = sim.allocate([g.batch, g.outChannels, g.outHeight, g.outWidth])
-    sim.transient(Conv2DKernels.forwardWorkspaceBytes(g, threads: sim.threads, winograd: !training))
+    sim.transient(Conv2DKernels.forwardWorkspaceBytes(g, threads: sim.threads, winograd: !training || Winograd.inTraining))
     if training && BackwardRecording.isOn {
       sim.keep(self, accumulatesWeightGradient ? [ActivationStorage.keep(x, sim)] : [])
       sim.notes[ObjectIdentifier(self)] = g
