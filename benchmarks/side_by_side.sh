@@ -4,7 +4,7 @@
 # a table of medians at the end (stderr).
 #   PEER_PY=/tmp/peers/bin/python benchmarks/side_by_side.sh [rounds] [SIZExBATCH ...]
 # COMPUTE=bf16 compares Tessera's --compute bf16 with Keras's mixed_bfloat16 policy (default fp32
-# on both sides).
+# on both sides). MODES="train" (or "inference") runs one mode only (default both).
 # Set up the peer once as ../shared/peers/README.md says. Build Tessera with `swift build -c release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ rounds=${1:-3}; shift || true
 configs=("$@"); [ ${#configs[@]} -gt 0 ] || configs=(512x8 1024x4 2048x1)
 PEER_PY=${PEER_PY:-/tmp/peers/bin/python}
 COMPUTE=${COMPUTE:-fp32}
+MODES=${MODES:-train inference}
 case "$COMPUTE" in fp32) dtype=float32 ;; bf16) dtype=mixed_bfloat16 ;; *) echo "COMPUTE must be fp32 or bf16" >&2; exit 2 ;; esac
 peer=../shared/peers/keras_bench.py
 bin=.build/release/tessera
@@ -19,7 +20,7 @@ log=$(mktemp)
 for r in $(seq "$rounds"); do
   for c in "${configs[@]}"; do
     size=${c%x*}; batch=${c#*x}
-    for mode in train inference; do
+    for mode in $MODES; do
       flag=$([ "$mode" = inference ] && echo --inference || true)
       line=$("$PEER_PY" "$peer" --model fcn --size "$size" --batch "$batch" --steps 10 --dtype $dtype $flag 2>/dev/null | tail -1)
       echo "{\"side\":\"tf\",\"compute\":\"$COMPUTE\",\"size\":$size,\"batch\":$batch,\"mode\":\"$mode\",\"round\":$r,\"result\":$line}" | tee -a "$log"

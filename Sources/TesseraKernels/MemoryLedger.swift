@@ -246,11 +246,12 @@ public final class BlockCache: @unchecked Sendable {
         _rounding += block - bytes
         return e.p
       }
-      let inUse = current + bytes
+      let inUse = current + bytes, cachedBefore = _cached
       evictOldest(toFit: max(highWater, floorBytes, inUse) + limitBytes - inUse - _rounding, into: &released)
-      // The fresh block's pages will be resident too.
+      // The fresh block's pages will be resident too; the blocks just evicted (freed after the
+      // lock) will not.
       if let ceiling = residentCeilingBytes, _cached > 0 {
-        let over = residentNow() + bytes - ceiling
+        let over = residentNow() - (cachedBefore - _cached) + bytes - ceiling
         if over > 0 { releaseForCeiling(over, into: &released) }
       }
       return nil

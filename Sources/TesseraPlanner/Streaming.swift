@@ -300,7 +300,10 @@ extension Planner {
     switch leaf {
     case let c as Conv2D:
       let g = try c.geometry(for: inShape)
-      return (g.strideH > 1 || g.strideW > 1 ? 1.8 : 1.0, BF16.applies(g) ? 1.0 : 1.25)
+      // Under Winograd the forward (and the stride-1 backward-data with it) costs
+      // `winogradMACShare` of the direct kernel; the weight gradient stays direct.
+      let weights = BF16.applies(g) ? 1.0 : 1.25 / (trainsWinograd(g) ? winogradMACShare : 1)
+      return (g.strideH > 1 || g.strideW > 1 ? 1.8 : 1.0, weights)
     case let p as Pool2D where p.mode == .max: return (0.65, 0)
     case is BatchNorm2D: return (1.2, 0)
     case is Linear: return (1, 1)
@@ -321,6 +324,17 @@ extension Planner {
   /// "bf16 compute"); the memory-bound passes are unchanged.
   static let bf16MACShare = 0.5
 
+  /// A Winograd F(4×4, 3×3) layer's convolution time against the direct kernel's: `bench conv
+  /// --kernel 3 --batch 8` on fcn-large's stride-1 layers (32@64², 64@32², 128@16², 32@128²) gave its
+  /// forward 1.5–2.8× the direct kernel's GFLOP/s and the stride-1 backward-data 1.2–2.7× (docs/BENCHMARKS.md,
+  /// session 10) — about half the time.
+  static let winogradMACShare = 0.5
+
+  /// Whether a training step runs g's forward (and stride-1 backward-data) as Winograd.
+  static func trainsWinograd(_ g: ConvGeometry) -> Bool {
+    !BF16.applies(g) && Winograd.inTraining && Winograd.applies(g)
+  }
+
   /// A layer's forward work (MAC-equivalents) on `input`, and its output shape (containers: their
   /// leaves, as the planner walks them).
   static func forwardWork(_ layer: Layer, input: [Int]) throws -> (work: Double, output: [Int]) {
@@ -332,13 +346,13 @@ extension Planner {
   }
 
   /// One leaf's forward work: convolutions and linear layers their MACs (a bf16 convolution's at
-  /// `bf16MACShare`) and output, pooling each window it reads, other leaves what they read and write.
+  /// `bf16MACShare`, a Winograd one's at `winogradMACShare`) and output, pooling each window it reads, other leaves what they read and write.
   static func leafWork(_ leaf: Layer, _ inShape: [Int], _ outShape: [Int]) throws -> Double {
     let e = macsPerElement, nIn = Double(inShape.reduce(1, *)), nOut = Double(outShape.reduce(1, *))
     switch leaf {
     case let c as Conv2D:
       let g = try c.geometry(for: inShape)
-      return Double(g.macs) * (BF16.applies(g) ? bf16MACShare : 1) + e * nOut
+      return Double(g.macs) * (BF16.applies(g) ? bf16MACShare : trainsWinograd(g) ? winogradMACShare : 1) + e * nOut
     case let p as Pool2D: return e * Double(p.kernelSize.0 * p.kernelSize.1 + 1) * nOut
     case let l as Linear: return Double(l.inputFeatures * l.outputFeatures * inShape[0]) + e * nOut
     default: return e * (nIn + nOut)
