@@ -159,7 +159,9 @@ public final class Buffer: @unchecked Sendable {
     guard bytes >= 2 * hugePage else { return UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 1), alignment: 64) }
     let p = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: hugePage)
     #if canImport(Glibc)
-    _ = madvise(p, (bytes + hugePage - 1) / hugePage * hugePage, MADV_HUGEPAGE)
+    // The whole 2 MiB pages inside the block only: a huge page over its tail would make up to
+    // 2 MiB past the block's last byte resident (the mapping runs on past it), which nothing counts.
+    _ = madvise(p, bytes / hugePage * hugePage, MADV_HUGEPAGE)
     #endif
     return p
   }
