@@ -208,8 +208,10 @@ public final class BlockCache: @unchecked Sendable {
   /// (least recently freed first) and the freed block with them — so the cache, the only part of
   /// the process that can give memory back, gives it back before the budget is passed.
   public var residentCeilingBytes: Int?
-  /// Reads resident bytes (a test stands in its own figure).
-  var residentNow: () -> Int = MachineMemory.residentBytes
+  /// Reads resident bytes (a unit test stands in its own figure; `TESSERA_TEST_RESIDENT_EXTRA_BYTES`,
+  /// a test hook, adds to the real one so a command's ceiling can be seen at work).
+  var residentNow: () -> Int = { MachineMemory.residentBytes() + BlockCache.testResidentExtra }
+  static let testResidentExtra = Int(ProcessInfo.processInfo.environment["TESSERA_TEST_RESIDENT_EXTRA_BYTES"] ?? "") ?? 0
   /// Bytes of cached blocks returned to the system because resident memory reached the ceiling.
   public var releasedForCeilingBytes: Int { lock.withLock { _releasedForCeiling } }
   private var _releasedForCeiling = 0

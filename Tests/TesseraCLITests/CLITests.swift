@@ -150,6 +150,22 @@ final class CLITests: TemporaryDirectoryTestCase {
     XCTAssertEqual(r.status, 0, r.stderr)
     let t = try json(r.stdout)
     for key in ["gflops", "images_per_second", "peak_bytes", "max_rss_bytes"] { XCTAssertNotNil(t[key], key) }
+    // With --budget the block cache keeps a resident ceiling: here nothing reaches it; with the
+    // process made to look 600 MiB larger (a test hook), every freed block goes back, the same step.
+    let budgeted = ["bench", "train", "--input", "3x512x512", "--batch", "2", "--steps", "2", "--warmup", "1",
+                    "--budget", "500MiB", "--json"]
+    r = try CLI.run(budgeted)
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let under = try json(r.stdout)
+    XCTAssertEqual(under["cache_released_for_budget_bytes"] as? Int, 0)
+    r = try CLI.run(budgeted, environment: ["TESSERA_TEST_RESIDENT_EXTRA_BYTES": "\(600 << 20)"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let over = try json(r.stdout)
+    XCTAssertGreaterThan(over["cache_released_for_budget_bytes"] as? Int ?? 0, 0)
+    XCTAssertGreaterThan(over["fresh_block_bytes_per_step"] as? Int ?? 0, under["fresh_block_bytes_per_step"] as? Int ?? .max,
+                         "blocks given back are mapped afresh")
+    XCTAssertEqual(over["final_loss"] as? Double, under["final_loss"] as? Double)
+    XCTAssertEqual(over["peak_bytes"] as? Int, over["planned_peak_bytes"] as? Int)
     // --compute bf16: the JSON says what ran (fp32 where the CPU has no bf16); planner = ledger.
     r = try CLI.run(["bench", "train", "--input", "3x64x64", "--batch", "2", "--steps", "1", "--compute", "bf16", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)
