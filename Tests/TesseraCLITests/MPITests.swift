@@ -22,13 +22,13 @@ final class MPITests: TemporaryDirectoryTestCase {
   /// direct kernel's and, once a reordered sum perturbs a layer's input at all, the two runs' rounding
   /// no longer cancels (2 ranks against one process: 6e-5 with it, 9e-6 without). The pipeline tests,
   /// which reorder no sum, run it (`winograd = true`).
-  var winograd = false
+  var winograd = false { didSet { Winograd.inTraining = winograd } }
   var environment: [String: String] { winograd ? [:] : ["TESSERA_WINOGRAD_TRAINING": "0"] }
   private var savedWinograd = true
   override func setUpWithError() throws {
     try super.setUpWithError()
     savedWinograd = Winograd.inTraining
-    Winograd.inTraining = false
+    winograd = false
   }
   override func tearDownWithError() throws {
     Winograd.inTraining = savedWinograd
@@ -290,7 +290,7 @@ final class MPITests: TemporaryDirectoryTestCase {
   }
 
   func testPipelineStepEqualsOneProcess() throws {
-    (winograd, Winograd.inTraining) = (true, true)
+    winograd = true
     let input = randomTensor([4, 3, 64, 64], seed: 21), labels = [0, 3, 1, 4]
     let b = try batch("p.safetensors", [4, 3, 64, 64], labels: labels, seed: 21)
     let common = ["step", "--classes", "5", "--batch", b, "--threads", "1"]
@@ -317,7 +317,7 @@ final class MPITests: TemporaryDirectoryTestCase {
   }
 
   func testPipelineRanksPeakAtTheirStagePlanToTheByte() throws {
-    (winograd, Winograd.inTraining) = (true, true)
+    winograd = true
     var lastPlanned = [Int]()
     for (n, m) in [(2, 2), (3, 4)] {
       let (r, _) = try mpirun(n, ["bench", "train", "--model", "fcn-large", "--input", "3x128x128", "--batch", "4", "--steps", "1",

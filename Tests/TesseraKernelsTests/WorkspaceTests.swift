@@ -167,9 +167,7 @@ final class WorkspaceTests: XCTestCase {
     cache.floorBytes = 100 * mib
     var blocks: [UnsafeMutableRawPointer] = []
     func give(_ bytes: Int) -> Bool {
-      let p = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)  // stands in for the block
-      let kept = cache.give(p, bytes, for: bytes, reused: false, ledger: ledger)
-      if kept { blocks.append(p) } else { p.deallocate() }
+      let kept = giveStandIn(cache, bytes, ledger, keeping: &blocks)
       let (resident, bound) = cache.residentBound(ledger: ledger)
       XCTAssertLessThanOrEqual(resident, bound)
       return kept
@@ -202,12 +200,7 @@ final class WorkspaceTests: XCTestCase {
     cache.residentNow = { resident }
     cache.residentCeilingBytes = 500 * mib
     var stand: [UnsafeMutableRawPointer] = []
-    func give(_ bytes: Int) -> Bool {
-      let p = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)  // stands in for the block
-      let kept = cache.give(p, bytes, for: bytes, reused: false, ledger: ledger)
-      if kept { stand.append(p) } else { p.deallocate() }
-      return kept
-    }
+    func give(_ bytes: Int) -> Bool { giveStandIn(cache, bytes, ledger, keeping: &stand) }
     resident = 400 * mib
     XCTAssertTrue(give(30 * mib))
     XCTAssertTrue(give(40 * mib))
@@ -253,4 +246,14 @@ final class WorkspaceTests: XCTestCase {
     throw XCTSkip("reads /proc/self/statm")
     #endif
   }
+}
+
+/// Frees a block of `bytes` into the cache as a 64-byte stand-in: kept ones go to `kept` (the cache
+/// deallocates those it evicts later), a refused one is deallocated here.
+private func giveStandIn(_ cache: BlockCache, _ bytes: Int, _ ledger: MemoryLedger,
+                         keeping kept: inout [UnsafeMutableRawPointer]) -> Bool {
+  let p = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+  let isKept = cache.give(p, bytes, for: bytes, reused: false, ledger: ledger)
+  if isKept { kept.append(p) } else { p.deallocate() }
+  return isKept
 }
