@@ -10,8 +10,10 @@ import Foundation
 ///
 /// Work items are blocks of 24 tiles of one image; each worker holds the block's transformed input
 /// V [36][24][C] and, one 16-channel block of outputs at a time, M [36][24][16]. The GEMM register
-/// tile is the direct kernel's (6 rows × 16 channels). fp32 throughout; the transforms' constants
-/// (1/4, 1/6, 1/24 …) make the rounding a few times the direct kernel's, still ~1e-6 relative.
+/// tile is the direct kernel's (6 rows × 16 channels). Small maps with many channels take the whole
+/// batch's tiles at once instead (`batched`: V and M for all of them, U read once). fp32
+/// throughout; the transforms' constants (1/4, 1/6, 1/24 …) make the rounding a few times the
+/// direct kernel's, still ~1e-6 relative.
 /// Inference, training forward and stride-1 backward-data (a forward of the flipped weights) use it.
 public enum Winograd {
   static let tileBlock = 24, lanes = 16
@@ -27,9 +29,34 @@ public enum Winograd {
     enabled && g.kernelH == 3 && g.kernelW == 3 && g.strideH == 1 && g.strideW == 1 && g.dilationH == 1
       && g.dilationW == 1 && g.groups == 1 && g.inChannels >= 16 && g.outChannels >= 16
       && g.outHeight >= 4 && g.outWidth >= 4
-      // Each work item streams all of U (36·C·K floats) for one block of tiles: with many channels
-      // and a small map that traffic outweighs the saved multiplies (256→256 on 16×16: ≈ 1.0×).
-      && (g.inChannels * g.outChannels <= 128 * 128 || tiles(g).h * tiles(g).w >= 4 * tileBlock)
+      // Per image, each block of tiles streams all of U (36·C·K floats): with many channels and a
+      // small map that traffic outweighs the saved multiplies (256→256 on 16×16: ≈ 1.0×), unless
+      // the whole batch's tiles go through U together (`batched`).
+      && (g.inChannels * g.outChannels <= 128 * 128 || tiles(g).h * tiles(g).w >= 4 * tileBlock || batched(g))
+  }
+
+  /// Whether the forward takes the whole batch's tiles at once: V and M for every tile, then each
+  /// (e, 16-channel block) GEMM over all of them, so U is read once per call instead of once per
+  /// block of tiles of each image. Taken where per-image blocks do not pay (U over 2.25 MiB: C·K
+  /// above 128·128, and fewer than four blocks of tiles per image), while V and M stay within
+  /// 32 MiB. (Below that, at 64→64 and 128→128, it measured no faster than the per-image blocks:
+  /// their V stays in L2.) `batchedEnabled` false (tests, `TESSERA_WINOGRAD_BATCHED=0`) keeps the
+  /// per-image blocks, and such layers take the direct kernel.
+  static func batched(_ g: ConvGeometry) -> Bool {
+    guard batchedEnabled, g.inChannels * g.outChannels > 128 * 128 else { return false }
+    let (th, tw, _) = tiles(g)
+    guard th * tw < 4 * tileBlock else { return false }
+    return batchedFloats(g).v + batchedFloats(g).m <= 8 << 20
+  }
+  nonisolated(unsafe) public static var batchedEnabled: Bool =
+    ProcessInfo.processInfo.environment["TESSERA_WINOGRAD_BATCHED"] != "0"
+
+  /// The batched path's rows (every tile of the batch, rounded up to the GEMM tile's 6) and the
+  /// floats of its V [36][rows][c8] and M [36][KB][rows][16].
+  static func batchedFloats(_ g: ConvGeometry) -> (rows: Int, v: Int, m: Int) {
+    let (th, tw, _) = tiles(g), (c8, KB) = paddedChannels(g)
+    let rows = (g.batch * th * tw + 5) / 6 * 6
+    return (rows, 36 * rows * c8, 36 * KB * rows * lanes)
   }
 
   static func tiles(_ g: ConvGeometry) -> (h: Int, w: Int, blocks: Int) {
@@ -46,9 +73,13 @@ public enum Winograd {
     ((g.inChannels + 7) / 8 * 8, (g.outChannels + lanes - 1) / lanes)
   }
 
-  /// Bytes held at the peak: U, and V and M for each worker.
+  /// Bytes held at the peak: U, and V and M for each worker (batched: for every tile of the batch).
   public static func workspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
     let (c8, kb) = paddedChannels(g)
+    if batched(g) {
+      let b = batchedFloats(g)
+      return 4 * (36 * kb * g.inChannels * lanes + b.v + b.m)
+    }
     return 4 * (36 * kb * g.inChannels * lanes + workers(g, threads: threads) * 36 * tileBlock * (c8 + lanes))
   }
 
@@ -57,6 +88,7 @@ public enum Winograd {
     _ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     y: UnsafeMutablePointer<Float>, scale: UnsafePointer<Float>?, relu: Bool
   ) {
+    if batched(g) { return forwardBatched(g, x: x, w: w, bias: bias, y: y, scale: scale, relu: relu) }
     let C = g.inChannels, K = g.outChannels, (c8, KB) = paddedChannels(g)
     let (_, tw, blocks) = tiles(g)
     let nWorkers = workers(g, threads: Parallel.threadCount)
@@ -79,7 +111,8 @@ public enum Winograd {
           for item in items {
             let n = item / blocks, t0 = item % blocks * tileBlock
             let tb = min(tileBlock, (g.outHeight + 3) / 4 * tw - t0)
-            transformInput(g, x: x + n * C * g.inHeight * g.inWidth, tiles: t0..<(t0 + tb), tilesWide: tw, c8: c8, v: v)
+            transformInput(g, x: x + n * C * g.inHeight * g.inWidth, tiles: t0..<(t0 + tb), tilesWide: tw, c8: c8,
+                           rows: tileBlock, v: v)
             for kb in 0..<KB {
               // M[e][tile][16] = V[e][tile][:C] · U[e][kb][:C][16], six tiles at a time.
               for e in 0..<36 {
@@ -91,7 +124,8 @@ public enum Winograd {
                   r += 6
                 }
               }
-              transformOutput(g, m: UnsafePointer(m), tiles: t0..<(t0 + tb), tilesWide: tw, kBase: kb * lanes,
+              transformOutput(g, m: UnsafePointer(m), eStride: tileBlock * lanes, tiles: t0..<(t0 + tb), tilesWide: tw,
+                              kBase: kb * lanes,
                               kValid: min(lanes, K - kb * lanes), bias: bias, floor: floor,
                               y: yy.p + n * K * g.outHeight * g.outWidth)
             }
@@ -102,8 +136,74 @@ public enum Winograd {
     withExtendedLifetime((uBuf, scratch)) {}
   }
 
+  /// The forward with every tile of the batch at once (`batched`): the input transform of all
+  /// tiles (split among the threads by tiles), the 36 × KB GEMMs over all of them (handed out on
+  /// demand, e-major so consecutive ones share V[e]), then the output transform. The same sums in
+  /// the same order as the per-image blocks, so the same numbers to the bit.
+  static func forwardBatched(
+    _ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    y: UnsafeMutablePointer<Float>, scale: UnsafePointer<Float>?, relu: Bool
+  ) {
+    let C = g.inChannels, K = g.outChannels, (c8, KB) = paddedChannels(g)
+    let (th, tw, _) = tiles(g), perImage = th * tw, total = g.batch * perImage
+    let (rows, vFloats, mFloats) = batchedFloats(g)
+    let uBuf = Buffer(floats: 36 * KB * C * lanes)
+    let vBuf = Buffer(floats: vFloats, zeroed: false), mBuf = Buffer(floats: mFloats, zeroed: false)
+    transformWeights(g, w: w, scale: scale, u: uBuf.floats)
+    let u = UnsafePointer(uBuf.floats), v = SendablePointer(vBuf.floats), m = SendablePointer(mBuf.floats)
+    let yy = SendablePointer(y)
+    let floor: Float = relu ? 0 : -.infinity
+    let imageFloats = C * g.inHeight * g.inWidth, outFloats = K * g.outHeight * g.outWidth
+    /// Tiles `r` of the batch (global indices), image by image.
+    func eachImage(_ r: Range<Int>, _ body: (Int, Range<Int>) -> Void) {
+      var t = r.lowerBound
+      while t < r.upperBound {
+        let n = t / perImage, end = min(r.upperBound, (n + 1) * perImage)
+        body(n, (t - n * perImage)..<(end - n * perImage))
+        t = end
+      }
+    }
+    Parallel.forRanges(total) { _, r in
+      eachImage(r) { n, tiles in
+        transformInput(g, x: x + n * imageFloats, tiles: tiles, tilesWide: tw, c8: c8, rows: rows,
+                       v: v.p + (n * perImage + tiles.lowerBound) * c8)
+      }
+    }
+    let channelOffsets = Array(0..<C), rowBases = (0..<rows).map { $0 * c8 }
+    channelOffsets.withUnsafeBufferPointer { cob in
+      rowBases.withUnsafeBufferPointer { rbb in
+        let to = cob.baseAddress!, pb = rbb.baseAddress!
+        Parallel.forChunks(36 * KB, chunk: 1) { _, items in
+          for item in items {
+            let e = item / KB, kb = item % KB
+            let ve = UnsafePointer(v.p) + e * rows * c8, ue = u + (e * KB + kb) * C * lanes
+            let me = m.p + (e * KB + kb) * rows * lanes
+            var r = 0
+            while r < total {
+              Conv2DKernels.forwardTile(T: C, to: to, pb: pb, p0: r, P: total, xg: ve, wk: ue, out: me + r * lanes)
+              r += 6
+            }
+          }
+        }
+      }
+    }
+    Parallel.forRanges(total) { _, r in
+      eachImage(r) { n, tiles in
+        for kb in 0..<KB {
+          transformOutput(g, m: UnsafePointer(m.p) + (kb * rows + n * perImage + tiles.lowerBound) * lanes,
+                          eStride: KB * rows * lanes, tiles: tiles, tilesWide: tw, kBase: kb * lanes,
+                          kValid: min(lanes, K - kb * lanes), bias: bias, floor: floor, y: yy.p + n * outFloats)
+        }
+      }
+    }
+    withExtendedLifetime((uBuf, vBuf, mBuf)) {}
+  }
+
   /// U[e][kb][c][16] = (G g Gᵀ)[e] of output channel kb·16 + lane, input channel c (zero beyond K),
-  /// the weights scaled by scale[k] first; output channels split among the threads.
+  /// the weights scaled by scale[k] first; 16-channel blocks split among the threads. Each (kb, c)
+  /// gathers its 16 channels' 36 values and stores them as 36 whole rows of 16 (storing them
+  /// channel by channel, 4 bytes at a time, swept U — up to 9 MiB — once per lane: 256→256 at
+  /// 16×16 ran at 120 against 132 GFLOP/s direct-equivalent, the weight transform the larger part).
   static func transformWeights(_ g: ConvGeometry, w: UnsafePointer<Float>, scale: UnsafePointer<Float>?,
                                u: UnsafeMutablePointer<Float>) {
     let C = g.inChannels, K = g.outChannels, KB = (K + lanes - 1) / lanes
@@ -112,18 +212,27 @@ public enum Winograd {
       let ac = a + c, q = a * (1 / 24) + c * (1 / 6), h = b * (1 / 12)
       return SIMD8(a * 0.25, -(ac + b) * (1 / 6), -(ac - b) * (1 / 6), q + h, q - h, c, 0, 0)
     }
-    Parallel.forRanges(K) { _, ks in
-      for k in ks {
-        let s = scale?[k] ?? 1
-        for c in 0..<C {
-          let f = w + (k * C + c) * 9
-          // Columns: G times each column of g (3 → 6 rows); then rows: G times each row (3 → 6).
-          let c0 = gt(f[0] * s, f[3] * s, f[6] * s), c1 = gt(f[1] * s, f[4] * s, f[7] * s)
-          let c2 = gt(f[2] * s, f[5] * s, f[8] * s)
-          let dst = uu.p + (k / lanes) * C * lanes + c * lanes + k % lanes, eStride = KB * C * lanes
-          for i in 0..<6 {
-            let row = gt(c0[i], c1[i], c2[i])
-            for j in 0..<6 { dst[(i * 6 + j) * eStride] = row[j] }
+    let eStride = KB * C * lanes
+    Parallel.forRanges(KB) { _, kbs in
+      withUnsafeTemporaryAllocation(of: Float.self, capacity: 36 * lanes) { rowsBuf in
+        let rows = rowsBuf.baseAddress!  // [e][16] for one (kb, c)
+        for kb in kbs {
+          let kValid = min(lanes, K - kb * lanes)
+          if kValid < lanes { rows.update(repeating: 0, count: 36 * lanes) }
+          for c in 0..<C {
+            for l in 0..<kValid {
+              let k = kb * lanes + l, s = scale?[k] ?? 1
+              let f = w + (k * C + c) * 9
+              // Columns: G times each column of g (3 → 6 rows); then rows: G times each row (3 → 6).
+              let c0 = gt(f[0] * s, f[3] * s, f[6] * s), c1 = gt(f[1] * s, f[4] * s, f[7] * s)
+              let c2 = gt(f[2] * s, f[5] * s, f[8] * s)
+              for i in 0..<6 {
+                let row = gt(c0[i], c1[i], c2[i])
+                for j in 0..<6 { rows[(i * 6 + j) * lanes + l] = row[j] }
+              }
+            }
+            let dst = uu.p + kb * C * lanes + c * lanes
+            for e in 0..<36 { (dst + e * eStride).update(from: rows + e * lanes, count: lanes) }
           }
         }
       }
@@ -145,9 +254,9 @@ public enum Winograd {
   /// beyond C repeat the last channel; they fill V's padding and are never read). Cells outside
   /// the image are the zero padding.
   static func transformInput(_ g: ConvGeometry, x: UnsafePointer<Float>, tiles: Range<Int>, tilesWide tw: Int,
-                             c8: Int, v: UnsafeMutablePointer<Float>) {
+                             c8: Int, rows: Int, v: UnsafeMutablePointer<Float>) {
     let H = g.inHeight, W = g.inWidth, C = g.inChannels, plane = H * W
-    let rowStride = tileBlock * c8
+    let rowStride = rows * c8
     withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 36) { pb in
       let d = pb.baseAddress!
       for (ti, t) in tiles.enumerated() {
@@ -199,7 +308,7 @@ public enum Winograd {
 
   /// y[k][4·ty + r][4·tx + s] = (Aᵀ M A)[r][s] + bias[k], clamped below at `floor`, for the 16
   /// output channels from kBase (eight at a time) and each tile; cells past the map's edge are dropped.
-  static func transformOutput(_ g: ConvGeometry, m: UnsafePointer<Float>, tiles: Range<Int>, tilesWide tw: Int,
+  static func transformOutput(_ g: ConvGeometry, m: UnsafePointer<Float>, eStride: Int, tiles: Range<Int>, tilesWide tw: Int,
                               kBase: Int, kValid: Int, bias: UnsafePointer<Float>?, floor: Float,
                               y: UnsafeMutablePointer<Float>) {
     let Ho = g.outHeight, Wo = g.outWidth, P = Ho * Wo
@@ -210,7 +319,7 @@ public enum Winograd {
         let rows = min(4, Ho - oy0), cols = min(4, Wo - ox0)
         for half in 0..<2 where half * 8 < kValid {
           let base = m + ti * lanes + half * 8
-          @inline(__always) func mv(_ e: Int) -> SIMD8<Float> { load8(base + e * tileBlock * lanes) }
+          @inline(__always) func mv(_ e: Int) -> SIMD8<Float> { load8(base + e * eStride) }
           // Columns (6 → 4 rows), then rows (6 → 4 columns).
           for s in 0..<6 {
             let o = at((mv(s), mv(6 + s), mv(12 + s), mv(18 + s), mv(24 + s), mv(30 + s)))

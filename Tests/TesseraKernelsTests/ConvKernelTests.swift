@@ -150,6 +150,53 @@ final class ConvKernelTests: XCTestCase {
                                                  kernelH: 3, kernelW: 3)))
   }
 
+  /// Winograd over the whole batch's tiles (`Winograd.batched`: many channels, small maps): the
+  /// same numbers to the bit as the per-image blocks (the same sums in the same order), tiles
+  /// spanning images, a row count not a multiple of the GEMM's 6, channels not a multiple of 8 or
+  /// 16, scale, bias and ReLU; against the double-precision reference; and 256→256 on a 16×16 map
+  /// (fcn-large's stage 4 at 1024²), which took the direct kernel before, now takes it.
+  func testBatchedWinogradMatchesPerImageBlocksToTheBit() {
+    let g = ConvGeometry(batch: 3, inChannels: 131, inHeight: 9, inWidth: 10, outChannels: 130, kernelH: 3, kernelW: 3,
+                         padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)
+    let saved = (Parallel.threadCount, Winograd.batchedEnabled)
+    defer { (Parallel.threadCount, Winograd.batchedEnabled) = saved }
+    XCTAssertTrue(Winograd.batched(g), "\(g)")
+    XCTAssertEqual(Winograd.batchedFloats(g).rows, 30)  // 3 images × 9 tiles, rounded up to 6
+    let x = randomFloats(g.inputCount, seed: 81), w = randomFloats(g.weightCount, seed: 82)
+    let bias = randomFloats(g.outChannels, seed: 83), scale = randomFloats(g.outChannels, seed: 84).map { $0 + 1.5 }
+    var ref = [Float](repeating: 0, count: g.outputCount), direct = ref
+    ConvReference.forward(g, x: x, w: w, bias: bias, y: &ref)
+    Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &direct)
+    for threads in [1, 2, 3] {
+      Parallel.threadCount = threads
+      for relu in [false, true] {
+        var batched = [Float](repeating: .nan, count: g.outputCount), perImage = batched
+        Winograd.batchedEnabled = true
+        Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &batched, scale: scale, relu: relu, winograd: true)
+        Winograd.batchedEnabled = false
+        XCTAssertFalse(Winograd.batched(g))
+        // Called directly: with the batched path off, `applies` leaves such a layer to the direct kernel.
+        x.withUnsafeBufferPointer { xb in
+          w.withUnsafeBufferPointer { wb in
+            Winograd.forward(g, x: xb.baseAddress!, w: wb.baseAddress!, bias: bias, y: &perImage, scale: scale, relu: relu)
+          }
+        }
+        XCTAssertTrue(batched == perImage, "threads \(threads) relu \(relu): \(maxRelativeError(batched, perImage))")
+      }
+      Winograd.batchedEnabled = true
+      var y = [Float](repeating: .nan, count: g.outputCount)
+      Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &y, winograd: true)
+      XCTAssertNotEqual(y, direct, "took Winograd")
+      XCTAssertLessThanOrEqual(maxRelativeError(y, ref), max(30 * maxRelativeError(direct, ref), 1e-6), "threads \(threads)")
+    }
+    Winograd.batchedEnabled = true
+    let stage4 = ConvGeometry(batch: 4, inChannels: 256, inHeight: 16, inWidth: 16, outChannels: 256, kernelH: 3,
+                              kernelW: 3, padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)
+    XCTAssertTrue(Winograd.applies(stage4) && Winograd.batched(stage4))
+    Winograd.batchedEnabled = false
+    XCTAssertFalse(Winograd.applies(stage4), "per image, U's traffic outweighs the saved multiplies")
+  }
+
   /// The inference fold: y = max(scale·conv(x, w) + shift, 0) from scaled packed weights, against
   /// the reference convolution followed by the affine map and the clamp.
   func testFoldedScaleShiftReLUMatchesReference() {

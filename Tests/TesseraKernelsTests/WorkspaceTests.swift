@@ -31,15 +31,19 @@ final class WorkspaceTests: XCTestCase {
     }
   }
 
-  /// Winograd's U, V and M (several tile blocks, fewer blocks than threads) to the byte.
+  /// Winograd's U, V and M (several tile blocks, fewer blocks than threads; the whole batch's
+  /// tiles at once) to the byte.
   func testWinogradWorkspaceMatchesLedger() {
     let saved = Parallel.threadCount
     defer { Parallel.threadCount = saved }
+    let batched = ConvGeometry(batch: 3, inChannels: 131, inHeight: 9, inWidth: 10, outChannels: 130, kernelH: 3,
+                               kernelW: 3, padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)
+    XCTAssertTrue(Winograd.batched(batched))
     for threads in [1, 2, 3, 5] {
       Parallel.threadCount = threads
       for g in [ConvGeometry(batch: 1, inChannels: 16, inHeight: 9, inWidth: 9, outChannels: 20, kernelH: 3, kernelW: 3),
                 ConvGeometry(batch: 2, inChannels: 24, inHeight: 30, inWidth: 37, outChannels: 40, kernelH: 3, kernelW: 3,
-                             padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)] {
+                             padTop: 1, padLeft: 1, padBottom: 1, padRight: 1), batched] {
         XCTAssertTrue(Winograd.applies(g))
         let x = randomFloats(g.inputCount, seed: 1), w = randomFloats(g.weightCount, seed: 2)
         var y = [Float](repeating: 0, count: g.outputCount)

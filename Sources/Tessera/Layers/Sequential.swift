@@ -39,7 +39,7 @@ public final class Sequential: Layer {
         i += f.span
         continue
       }
-      h = l is Sequential ? l.forward(h, training: training)
+      h = l is Sequential ? Profiler.shared.within(name) { l.forward(h, training: training) }
         : Profiler.shared.time("\(name) \(l.kind) forward") { l.forward(h, training: training) }
       i += 1
     }
@@ -75,7 +75,7 @@ public final class Sequential: Layer {
     for (i, (_, l)) in layers.enumerated().reversed() {
       guard let d = g else { break }
       let need = i > 0 || needInputGradient
-      g = l is Sequential ? l.backward(d, needInputGradient: need)
+      g = l is Sequential ? Profiler.shared.within(layers[i].0) { l.backward(d, needInputGradient: need) }
         : Profiler.shared.time("\(layers[i].0) \(l.kind) backward") { l.backward(d, needInputGradient: need) }
       onChildBackward?(i)
     }
