@@ -8,6 +8,11 @@ extension Conv2DKernels {
   ) {
     if BF16.applies(g) { return BF16.backwardWeights(g, x: x, dy: dy, dw: dw, dbias: dbias) }
     if Phases.applies(g) { return Phases.backwardWeights(g, x: x, dy: dy, dw: dw, dbias: dbias) }
+    if Winograd.appliesToWeights(g) {
+      Winograd.backwardWeights(g, x: x, dy: dy, dw: dw)
+      if let db = dbias { addBiasGradient(g, dy: dy, dbias: db) }
+      return
+    }
     let T = g.taps, kg = g.groupOutChannels, KB = (kg + lanes - 1) / lanes, Kpad = KB * lanes
     let P = g.outHeight * g.outWidth, K = g.outChannels, cg = g.groupInChannels, G = g.groups
     let imageMode = imageWorkers(g, threads: Parallel.threadCount)

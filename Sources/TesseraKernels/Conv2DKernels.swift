@@ -66,6 +66,7 @@ public enum Conv2DKernels {
   public static func backwardWeightsWorkspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
     if BF16.applies(g) { return BF16.backwardWeightsWorkspaceBytes(g, threads: threads) }
     if Phases.applies(g) { return Phases.backwardWeightsWorkspaceBytes(g, threads: threads) }
+    if Winograd.appliesToWeights(g) { return Winograd.backwardWeightsWorkspaceBytes(g, threads: threads) }
     let P = g.outHeight * g.outWidth, Kpad = (g.groupOutChannels + lanes - 1) / lanes * lanes
     let imageMode = imageWorkers(g, threads: threads)
     let workers = imageMode > 1 ? imageMode : max(1, min(P, threads))

@@ -51,6 +51,14 @@ public enum Winograd {
   nonisolated(unsafe) public static var batchedEnabled: Bool =
     ProcessInfo.processInfo.environment["TESSERA_WINOGRAD_BATCHED"] != "0"
 
+  /// Groups of the 36 elements (whole rows of six: 1, 2, 3 or 6 groups) such that one group's share
+  /// of a [36][…] buffer of `floats` stays within 2 MiB (or the least, six): the batched forward's U
+  /// and the weight gradient's dU are made one group at a time, so a 256→256 layer holds 1.5 MiB of
+  /// them instead of 9 MiB.
+  static func elementGroups(_ floats: Int) -> Int {
+    [1, 2, 3, 6].first { floats / $0 <= 1 << 19 } ?? 6
+  }
+
   /// The batched path's rows (every tile of the batch, rounded up to the GEMM tile's 6) and the
   /// floats of its V [36][rows][c8] and M [36][KB][rows][16].
   static func batchedFloats(_ g: ConvGeometry) -> (rows: Int, v: Int, m: Int) {
@@ -77,8 +85,8 @@ public enum Winograd {
   public static func workspaceBytes(_ g: ConvGeometry, threads: Int) -> Int {
     let (c8, kb) = paddedChannels(g)
     if batched(g) {
-      let b = batchedFloats(g)
-      return 4 * (36 * kb * g.inChannels * lanes + b.v + b.m)
+      let b = batchedFloats(g), u = 36 * kb * g.inChannels * lanes
+      return 4 * (u / elementGroups(u) + b.v + b.m)
     }
     return 4 * (36 * kb * g.inChannels * lanes + workers(g, threads: threads) * 36 * tileBlock * (c8 + lanes))
   }
@@ -147,9 +155,9 @@ public enum Winograd {
     let C = g.inChannels, K = g.outChannels, (c8, KB) = paddedChannels(g)
     let (th, tw, _) = tiles(g), perImage = th * tw, total = g.batch * perImage
     let (rows, vFloats, mFloats) = batchedFloats(g)
-    let uBuf = Buffer(floats: 36 * KB * C * lanes)
+    let groups = elementGroups(36 * KB * C * lanes), per = 36 / groups
+    let uBuf = Buffer(floats: per * KB * C * lanes)
     let vBuf = Buffer(floats: vFloats, zeroed: false), mBuf = Buffer(floats: mFloats, zeroed: false)
-    transformWeights(g, w: w, scale: scale, u: uBuf.floats)
     let u = UnsafePointer(uBuf.floats), v = SendablePointer(vBuf.floats), m = SendablePointer(mBuf.floats)
     let yy = SendablePointer(y)
     let floor: Float = relu ? 0 : -.infinity
@@ -173,15 +181,19 @@ public enum Winograd {
     channelOffsets.withUnsafeBufferPointer { cob in
       rowBases.withUnsafeBufferPointer { rbb in
         let to = cob.baseAddress!, pb = rbb.baseAddress!
-        Parallel.forChunks(36 * KB, chunk: 1) { _, items in
-          for item in items {
-            let e = item / KB, kb = item % KB
-            let ve = UnsafePointer(v.p) + e * rows * c8, ue = u + (e * KB + kb) * C * lanes
-            let me = m.p + (e * KB + kb) * rows * lanes
-            var r = 0
-            while r < total {
-              Conv2DKernels.forwardTile(T: C, to: to, pb: pb, p0: r, P: total, xg: ve, wk: ue, out: me + r * lanes)
-              r += 6
+        // U one group of elements at a time (`elementGroups`), each group's GEMMs after it.
+        for e0 in stride(from: 0, to: 36, by: per) {
+          transformWeights(g, w: w, scale: scale, u: uBuf.floats, e: e0..<(e0 + per))
+          Parallel.forChunks(per * KB, chunk: 1) { _, items in
+            for item in items {
+              let e = e0 + item / KB, kb = item % KB
+              let ve = UnsafePointer(v.p) + e * rows * c8, ue = u + ((e - e0) * KB + kb) * C * lanes
+              let me = m.p + (e * KB + kb) * rows * lanes
+              var r = 0
+              while r < total {
+                Conv2DKernels.forwardTile(T: C, to: to, pb: pb, p0: r, P: total, xg: ve, wk: ue, out: me + r * lanes)
+                r += 6
+              }
             }
           }
         }
@@ -199,40 +211,55 @@ public enum Winograd {
     withExtendedLifetime((uBuf, vBuf, mBuf)) {}
   }
 
-  /// U[e][kb][c][16] = (G g Gᵀ)[e] of output channel kb·16 + lane, input channel c (zero beyond K),
-  /// the weights scaled by scale[k] first; 16-channel blocks split among the threads. Each (kb, c)
-  /// gathers its 16 channels' 36 values and stores them as 36 whole rows of 16 (storing them
-  /// channel by channel, 4 bytes at a time, swept U — up to 9 MiB — once per lane: 256→256 at
-  /// 16×16 ran at 120 against 132 GFLOP/s direct-equivalent, the weight transform the larger part).
+  /// U[e − es.lowerBound][kb][c][16] = (G g Gᵀ)[e] for e in es (whole rows of six: es bounded by
+  /// multiples of 6), of output channel kb·16 + lane, input channel c (zero beyond K), the weights
+  /// scaled by scale[k] first; 16-channel blocks split among the threads. Eight output channels go
+  /// through the transform together, one per lane, and each e is stored as a whole row of eight.
+  /// (Channel by channel, storing 4 bytes at a time, it swept U — up to 9 MiB — once per lane, and
+  /// on small maps the transform cost as much as the GEMMs: 256→256 at 16×16 ran at 120 against 132
+  /// GFLOP/s direct-equivalent.)
   static func transformWeights(_ g: ConvGeometry, w: UnsafePointer<Float>, scale: UnsafePointer<Float>?,
-                               u: UnsafeMutablePointer<Float>) {
+                               u: UnsafeMutablePointer<Float>, e es: Range<Int> = 0..<36) {
     let C = g.inChannels, K = g.outChannels, KB = (K + lanes - 1) / lanes
     let uu = SendablePointer(u)
-    @inline(__always) func gt(_ a: Float, _ b: Float, _ c: Float) -> SIMD8<Float> {
+    /// G (a, b, c): one column or row of g, 3 → 6 values.
+    @inline(__always) func gt(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>)
+      -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
+    {
       let ac = a + c, q = a * (1 / 24) + c * (1 / 6), h = b * (1 / 12)
-      return SIMD8(a * 0.25, -(ac + b) * (1 / 6), -(ac - b) * (1 / 6), q + h, q - h, c, 0, 0)
+      return (a * 0.25, -(ac + b) * (1 / 6), -(ac - b) * (1 / 6), q + h, q - h, c)
     }
-    let eStride = KB * C * lanes
+    let eStride = KB * C * lanes, rowsOfU = (es.lowerBound / 6)..<((es.upperBound + 5) / 6)
     Parallel.forRanges(KB) { _, kbs in
-      withUnsafeTemporaryAllocation(of: Float.self, capacity: 36 * lanes) { rowsBuf in
-        let rows = rowsBuf.baseAddress!  // [e][16] for one (kb, c)
+      withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 18) { colBuf in
+        let col = colBuf.baseAddress!  // G times each column of g: col[kx·6 + i]
         for kb in kbs {
-          let kValid = min(lanes, K - kb * lanes)
-          if kValid < lanes { rows.update(repeating: 0, count: 36 * lanes) }
-          for c in 0..<C {
-            for l in 0..<kValid {
-              let k = kb * lanes + l, s = scale?[k] ?? 1
-              let f = w + (k * C + c) * 9
-              // Columns: G times each column of g (3 → 6 rows); then rows: G times each row (3 → 6).
-              let c0 = gt(f[0] * s, f[3] * s, f[6] * s), c1 = gt(f[1] * s, f[4] * s, f[7] * s)
-              let c2 = gt(f[2] * s, f[5] * s, f[8] * s)
-              for i in 0..<6 {
-                let row = gt(c0[i], c1[i], c2[i])
-                for j in 0..<6 { rows[(i * 6 + j) * lanes + l] = row[j] }
+          for half in 0..<2 {
+            let k0 = kb * lanes + half * 8, kValid = max(0, min(8, K - k0))
+            var sk = SIMD8<Float>(), offsets = SIMD8<Int>()
+            for l in 0..<8 {
+              sk[l] = l < kValid ? scale?[k0 + l] ?? 1 : 0
+              offsets[l] = min(k0 + l, K - 1) * C * 9
+            }
+            for c in 0..<C {
+              let f = w + c * 9
+              @inline(__always) func tap(_ t: Int) -> SIMD8<Float> {
+                SIMD8(f[offsets[0] + t], f[offsets[1] + t], f[offsets[2] + t], f[offsets[3] + t],
+                      f[offsets[4] + t], f[offsets[5] + t], f[offsets[6] + t], f[offsets[7] + t]) * sk
+              }
+              for kx in 0..<3 {
+                let o = gt(tap(kx), tap(3 + kx), tap(6 + kx))
+                col[kx * 6] = o.0; col[kx * 6 + 1] = o.1; col[kx * 6 + 2] = o.2
+                col[kx * 6 + 3] = o.3; col[kx * 6 + 4] = o.4; col[kx * 6 + 5] = o.5
+              }
+              let dst = uu.p + kb * C * lanes + c * lanes + half * 8
+              for i in rowsOfU {
+                let r = gt(col[i], col[6 + i], col[12 + i])
+                let e = dst + (i * 6 - es.lowerBound) * eStride
+                store8(r.0, e); store8(r.1, e + eStride); store8(r.2, e + 2 * eStride)
+                store8(r.3, e + 3 * eStride); store8(r.4, e + 4 * eStride); store8(r.5, e + 5 * eStride)
               }
             }
-            let dst = uu.p + kb * C * lanes + c * lanes
-            for e in 0..<36 { (dst + e * eStride).update(from: rows + e * lanes, count: lanes) }
           }
         }
       }

@@ -301,8 +301,10 @@ extension Planner {
     case let c as Conv2D:
       let g = try c.geometry(for: inShape)
       // Under Winograd the forward (and the stride-1 backward-data with it) costs
-      // `winogradMACShare` of the direct kernel; the weight gradient stays direct.
-      let weights = BF16.applies(g) ? 1.0 : 1.25 / (trainsWinograd(g) ? winogradMACShare : 1)
+      // `winogradMACShare` of the direct kernel, and so does the weight gradient where it takes
+      // Winograd too (32+ channels each way); below that the weight gradient stays direct.
+      let directWeights = trainsWinograd(g) && !Winograd.appliesToWeights(g)
+      let weights = BF16.applies(g) ? 1.0 : 1.25 / (directWeights ? winogradMACShare : 1)
       return (g.strideH > 1 || g.strideW > 1 ? 1.8 : 1.0, weights)
     case let p as Pool2D where p.mode == .max: return (0.65, 0)
     case is BatchNorm2D: return (1.2, 0)

@@ -197,6 +197,59 @@ final class ConvKernelTests: XCTestCase {
     XCTAssertFalse(Winograd.applies(stage4), "per image, U's traffic outweighs the saved multiplies")
   }
 
+  /// Training's weight gradient through Winograd (`Winograd.backwardWeights`: dM = A dy Aᵀ, dU =
+  /// Σ dM ⊙ V, dg = Gᵀ dU G) on awkward shapes — partial tiles at both edges, uneven padding,
+  /// channels not a multiple of 8 or 16, a batch whose tiles span several chunks (chunks spanning
+  /// images), dU in two groups of elements, 1–3 threads — against the double-precision reference:
+  /// within a small multiple of the direct kernel's error, accumulating into dw, the same to the bit
+  /// on every thread count.
+  func testWinogradWeightGradientMatchesReference() {
+    let shapes = [
+      ConvGeometry(batch: 3, inChannels: 32, inHeight: 7, inWidth: 9, outChannels: 37, kernelH: 3, kernelW: 3,
+                   padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+      ConvGeometry(batch: 2, inChannels: 35, inHeight: 13, inWidth: 10, outChannels: 32, kernelH: 3, kernelW: 3,
+                   padTop: 2, padLeft: 0, padBottom: 1, padRight: 2),
+      ConvGeometry(batch: 5, inChannels: 96, inHeight: 30, inWidth: 37, outChannels: 64, kernelH: 3, kernelW: 3,
+                   padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+      ConvGeometry(batch: 2, inChannels: 128, inHeight: 9, inWidth: 10, outChannels: 130, kernelH: 3, kernelW: 3,
+                   padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+    ]
+    let saved = (Parallel.threadCount, Winograd.inTraining)
+    defer { (Parallel.threadCount, Winograd.inTraining) = saved }
+    XCTAssertLessThan(Winograd.weightsChunk(shapes[2]), 5 * 80, "several chunks")
+    XCTAssertEqual(Winograd.elementGroups(36 * 128 * 144), 2, "dU in two groups of elements")
+    for (i, g) in shapes.enumerated() {
+      Winograd.inTraining = true
+      XCTAssertTrue(Winograd.appliesToWeights(g), "\(g)")
+      let x = randomFloats(g.inputCount, seed: 90 + UInt64(i)), dy = randomFloats(g.outputCount, seed: 95 + UInt64(i))
+      let start = randomFloats(g.weightCount, seed: 99)  // dw accumulates
+      var ref = start, direct = start
+      ConvReference.backwardWeights(g, x: x, dy: dy, dw: &ref, dbias: nil)
+      Winograd.inTraining = false
+      XCTAssertFalse(Winograd.appliesToWeights(g))
+      Conv2DKernels.backwardWeights(g, x: x, dy: dy, dw: &direct, dbias: nil)
+      let directError = maxRelativeError(direct, ref)
+      Winograd.inTraining = true
+      var first: [Float]? = nil
+      for threads in [1, 2, 3] {
+        Parallel.threadCount = threads
+        var dw = start
+        Conv2DKernels.backwardWeights(g, x: x, dy: dy, dw: &dw, dbias: nil)
+        let error = maxRelativeError(dw, ref)
+        XCTAssertNotEqual(dw, direct, "\(g): took Winograd")
+        // Its rounding is 10–50× the direct kernel's and grows with the tiles summed (dy's transform
+        // has factors up to 8, 64 at a tile's corner): 2e-6 on 60 pixels, 1.1e-5 on 5,550.
+        XCTAssertLessThanOrEqual(error, 3e-5, "\(g) threads \(threads)")
+        XCTAssertLessThanOrEqual(error, max(100 * directError, 1e-6), "\(g): Winograd \(error), direct \(directError)")
+        if let f = first { XCTAssertTrue(f == dw, "\(g): threads \(threads) differ from 1") } else { first = dw }
+        if threads == 1 { print("winograd weights error \(error) direct \(directError) \(g)") }
+      }
+    }
+    // Below 32 channels either way the direct kernel keeps it.
+    XCTAssertFalse(Winograd.appliesToWeights(ConvGeometry(batch: 1, inChannels: 16, inHeight: 9, inWidth: 9,
+                                                          outChannels: 32, kernelH: 3, kernelW: 3)))
+  }
+
   /// The inference fold: y = max(scale·conv(x, w) + shift, 0) from scaled packed weights, against
   /// the reference convolution followed by the affine map and the clamp.
   func testFoldedScaleShiftReLUMatchesReference() {

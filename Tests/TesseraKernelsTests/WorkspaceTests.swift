@@ -53,6 +53,28 @@ final class WorkspaceTests: XCTestCase {
     }
   }
 
+  /// Winograd's weight gradient: dU (whole, in two groups) and one chunk's V and dM (one chunk,
+  /// several), to the byte.
+  func testWinogradWeightGradientWorkspaceMatchesLedger() {
+    let saved = (Parallel.threadCount, Winograd.inTraining)
+    defer { (Parallel.threadCount, Winograd.inTraining) = saved }
+    Winograd.inTraining = true
+    for threads in [1, 2, 3] {
+      Parallel.threadCount = threads
+      for g in [ConvGeometry(batch: 1, inChannels: 32, inHeight: 9, inWidth: 9, outChannels: 40, kernelH: 3, kernelW: 3),
+                ConvGeometry(batch: 5, inChannels: 96, inHeight: 30, inWidth: 37, outChannels: 64, kernelH: 3, kernelW: 3,
+                             padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
+                ConvGeometry(batch: 2, inChannels: 128, inHeight: 9, inWidth: 10, outChannels: 130, kernelH: 3,
+                             kernelW: 3, padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)] {
+        XCTAssertTrue(Winograd.appliesToWeights(g))
+        let x = randomFloats(g.inputCount, seed: 1), dy = randomFloats(g.outputCount, seed: 2)
+        var dw = [Float](repeating: 0, count: g.weightCount)
+        XCTAssertEqual(peak { Conv2DKernels.backwardWeights(g, x: x, dy: dy, dw: &dw, dbias: nil) },
+                       Conv2DKernels.backwardWeightsWorkspaceBytes(g, threads: threads), "\(g) threads \(threads)")
+      }
+    }
+  }
+
   func testConvolutionWithMaxPoolingWorkspaceMatchesLedger() {
     let saved = Parallel.threadCount
     defer { Parallel.threadCount = saved }
