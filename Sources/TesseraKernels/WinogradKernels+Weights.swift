@@ -1,3 +1,5 @@
+import Foundation
+
 /// The weight gradient of the Winograd forward (training, where the forward takes it).
 ///
 /// The forward computes, per 4×4 output tile, y = Aᵀ (U ⊙ V) A with U = G g Gᵀ and V = Bᵀ d B. Its
@@ -12,18 +14,22 @@
 /// (`Conv2DKernels.weightsTile`: 6 input channels × 16 output channels, summed over the tiles).
 extension Winograd {
   /// Whether training's backward-weights takes this path: where its forward does, with 32 or more
-  /// channels each way (below that its transforms' memory traffic outweighs the multiplies saved).
+  /// channels each way (below that its transforms' memory traffic outweighs the multiplies saved),
+  /// unless `weightsEnabled` is off (`TESSERA_WINOGRAD_WEIGHTS=0`: the direct kernel's rounding).
   public static func appliesToWeights(_ g: ConvGeometry) -> Bool {
-    inTraining && applies(g) && g.inChannels >= 32 && g.outChannels >= 32
+    weightsEnabled && inTraining && applies(g) && g.inChannels >= 32 && g.outChannels >= 32
   }
+  nonisolated(unsafe) public static var weightsEnabled: Bool =
+    ProcessInfo.processInfo.environment["TESSERA_WINOGRAD_WEIGHTS"] != "0"
 
-  /// Tiles per chunk: V and dM of a chunk take about 8 MiB (2 Mi floats: 256→256 at 1024², batch 4,
-  /// is one chunk), at least 48 rows so each GEMM pass over dU does some work, at most the batch's
-  /// tiles; a multiple of the GEMM's 6.
+  /// Tiles per chunk: V and dM of a chunk take at most about 8 MiB (2 Mi floats: 256→256 at 1024²,
+  /// batch 4, is one chunk), at least 48 rows so each GEMM pass over dU does some work; the batch's
+  /// tiles split evenly among the chunks (no short last one), a multiple of the GEMM's 6.
   static func weightsChunk(_ g: ConvGeometry) -> Int {
-    let (th, tw, _) = tiles(g), (c8, KB) = paddedChannels(g)
-    let fit = (1 << 21) / (36 * (c8 + KB * lanes)) / 6 * 6
-    return min(max(48, fit), (g.batch * th * tw + 5) / 6 * 6)
+    let (th, tw, _) = tiles(g), (c8, KB) = paddedChannels(g), total = g.batch * th * tw
+    let fit = max(48, (1 << 21) / (36 * (c8 + KB * lanes)) / 6 * 6)
+    let chunks = (total + fit - 1) / fit
+    return ((total + chunks - 1) / chunks + 5) / 6 * 6
   }
 
   /// Bytes held at the peak: one group's dU [36 / groups][C][KB·16], and a chunk's V [36][rows][c8]

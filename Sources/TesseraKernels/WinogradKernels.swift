@@ -52,11 +52,11 @@ public enum Winograd {
     ProcessInfo.processInfo.environment["TESSERA_WINOGRAD_BATCHED"] != "0"
 
   /// Groups of the 36 elements (whole rows of six: 1, 2, 3 or 6 groups) such that one group's share
-  /// of a [36][…] buffer of `floats` stays within 2 MiB (or the least, six): the batched forward's U
-  /// and the weight gradient's dU are made one group at a time, so a 256→256 layer holds 1.5 MiB of
-  /// them instead of 9 MiB.
+  /// of a [36][…] buffer of `floats` stays within 2.5 MiB (or the least, six): the batched forward's
+  /// U and the weight gradient's dU are made one group at a time, so a 256→256 layer holds 1.5 MiB
+  /// of them instead of 9 MiB (128→128, 2.25 MiB, stays whole).
   static func elementGroups(_ floats: Int) -> Int {
-    [1, 2, 3, 6].first { floats / $0 <= 1 << 19 } ?? 6
+    [1, 2, 3, 6].first { floats / $0 <= 640 << 10 } ?? 6
   }
 
   /// The batched path's rows (every tile of the batch, rounded up to the GEMM tile's 6) and the
