@@ -10,8 +10,9 @@ import Foundation
 /// its rows of dU, so the sums' order is fixed and runs repeat to the bit) add into dU, and the
 /// back-transform adds Gᵀ dU G into dw. dU is made one group of elements at a time
 /// (`elementGroups`: 1.5 MiB for 256→256 instead of 9 MiB); with one chunk the tiles are
-/// transformed once for all groups, with several again for each group. The GEMM tile is the direct backward-weights' own
-/// (`Conv2DKernels.weightsTile`: 6 input channels × 16 output channels, summed over the tiles).
+/// transformed once for all groups, with several again for each group. The GEMM tile is the
+/// direct backward-weights' own (`Conv2DKernels.weightsTile`: 6 input channels × 16 output
+/// channels, summed over the tiles).
 extension Winograd {
   /// Whether training's backward-weights takes this path: where its forward does, with 32 or more
   /// channels each way (below that its transforms' memory traffic outweighs the multiplies saved),
@@ -56,24 +57,27 @@ extension Winograd {
     channelOffsets.withUnsafeBufferPointer { cob in
       rowBases.withUnsafeBufferPointer { rbb in
         let to = cob.baseAddress!, pb = rbb.baseAddress!
+        /// V and dM of tiles start..<start + count (global indices), image by image.
+        func transformChunk(_ start: Int, _ count: Int) {
+          Parallel.forRanges(count) { _, r in
+            var t = start + r.lowerBound
+            while t < start + r.upperBound {
+              let n = t / perImage, end = min(start + r.upperBound, (n + 1) * perImage)
+              let tiles = (t - n * perImage)..<(end - n * perImage)
+              transformInput(g, x: x + n * imageFloats, tiles: tiles, tilesWide: tw, c8: c8, rows: rows,
+                             v: v.p + (t - start) * c8)
+              transformGradient(g, dy: dy + n * outFloats, tiles: tiles, tilesWide: tw, kpad: Kpad, rows: rows,
+                                m: m.p + (t - start) * Kpad)
+              t = end
+            }
+          }
+        }
         for e0 in stride(from: 0, to: 36, by: per) {
           if e0 > 0 { du.p.update(repeating: 0, count: per * C * Kpad) }
           var start = 0
           while start < total {
             let count = min(rows, total - start)
-            // V and dM of tiles start..<start + count, image by image (one chunk: once).
-            if e0 == 0 || chunks > 1 { Parallel.forRanges(count) { _, r in
-              var t = start + r.lowerBound
-              while t < start + r.upperBound {
-                let n = t / perImage, end = min(start + r.upperBound, (n + 1) * perImage)
-                let tiles = (t - n * perImage)..<(end - n * perImage)
-                transformInput(g, x: x + n * imageFloats, tiles: tiles, tilesWide: tw, c8: c8, rows: rows,
-                               v: v.p + (t - start) * c8)
-                transformGradient(g, dy: dy + n * outFloats, tiles: tiles, tilesWide: tw, kpad: Kpad, rows: rows,
-                                  m: m.p + (t - start) * Kpad)
-                t = end
-              }
-            } }
+            if e0 == 0 || chunks > 1 { transformChunk(start, count) }  // one chunk: transformed once
             // dU[e][c][kb·16 ..< +16] += Σ over the chunk's tiles V[e][tile][c] · dM[e][tile][kb·16 ..< +16].
             Parallel.forChunks(per * KB, chunk: 1) { _, items in
               for item in items {
@@ -120,14 +124,12 @@ extension Winograd {
         let rowsValid = min(4, Ho - oy0), cols = min(4, Wo - ox0)
         var k0 = 0
         while k0 < kpad {
-          var planes = SIMD8<Int>()
-          for l in 0..<8 { planes[l] = min(k0 + l, K - 1) * P }
+          let planes = laneOffsets(from: k0, count: K, stride: P)
           for r in 0..<4 {
             for s in 0..<4 {
               if r < rowsValid && s < cols {
                 let o = (oy0 + r) * Wo + ox0 + s
-                d[r * 4 + s] = SIMD8(dy[planes[0] + o], dy[planes[1] + o], dy[planes[2] + o], dy[planes[3] + o],
-                                     dy[planes[4] + o], dy[planes[5] + o], dy[planes[6] + o], dy[planes[7] + o])
+                d[r * 4 + s] = gather8(dy + o, planes)
               } else {
                 d[r * 4 + s] = .zero
               }

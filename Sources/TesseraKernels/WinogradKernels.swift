@@ -236,17 +236,12 @@ public enum Winograd {
         for kb in kbs {
           for half in 0..<2 {
             let k0 = kb * lanes + half * 8, kValid = max(0, min(8, K - k0))
-            var sk = SIMD8<Float>(), offsets = SIMD8<Int>()
-            for l in 0..<8 {
-              sk[l] = l < kValid ? scale?[k0 + l] ?? 1 : 0
-              offsets[l] = min(k0 + l, K - 1) * C * 9
-            }
+            var sk = SIMD8<Float>()
+            for l in 0..<8 { sk[l] = l < kValid ? scale?[k0 + l] ?? 1 : 0 }
+            let offsets = laneOffsets(from: k0, count: K, stride: C * 9)
             for c in 0..<C {
               let f = w + c * 9
-              @inline(__always) func tap(_ t: Int) -> SIMD8<Float> {
-                SIMD8(f[offsets[0] + t], f[offsets[1] + t], f[offsets[2] + t], f[offsets[3] + t],
-                      f[offsets[4] + t], f[offsets[5] + t], f[offsets[6] + t], f[offsets[7] + t]) * sk
-              }
+              @inline(__always) func tap(_ t: Int) -> SIMD8<Float> { gather8(f + t, offsets) * sk }
               for kx in 0..<3 {
                 let o = gt(tap(kx), tap(3 + kx), tap(6 + kx))
                 col[kx * 6] = o.0; col[kx * 6 + 1] = o.1; col[kx * 6 + 2] = o.2
@@ -264,6 +259,22 @@ public enum Winograd {
         }
       }
     }
+  }
+
+  /// Offsets of eight consecutive channels' planes from channel c0, lanes past `count` repeating the
+  /// last channel (they fill padding lanes, never read).
+  @inline(__always)
+  static func laneOffsets(from c0: Int, count: Int, stride: Int) -> SIMD8<Int> {
+    var o = SIMD8<Int>()
+    for l in 0..<8 { o[l] = min(c0 + l, count - 1) * stride }
+    return o
+  }
+
+  /// p[offsets[l]] in lane l.
+  @inline(__always)
+  static func gather8(_ p: UnsafePointer<Float>, _ offsets: SIMD8<Int>) -> SIMD8<Float> {
+    SIMD8(p[offsets[0]], p[offsets[1]], p[offsets[2]], p[offsets[3]],
+          p[offsets[4]], p[offsets[5]], p[offsets[6]], p[offsets[7]])
   }
 
   /// Bᵀ d for six values (a column or a row of a patch).
@@ -291,15 +302,13 @@ public enum Winograd {
         let inside = iy0 >= 0 && iy0 + 6 <= H && ix0 >= 0 && ix0 + 6 <= W
         var c0 = 0
         while c0 < C {
-          var planes = SIMD8<Int>()
-          for l in 0..<8 { planes[l] = min(c0 + l, C - 1) * plane }
+          let planes = laneOffsets(from: c0, count: C, stride: plane)
           for r in 0..<6 {
             for s in 0..<6 {
               let yy = iy0 + r, xx = ix0 + s
               if inside || (yy >= 0 && yy < H && xx >= 0 && xx < W) {
                 let o = yy * W + xx
-                d[r * 6 + s] = SIMD8(x[planes[0] + o], x[planes[1] + o], x[planes[2] + o], x[planes[3] + o],
-                                     x[planes[4] + o], x[planes[5] + o], x[planes[6] + o], x[planes[7] + o])
+                d[r * 6 + s] = gather8(x + o, planes)
               } else {
                 d[r * 6 + s] = .zero
               }

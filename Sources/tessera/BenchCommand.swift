@@ -120,10 +120,14 @@ struct ConvBench: ParsableCommand {
       Winograd F(4×4, 3×3) for 3×3 stride-1 layers of 16+ channels (GFLOP/s counted as the direct
       convolution's FLOPs, so the two compare), the direct kernel otherwise. `backward-data` is
       training's: at stride 1 a forward of the flipped weights, so Winograd where it applies.
+      `backward-weights` is training's too: Winograd's weight gradient where the forward takes
+      Winograd and both channel counts are 32 or more, the direct kernel otherwise.
       gflops (JSON) is the three kernels a training step runs. `bf16 forward` is the forward and
       backward-weights of --compute bf16 (bf16 multiplies, fp32 sums) on CPUs with AVX512_BF16 (its
       stride-1 backward-data is its forward kernel).
-      TESSERA_WINOGRAD=0 turns Winograd off everywhere; TESSERA_WINOGRAD_TRAINING=0 in training only.
+      TESSERA_WINOGRAD=0 turns Winograd off everywhere; TESSERA_WINOGRAD_TRAINING=0 in training only;
+      TESSERA_WINOGRAD_WEIGHTS=0 keeps the weight gradient direct; TESSERA_WINOGRAD_BATCHED=0 keeps
+      the per-image tile blocks (wide layers on small maps then take the direct kernel).
       """))
 
   @Option(help: "Input C×H×W, e.g. 16x256x256.") var input = "16x256x256"
