@@ -60,15 +60,12 @@ extension Winograd {
         /// V and dM of tiles start..<start + count (global indices), image by image.
         func transformChunk(_ start: Int, _ count: Int) {
           Parallel.forRanges(count) { _, r in
-            var t = start + r.lowerBound
-            while t < start + r.upperBound {
-              let n = t / perImage, end = min(start + r.upperBound, (n + 1) * perImage)
-              let tiles = (t - n * perImage)..<(end - n * perImage)
+            eachImage((start + r.lowerBound)..<(start + r.upperBound), perImage: perImage) { n, tiles in
+              let row = n * perImage + tiles.lowerBound - start  // the chunk's row of the first tile
               transformInput(g, x: x + n * imageFloats, tiles: tiles, tilesWide: tw, c8: c8, rows: rows,
-                             v: v.p + (t - start) * c8)
+                             v: v.p + row * c8)
               transformGradient(g, dy: dy + n * outFloats, tiles: tiles, tilesWide: tw, kpad: Kpad, rows: rows,
-                                m: m.p + (t - start) * Kpad)
-              t = end
+                                m: m.p + row * Kpad)
             }
           }
         }

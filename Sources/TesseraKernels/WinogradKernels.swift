@@ -144,6 +144,18 @@ public enum Winograd {
     withExtendedLifetime((uBuf, scratch)) {}
   }
 
+  /// Tiles `r` of the batch (global indices, `perImage` to an image) image by image: body(n, image
+  /// n's tiles).
+  @inline(__always)
+  static func eachImage(_ r: Range<Int>, perImage: Int, _ body: (Int, Range<Int>) -> Void) {
+    var t = r.lowerBound
+    while t < r.upperBound {
+      let n = t / perImage, end = min(r.upperBound, (n + 1) * perImage)
+      body(n, (t - n * perImage)..<(end - n * perImage))
+      t = end
+    }
+  }
+
   /// The forward with every tile of the batch at once (`batched`): the input transform of all
   /// tiles (split among the threads by tiles), the 36 × KB GEMMs over all of them (handed out on
   /// demand, e-major so consecutive ones share V[e]), then the output transform. The same sums in
@@ -162,17 +174,8 @@ public enum Winograd {
     let yy = SendablePointer(y)
     let floor: Float = relu ? 0 : -.infinity
     let imageFloats = C * g.inHeight * g.inWidth, outFloats = K * g.outHeight * g.outWidth
-    /// Tiles `r` of the batch (global indices), image by image.
-    func eachImage(_ r: Range<Int>, _ body: (Int, Range<Int>) -> Void) {
-      var t = r.lowerBound
-      while t < r.upperBound {
-        let n = t / perImage, end = min(r.upperBound, (n + 1) * perImage)
-        body(n, (t - n * perImage)..<(end - n * perImage))
-        t = end
-      }
-    }
     Parallel.forRanges(total) { _, r in
-      eachImage(r) { n, tiles in
+      eachImage(r, perImage: perImage) { n, tiles in
         transformInput(g, x: x + n * imageFloats, tiles: tiles, tilesWide: tw, c8: c8, rows: rows,
                        v: v.p + (n * perImage + tiles.lowerBound) * c8)
       }
@@ -200,7 +203,7 @@ public enum Winograd {
       }
     }
     Parallel.forRanges(total) { _, r in
-      eachImage(r) { n, tiles in
+      eachImage(r, perImage: perImage) { n, tiles in
         for kb in 0..<KB {
           transformOutput(g, m: UnsafePointer(m.p) + (kb * rows + n * perImage + tiles.lowerBound) * lanes,
                           eStride: KB * rows * lanes, tiles: tiles, tilesWide: tw, kBase: kb * lanes,
