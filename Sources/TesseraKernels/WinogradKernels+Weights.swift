@@ -15,10 +15,14 @@ import Foundation
 /// channels, summed over the tiles).
 extension Winograd {
   /// Whether training's backward-weights takes this path: where its forward does, with 32 or more
-  /// channels each way (below that its transforms' memory traffic outweighs the multiplies saved),
-  /// unless `weightsEnabled` is off (`TESSERA_WINOGRAD_WEIGHTS=0`: the direct kernel's rounding).
+  /// channels each way (below that its transforms' memory traffic outweighs the multiplies saved)
+  /// and 48 or more tiles in the batch (below that dU's transforms and the GEMMs' short sweeps do:
+  /// 256→256 on 8×8 maps, batch 2–4, measured slower than the direct kernel), unless
+  /// `weightsEnabled` is off (`TESSERA_WINOGRAD_WEIGHTS=0`: the direct kernel's rounding).
   public static func appliesToWeights(_ g: ConvGeometry) -> Bool {
-    weightsEnabled && inTraining && applies(g) && g.inChannels >= 32 && g.outChannels >= 32
+    guard weightsEnabled && inTraining && applies(g) && g.inChannels >= 32 && g.outChannels >= 32 else { return false }
+    let (th, tw, _) = tiles(g)
+    return g.batch * th * tw >= 48
   }
   nonisolated(unsafe) public static var weightsEnabled: Bool =
     ProcessInfo.processInfo.environment["TESSERA_WINOGRAD_WEIGHTS"] != "0"

@@ -38,14 +38,15 @@ public enum Winograd {
   /// Whether the forward takes the whole batch's tiles at once: V and M for every tile, then each
   /// (e, 16-channel block) GEMM over all of them, so U is read once per call instead of once per
   /// block of tiles of each image. Taken where per-image blocks do not pay (U over 2.25 MiB: C·K
-  /// above 128·128, and fewer than four blocks of tiles per image), while V and M stay within
-  /// 32 MiB. (Below that, at 64→64 and 128→128, it measured no faster than the per-image blocks:
+  /// above 128·128, and fewer than four blocks of tiles per image), with 16 or more tiles in the
+  /// batch (below that the transforms outweigh the multiplies saved: 256→256 on 4×4 maps, batch 2,
+  /// took twice the direct kernel's time), while V and M stay within 32 MiB. (Below that, at 64→64 and 128→128, it measured no faster than the per-image blocks:
   /// their V stays in L2.) `batchedEnabled` false (tests, `TESSERA_WINOGRAD_BATCHED=0`) keeps the
   /// per-image blocks, and such layers take the direct kernel.
   static func batched(_ g: ConvGeometry) -> Bool {
     guard batchedEnabled, g.inChannels * g.outChannels > 128 * 128 else { return false }
     let (th, tw, _) = tiles(g)
-    guard th * tw < 4 * tileBlock else { return false }
+    guard th * tw < 4 * tileBlock, g.batch * th * tw >= 16 else { return false }
     return batchedFloats(g).v + batchedFloats(g).m <= 8 << 20
   }
   nonisolated(unsafe) public static var batchedEnabled: Bool =

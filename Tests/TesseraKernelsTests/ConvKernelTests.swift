@@ -193,6 +193,9 @@ final class ConvKernelTests: XCTestCase {
     let stage4 = ConvGeometry(batch: 4, inChannels: 256, inHeight: 16, inWidth: 16, outChannels: 256, kernelH: 3,
                               kernelW: 3, padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)
     XCTAssertTrue(Winograd.applies(stage4) && Winograd.batched(stage4))
+    let tiny = ConvGeometry(batch: 2, inChannels: 256, inHeight: 4, inWidth: 4, outChannels: 256, kernelH: 3,
+                            kernelW: 3, padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)
+    XCTAssertFalse(Winograd.applies(tiny), "2 tiles: the transforms outweigh the multiplies saved")
     Winograd.batchedEnabled = false
     XCTAssertFalse(Winograd.applies(stage4), "per image, U's traffic outweighs the saved multiplies")
   }
@@ -205,13 +208,13 @@ final class ConvKernelTests: XCTestCase {
   /// on every thread count.
   func testWinogradWeightGradientMatchesReference() {
     let shapes = [
-      ConvGeometry(batch: 3, inChannels: 32, inHeight: 7, inWidth: 9, outChannels: 37, kernelH: 3, kernelW: 3,
+      ConvGeometry(batch: 8, inChannels: 32, inHeight: 7, inWidth: 9, outChannels: 37, kernelH: 3, kernelW: 3,
                    padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
-      ConvGeometry(batch: 2, inChannels: 35, inHeight: 13, inWidth: 10, outChannels: 32, kernelH: 3, kernelW: 3,
+      ConvGeometry(batch: 4, inChannels: 35, inHeight: 13, inWidth: 10, outChannels: 32, kernelH: 3, kernelW: 3,
                    padTop: 2, padLeft: 0, padBottom: 1, padRight: 2),
       ConvGeometry(batch: 5, inChannels: 96, inHeight: 30, inWidth: 37, outChannels: 64, kernelH: 3, kernelW: 3,
                    padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
-      ConvGeometry(batch: 2, inChannels: 128, inHeight: 9, inWidth: 10, outChannels: 130, kernelH: 3, kernelW: 3,
+      ConvGeometry(batch: 6, inChannels: 128, inHeight: 9, inWidth: 10, outChannels: 130, kernelH: 3, kernelW: 3,
                    padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
     ]
     let saved = (Parallel.threadCount, Winograd.inTraining)
@@ -245,8 +248,10 @@ final class ConvKernelTests: XCTestCase {
         if threads == 1 { print("winograd weights error \(error) direct \(directError) \(g)") }
       }
     }
-    // Below 32 channels either way the direct kernel keeps it.
-    XCTAssertFalse(Winograd.appliesToWeights(ConvGeometry(batch: 1, inChannels: 16, inHeight: 9, inWidth: 9,
+    // Below 32 channels either way, or 48 tiles in the batch, the direct kernel keeps it.
+    XCTAssertFalse(Winograd.appliesToWeights(ConvGeometry(batch: 8, inChannels: 16, inHeight: 9, inWidth: 9,
+                                                          outChannels: 32, kernelH: 3, kernelW: 3)))
+    XCTAssertFalse(Winograd.appliesToWeights(ConvGeometry(batch: 1, inChannels: 32, inHeight: 9, inWidth: 9,
                                                           outChannels: 32, kernelH: 3, kernelW: 3)))
   }
 

@@ -61,10 +61,10 @@ final class WorkspaceTests: XCTestCase {
     Winograd.inTraining = true
     for threads in [1, 2, 3] {
       Parallel.threadCount = threads
-      for g in [ConvGeometry(batch: 1, inChannels: 32, inHeight: 9, inWidth: 9, outChannels: 40, kernelH: 3, kernelW: 3),
+      for g in [ConvGeometry(batch: 12, inChannels: 32, inHeight: 9, inWidth: 9, outChannels: 40, kernelH: 3, kernelW: 3),
                 ConvGeometry(batch: 5, inChannels: 96, inHeight: 30, inWidth: 37, outChannels: 64, kernelH: 3, kernelW: 3,
                              padTop: 1, padLeft: 1, padBottom: 1, padRight: 1),
-                ConvGeometry(batch: 2, inChannels: 128, inHeight: 9, inWidth: 10, outChannels: 130, kernelH: 3,
+                ConvGeometry(batch: 6, inChannels: 128, inHeight: 9, inWidth: 10, outChannels: 130, kernelH: 3,
                              kernelW: 3, padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)] {
         XCTAssertTrue(Winograd.appliesToWeights(g))
         let x = randomFloats(g.inputCount, seed: 1), dy = randomFloats(g.outputCount, seed: 2)
