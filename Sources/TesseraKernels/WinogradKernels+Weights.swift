@@ -57,46 +57,42 @@ extension Winograd {
     let vBuf = Buffer(floats: 36 * rows * c8, zeroed: false), mBuf = Buffer(floats: 36 * rows * Kpad, zeroed: false)
     let du = SendablePointer(duBuf.floats), v = SendablePointer(vBuf.floats), m = SendablePointer(mBuf.floats)
     let imageFloats = C * g.inHeight * g.inWidth, outFloats = K * g.outHeight * g.outWidth
-    let channelOffsets = Array(0..<C), rowBases = (0..<rows).map { $0 * c8 }
-    channelOffsets.withUnsafeBufferPointer { cob in
-      rowBases.withUnsafeBufferPointer { rbb in
-        let to = cob.baseAddress!, pb = rbb.baseAddress!
-        /// V and dM of tiles start..<start + count (global indices), image by image.
-        func transformChunk(_ start: Int, _ count: Int) {
-          Parallel.forRanges(count) { _, r in
-            eachImage((start + r.lowerBound)..<(start + r.upperBound), perImage: perImage) { n, tiles in
-              let row = n * perImage + tiles.lowerBound - start  // the chunk's row of the first tile
-              transformInput(g, x: x + n * imageFloats, tiles: tiles, tilesWide: tw, c8: c8, rows: rows,
-                             v: v.p + row * c8)
-              transformGradient(g, dy: dy + n * outFloats, tiles: tiles, tilesWide: tw, kpad: Kpad, rows: rows,
-                                m: m.p + row * Kpad)
-            }
+    withGEMMOffsets(channels: C, rows: rows, c8: c8) { to, pb in
+      /// V and dM of tiles start..<start + count (global indices), image by image.
+      func transformChunk(_ start: Int, _ count: Int) {
+        Parallel.forRanges(count) { _, r in
+          eachImage((start + r.lowerBound)..<(start + r.upperBound), perImage: perImage) { n, tiles in
+            let row = n * perImage + tiles.lowerBound - start  // the chunk's row of the first tile
+            transformInput(g, x: x + n * imageFloats, tiles: tiles, tilesWide: tw, c8: c8, rows: rows,
+                           v: v.p + row * c8)
+            transformGradient(g, dy: dy + n * outFloats, tiles: tiles, tilesWide: tw, kpad: Kpad, rows: rows,
+                              m: m.p + row * Kpad)
           }
         }
-        for e0 in stride(from: 0, to: 36, by: per) {
-          if e0 > 0 { du.p.update(repeating: 0, count: per * C * Kpad) }
-          var start = 0
-          while start < total {
-            let count = min(rows, total - start)
-            if e0 == 0 || chunks > 1 { transformChunk(start, count) }  // one chunk: transformed once
-            // dU[e][c][kb·16 ..< +16] += Σ over the chunk's tiles V[e][tile][c] · dM[e][tile][kb·16 ..< +16].
-            Parallel.forChunks(per * KB, chunk: 1) { _, items in
-              for item in items {
-                let e = e0 + item / KB, kb = item % KB
-                let ve = UnsafePointer(v.p) + e * rows * c8, me = UnsafePointer(m.p) + e * rows * Kpad + kb * lanes
-                let acc = du.p + (e - e0) * C * Kpad + kb * lanes
-                var c0 = 0
-                while c0 < C {
-                  Conv2DKernels.weightsTile(t0: c0, T: C, to: to, pb: pb, pixels: 0..<count, xg: ve, dyt: me,
-                                            Kpad: Kpad, acc: acc)
-                  c0 += 6
-                }
+      }
+      for e0 in stride(from: 0, to: 36, by: per) {
+        if e0 > 0 { du.p.update(repeating: 0, count: per * C * Kpad) }
+        var start = 0
+        while start < total {
+          let count = min(rows, total - start)
+          if e0 == 0 || chunks > 1 { transformChunk(start, count) }  // one chunk: transformed once
+          // dU[e][c][kb·16 ..< +16] += Σ over the chunk's tiles V[e][tile][c] · dM[e][tile][kb·16 ..< +16].
+          Parallel.forChunks(per * KB, chunk: 1) { _, items in
+            for item in items {
+              let e = e0 + item / KB, kb = item % KB
+              let ve = UnsafePointer(v.p) + e * rows * c8, me = UnsafePointer(m.p) + e * rows * Kpad + kb * lanes
+              let acc = du.p + (e - e0) * C * Kpad + kb * lanes
+              var c0 = 0
+              while c0 < C {
+                Conv2DKernels.weightsTile(t0: c0, T: C, to: to, pb: pb, pixels: 0..<count, xg: ve, dyt: me,
+                                          Kpad: Kpad, acc: acc)
+                c0 += 6
               }
             }
-            start += count
           }
-          addBackTransformed(g, du: UnsafePointer(du.p), e: e0..<(e0 + per), dw: dw)
+          start += count
         }
+        addBackTransformed(g, du: UnsafePointer(du.p), e: e0..<(e0 + per), dw: dw)
       }
     }
     withExtendedLifetime((duBuf, vBuf, mBuf)) {}

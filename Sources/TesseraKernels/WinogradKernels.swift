@@ -40,14 +40,16 @@ public enum Winograd {
   /// block of tiles of each image. Taken where per-image blocks do not pay (U over 2.25 MiB: C·K
   /// above 128·128, and fewer than four blocks of tiles per image), with 16 or more tiles in the
   /// batch (below that the transforms outweigh the multiplies saved: 256→256 on 4×4 maps, batch 2,
-  /// took twice the direct kernel's time), while V and M stay within 32 MiB. (Below that, at 64→64 and 128→128, it measured no faster than the per-image blocks:
-  /// their V stays in L2.) `batchedEnabled` false (tests, `TESSERA_WINOGRAD_BATCHED=0`) keeps the
-  /// per-image blocks, and such layers take the direct kernel.
+  /// took twice the direct kernel's time), while V and M stay within 32 MiB. (At 64→64 and 128→128
+  /// it measured no faster than the per-image blocks: their V stays in L2.) `batchedEnabled` false
+  /// (tests, `TESSERA_WINOGRAD_BATCHED=0`) keeps the per-image blocks, and such layers take the
+  /// direct kernel.
   static func batched(_ g: ConvGeometry) -> Bool {
     guard batchedEnabled, g.inChannels * g.outChannels > 128 * 128 else { return false }
     let (th, tw, _) = tiles(g)
     guard th * tw < 4 * tileBlock, g.batch * th * tw >= 16 else { return false }
-    return batchedFloats(g).v + batchedFloats(g).m <= 8 << 20
+    let b = batchedFloats(g)
+    return b.v + b.m <= 8 << 20
   }
   nonisolated(unsafe) public static var batchedEnabled: Bool =
     ProcessInfo.processInfo.environment["TESSERA_WINOGRAD_BATCHED"] != "0"
@@ -111,33 +113,28 @@ public enum Winograd {
     let floor: Float = relu ? 0 : -.infinity
     // The GEMMs run the direct kernel's register tile (`Conv2DKernels.forwardTile`) with V's rows as
     // its "pixels" and the channels as its "taps".
-    let channelOffsets = Array(0..<C), rowBases = (0..<tileBlock).map { $0 * c8 }
-    channelOffsets.withUnsafeBufferPointer { cob in
-      rowBases.withUnsafeBufferPointer { rbb in
-        let to = cob.baseAddress!, pb = rbb.baseAddress!
-        Parallel.forChunks(g.batch * blocks, chunk: 1, maxWorkers: nWorkers) { worker, items in
-          let v = scratch[worker].v.floats, m = scratch[worker].m.floats
-          for item in items {
-            let n = item / blocks, t0 = item % blocks * tileBlock
-            let tb = min(tileBlock, (g.outHeight + 3) / 4 * tw - t0)
-            transformInput(g, x: x + n * C * g.inHeight * g.inWidth, tiles: t0..<(t0 + tb), tilesWide: tw, c8: c8,
-                           rows: tileBlock, v: v)
-            for kb in 0..<KB {
-              // M[e][tile][16] = V[e][tile][:C] · U[e][kb][:C][16], six tiles at a time.
-              for e in 0..<36 {
-                let ve = UnsafePointer(v) + e * tileBlock * c8, ue = u + (e * KB + kb) * C * lanes
-                var r = 0
-                while r < tb {
-                  Conv2DKernels.forwardTile(T: C, to: to, pb: pb, p0: r, P: tb, xg: ve, wk: ue,
-                                            out: m + (e * tileBlock + r) * lanes)
-                  r += 6
-                }
+    withGEMMOffsets(channels: C, rows: tileBlock, c8: c8) { to, pb in
+      Parallel.forChunks(g.batch * blocks, chunk: 1, maxWorkers: nWorkers) { worker, items in
+        let v = scratch[worker].v.floats, m = scratch[worker].m.floats
+        for item in items {
+          let n = item / blocks, t0 = item % blocks * tileBlock
+          let tb = min(tileBlock, (g.outHeight + 3) / 4 * tw - t0)
+          transformInput(g, x: x + n * C * g.inHeight * g.inWidth, tiles: t0..<(t0 + tb), tilesWide: tw, c8: c8,
+                         rows: tileBlock, v: v)
+          for kb in 0..<KB {
+            // M[e][tile][16] = V[e][tile][:C] · U[e][kb][:C][16], six tiles at a time.
+            for e in 0..<36 {
+              let ve = UnsafePointer(v) + e * tileBlock * c8, ue = u + (e * KB + kb) * C * lanes
+              var r = 0
+              while r < tb {
+                Conv2DKernels.forwardTile(T: C, to: to, pb: pb, p0: r, P: tb, xg: ve, wk: ue,
+                                          out: m + (e * tileBlock + r) * lanes)
+                r += 6
               }
-              transformOutput(g, m: UnsafePointer(m), eStride: tileBlock * lanes, tiles: t0..<(t0 + tb), tilesWide: tw,
-                              kBase: kb * lanes,
-                              kValid: min(lanes, K - kb * lanes), bias: bias, floor: floor,
-                              y: yy.p + n * K * g.outHeight * g.outWidth)
             }
+            transformOutput(g, m: UnsafePointer(m), eStride: tileBlock * lanes, tiles: t0..<(t0 + tb),
+                            tilesWide: tw, kBase: kb * lanes, kValid: min(lanes, K - kb * lanes), bias: bias,
+                            floor: floor, y: yy.p + n * K * g.outHeight * g.outWidth)
           }
         }
       }
@@ -181,23 +178,19 @@ public enum Winograd {
                        v: v.p + (n * perImage + tiles.lowerBound) * c8)
       }
     }
-    let channelOffsets = Array(0..<C), rowBases = (0..<rows).map { $0 * c8 }
-    channelOffsets.withUnsafeBufferPointer { cob in
-      rowBases.withUnsafeBufferPointer { rbb in
-        let to = cob.baseAddress!, pb = rbb.baseAddress!
-        // U one group of elements at a time (`elementGroups`), each group's GEMMs after it.
-        for e0 in stride(from: 0, to: 36, by: per) {
-          transformWeights(g, w: w, scale: scale, u: uBuf.floats, e: e0..<(e0 + per))
-          Parallel.forChunks(per * KB, chunk: 1) { _, items in
-            for item in items {
-              let e = e0 + item / KB, kb = item % KB
-              let ve = UnsafePointer(v.p) + e * rows * c8, ue = u + ((e - e0) * KB + kb) * C * lanes
-              let me = m.p + (e * KB + kb) * rows * lanes
-              var r = 0
-              while r < total {
-                Conv2DKernels.forwardTile(T: C, to: to, pb: pb, p0: r, P: total, xg: ve, wk: ue, out: me + r * lanes)
-                r += 6
-              }
+    withGEMMOffsets(channels: C, rows: rows, c8: c8) { to, pb in
+      // U one group of elements at a time (`elementGroups`), each group's GEMMs after it.
+      for e0 in stride(from: 0, to: 36, by: per) {
+        transformWeights(g, w: w, scale: scale, u: uBuf.floats, e: e0..<(e0 + per))
+        Parallel.forChunks(per * KB, chunk: 1) { _, items in
+          for item in items {
+            let e = e0 + item / KB, kb = item % KB
+            let ve = UnsafePointer(v.p) + e * rows * c8, ue = u + ((e - e0) * KB + kb) * C * lanes
+            let me = m.p + (e * KB + kb) * rows * lanes
+            var r = 0
+            while r < total {
+              Conv2DKernels.forwardTile(T: C, to: to, pb: pb, p0: r, P: total, xg: ve, wk: ue, out: me + r * lanes)
+              r += 6
             }
           }
         }
@@ -262,6 +255,17 @@ public enum Winograd {
           }
         }
       }
+    }
+  }
+
+  /// The GEMMs' offsets, for the direct kernel's register tiles run over transformed tiles: `to`,
+  /// each channel's offset in a row of V (0..<C, the "taps"), and `pb`, each of `rows` rows' start
+  /// (row·c8, the "pixels").
+  static func withGEMMOffsets<R>(channels: Int, rows: Int, c8: Int,
+                                 _ body: (_ to: UnsafePointer<Int>, _ pb: UnsafePointer<Int>) -> R) -> R {
+    let channelOffsets = Array(0..<channels), rowBases = (0..<rows).map { $0 * c8 }
+    return channelOffsets.withUnsafeBufferPointer { cob in
+      rowBases.withUnsafeBufferPointer { rbb in body(cob.baseAddress!, rbb.baseAddress!) }
     }
   }
 
@@ -348,8 +352,8 @@ public enum Winograd {
 
   /// y[k][4·ty + r][4·tx + s] = (Aᵀ M A)[r][s] + bias[k], clamped below at `floor`, for the 16
   /// output channels from kBase (eight at a time) and each tile; cells past the map's edge are dropped.
-  static func transformOutput(_ g: ConvGeometry, m: UnsafePointer<Float>, eStride: Int, tiles: Range<Int>, tilesWide tw: Int,
-                              kBase: Int, kValid: Int, bias: UnsafePointer<Float>?, floor: Float,
+  static func transformOutput(_ g: ConvGeometry, m: UnsafePointer<Float>, eStride: Int, tiles: Range<Int>,
+                              tilesWide tw: Int, kBase: Int, kValid: Int, bias: UnsafePointer<Float>?, floor: Float,
                               y: UnsafeMutablePointer<Float>) {
     let Ho = g.outHeight, Wo = g.outWidth, P = Ho * Wo
     withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 28) { buf in
