@@ -17,11 +17,17 @@ extension Conv2DKernels {
   /// Bands per image, conv rows per band buffer, and buffers (one per worker). Threads share one
   /// image by bands: whole images per thread (two padded images at once, as `forward` does) measured
   /// ~1.5× slower for the fcn-large stem at 1024² on this 2-core machine.
+  /// A band buffer holds its pool rows' conv rows, and with `StridedWinograd` up to two more at
+  /// each end: it computes whole tile rows (3 conv rows), and the rows past the band are kept for
+  /// the next one.
   static func pooledLayout(_ g: ConvGeometry, _ pg: PoolGeometry, threads: Int) -> (bands: Int, bandRows: Int, buffers: Int) {
     let bands = (pg.outHeight + poolBandRows - 1) / poolBandRows
-    let bandRows = min(pg.inHeight, (poolBandRows - 1) * pg.strideH + pg.kernelH)
-    return (bands, bandRows, max(1, min(bands, threads)))
+    let rows = (poolBandRows - 1) * pg.strideH + pg.kernelH + 2 * (tileRows(g) - 1)
+    return (bands, min(pg.inHeight, rows), max(1, min(bands, threads)))
   }
+
+  /// Conv rows the pooled pass computes together: a Winograd tile's 3, or 1.
+  static func tileRows(_ g: ConvGeometry) -> Int { !BF16.applies(g) && StridedWinograd.applies(g) ? 3 : 1 }
 
   /// Floats between two channels' rows in a band buffer: the rows, plus one cache line when that
   /// would put every channel at the same offset modulo 4 KiB (the L1 sets the stores go to).
@@ -33,66 +39,86 @@ extension Conv2DKernels {
   /// Workspace bytes of `forwardMaxPooled` at its peak, for the planner (tests hold it to the ledger).
   public static func forwardMaxPooledWorkspaceBytes(_ g: ConvGeometry, pool pg: PoolGeometry, threads: Int) -> Int {
     let l = pooledLayout(g, pg, threads: threads)
-    let weightsAndImage = BF16.applies(g) ? BF16.weightPairs(g) + BF16.imagePairs(g) : packedWeightFloats(g) + paddedFloats(g)
+    let weightsAndImage = BF16.applies(g) ? BF16.weightPairs(g) + BF16.imagePairs(g)
+      : tileRows(g) > 1 ? StridedWinograd.uFloats(g) + l.buffers * StridedWinograd.scratchFloats(g)
+      : packedWeightFloats(g) + paddedFloats(g)
     return 4 * (weightsAndImage + l.buffers * g.outChannels * bandPlane(l.bandRows, g.outWidth))
   }
 
   /// y (N, K, Hq, Wq) = maxpool(max(scale·conv(x, w) + bias, floor)), pg being the pooling of the
-  /// convolution's output (planes N·K, Ho × Wo). The same values as `forward` then
-  /// `Pool2DKernels.maxForward`.
+  /// convolution's output (planes N·K, Ho × Wo). The same values as `forward` (with `winograd`)
+  /// then `Pool2DKernels.maxForward`.
   public static func forwardMaxPooled(
     _ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     scale: UnsafePointer<Float>?, relu: Bool, pool pg: PoolGeometry, y: UnsafeMutablePointer<Float>
   ) {
     precondition(pg.planes == g.batch * g.outChannels && pg.inHeight == g.outHeight && pg.inWidth == g.outWidth,
                  "pooling \(pg) does not match the convolution \(g)")
-    let K = g.outChannels, Wo = g.outWidth, Hq = pg.outHeight, Wq = pg.outWidth
+    let K = g.outChannels, Ho = g.outHeight, Wo = g.outWidth, Hq = pg.outHeight, Wq = pg.outWidth
     let layout = pooledLayout(g, pg, threads: Parallel.threadCount)
-    // The convolution's rows in fp32 or (`BF16.applies`) bf16: weights, one padded image, offsets.
-    let bf16 = BF16.applies(g)
-    let wtBuf = bf16 ? BF16.packWeights(g, w: w, scale: scale) : packWeights(g, w: w, scale: scale)
-    let img: PaddedImage? = bf16 ? nil : PaddedImage(g)
+    // The convolution's rows in fp32 or (`BF16.applies`) bf16 — weights, one padded image, offsets —
+    // or by `StridedWinograd` (U, and V and M per worker; it reads the image itself).
+    let bf16 = BF16.applies(g), align = tileRows(g), strided = align > 1
+    let wtBuf = bf16 ? BF16.packWeights(g, w: w, scale: scale)
+      : strided ? StridedWinograd.weights(g, w: w, scale: scale) : packWeights(g, w: w, scale: scale)
+    let img: PaddedImage? = bf16 || strided ? nil : PaddedImage(g)
     let packed: BF16.PackedImage? = bf16 ? BF16.PackedImage(g) : nil
+    let scratch = strided ? (0..<layout.buffers).map { _ in StridedWinograd.Scratch(g) } : []
     let bandPlane = Self.bandPlane(layout.bandRows, Wo)
     let bufs = (0..<layout.buffers).map { _ in Buffer(floats: K * bandPlane, zeroed: false) }
-    let hp = img?.hp ?? packed!.hp, wp = img?.wp ?? packed!.wp, plane = hp * wp
-    let to = bf16 ? [] : tapOffsets(g, hp: hp, wp: wp), to16 = bf16 ? BF16.stepOffsets(g, hp: hp, wp: wp) : []
-    let yy = SendablePointer(y)
+    let hp = img?.hp ?? packed?.hp ?? 0, wp = img?.wp ?? packed?.wp ?? 0, plane = hp * wp
+    let to = bf16 || strided ? [] : tapOffsets(g, hp: hp, wp: wp), to16 = bf16 ? BF16.stepOffsets(g, hp: hp, wp: wp) : []
+    let yy = SendablePointer(y), imageFloats = g.inChannels * g.inHeight * g.inWidth
     to.withUnsafeBufferPointer { tob in to16.withUnsafeBufferPointer { to16b in
-      /// Image n's conv rows into `out` (see `forwardPixels`), from its padded copy in fp32 or bf16.
-      func convolve(_ xn: UnsafeRawPointer, _ pixels: Range<Int>, _ out: UnsafeMutablePointer<Float>, _ outOrigin: Int) {
-        if bf16 {
-          BF16.forwardPixels(g, xn: xn.assumingMemoryBound(to: UInt32.self), wp: wp, pixels: pixels,
+      /// Conv rows `rows` of image n into `out` (see `forwardPixels`), from its padded copy in fp32
+      /// or bf16, or from the image itself.
+      func convolve(_ n: Int, _ xn: UnsafeRawPointer?, _ rows: Range<Int>, _ worker: Int,
+                    _ out: UnsafeMutablePointer<Float>, _ outOrigin: Int) {
+        let pixels = (rows.lowerBound * Wo)..<(rows.upperBound * Wo)
+        if strided {
+          StridedWinograd.forwardRows(g, x: x + n * imageFloats, rows: rows, u: UnsafePointer(wtBuf.floats),
+                                      scratch: scratch[worker], bias: bias, relu: relu, out: out,
+                                      outPlane: bandPlane, outOrigin: outOrigin)
+        } else if bf16 {
+          BF16.forwardPixels(g, xn: xn!.assumingMemoryBound(to: UInt32.self), wp: wp, pixels: pixels,
                              to: to16b.baseAddress!, wt: UnsafePointer(wtBuf.pairs), bias: bias, relu: relu,
                              out: out, outPlane: bandPlane, outOrigin: outOrigin)
         } else {
-          forwardPixels(g, xn: xn.assumingMemoryBound(to: Float.self), plane: plane, wp: wp, pixels: pixels,
+          forwardPixels(g, xn: xn!.assumingMemoryBound(to: Float.self), plane: plane, wp: wp, pixels: pixels,
                         to: tob.baseAddress!, wt: UnsafePointer(wtBuf.floats), bias: bias, relu: relu, out: out,
                         outPlane: bandPlane, outOrigin: outOrigin)
         }
       }
-      /// Bands `bands` of image n in order, in buffer `buf`.
-      func run(_ n: Int, _ xn: UnsafeRawPointer, _ bands: Range<Int>, _ buf: UnsafeMutablePointer<Float>) {
+      /// Bands `bands` of image n in order, in worker `wk`'s buffer.
+      func run(_ n: Int, _ xn: UnsafeRawPointer?, _ bands: Range<Int>, _ wk: Int) {
+        let buf = bufs[wk].floats
         var have = 0..<0  // conv rows in buf, from its first row
         withUnsafeTemporaryAllocation(of: Float.self, capacity: Wo) { scratch in
           for band in bands {
             let q = (band * poolBandRows)..<min(Hq, (band + 1) * poolBandRows)
             let need = convRows(pg, q)
-            // Rows the previous band already holds move to the front; the rest are computed.
-            let keep = max(need.lowerBound, have.lowerBound)..<max(need.lowerBound, min(need.upperBound, have.upperBound))
-            if !keep.isEmpty && keep.lowerBound == need.lowerBound && keep.lowerBound > have.lowerBound {
-              for k in 0..<K {
-                let seg = buf + k * bandPlane
-                seg.update(from: seg + (keep.lowerBound - have.lowerBound) * Wo, count: keep.count * Wo)
+            if have.lowerBound <= need.lowerBound && need.lowerBound < have.upperBound {
+              // Rows the previous band made from this band's first on move to the front.
+              let shift = need.lowerBound - have.lowerBound
+              if shift > 0 {
+                for k in 0..<K {
+                  let seg = buf + k * bandPlane
+                  seg.update(from: seg + shift * Wo, count: (have.upperBound - need.lowerBound) * Wo)
+                }
               }
+              have = need.lowerBound..<have.upperBound
+            } else {
+              let first = need.lowerBound / align * align
+              have = first..<first
             }
-            let fresh = keep.isEmpty || keep.lowerBound != need.lowerBound ? need : keep.upperBound..<need.upperBound
-            if !fresh.isEmpty {
-              convolve(xn, (fresh.lowerBound * Wo)..<(fresh.upperBound * Wo), buf, need.lowerBound * Wo)
+            if have.upperBound < need.upperBound {
+              // Whole tile rows (Winograd: the rows past `need` stay for the next band).
+              let fresh = have.upperBound..<min(Ho, (need.upperBound + align - 1) / align * align)
+              convolve(n, xn, fresh, wk, buf, have.lowerBound * Wo)
+              have = have.lowerBound..<fresh.upperBound
             }
-            have = need
             for k in 0..<K {
-              let virtualPlane = UnsafePointer(buf + k * bandPlane) - need.lowerBound * Wo
+              let virtualPlane = UnsafePointer(buf + k * bandPlane) - have.lowerBound * Wo
               for oy in q {
                 Pool2DKernels.maxPoolRow(pg, oy: oy, plane: virtualPlane, scratch: scratch.baseAddress!,
                                          y: yy.p + ((n * K + k) * Hq + oy) * Wq)
@@ -103,11 +129,11 @@ extension Conv2DKernels {
       }
       for n in 0..<g.batch {
         let xn = img.map { UnsafeRawPointer($0.load(x, image: n, parallel: true)) }
-          ?? UnsafeRawPointer(packed!.load(x, image: n, parallel: true))
+          ?? packed.map { UnsafeRawPointer($0.load(x, image: n, parallel: true)) }
         // Contiguous runs of bands per worker, so each carries its shared rows forward.
-        Parallel.forRanges(layout.bands, maxWorkers: layout.buffers) { wk, r in run(n, xn, r, bufs[wk].floats) }
+        Parallel.forRanges(layout.bands, maxWorkers: layout.buffers) { wk, r in run(n, xn, r, wk) }
       }
     } }
-    withExtendedLifetime((wtBuf, img, packed, bufs)) {}
+    withExtendedLifetime((wtBuf, img, packed, bufs, scratch)) {}
   }
 }

@@ -60,6 +60,7 @@ public enum Conv2DKernels {
   public static func forwardWorkspaceBytes(_ g: ConvGeometry, threads: Int, winograd: Bool = false) -> Int {
     if BF16.applies(g) { return BF16.forwardWorkspaceBytes(g, threads: threads) }
     if winograd && Winograd.applies(g) { return Winograd.workspaceBytes(g, threads: threads) }
+    if winograd && StridedWinograd.applies(g) { return StridedWinograd.workspaceBytes(g, threads: threads) }
     return 4 * (packedWeightFloats(g) + imageWorkers(g, threads: threads) * paddedFloats(g))
   }
 
@@ -115,8 +116,9 @@ public enum Conv2DKernels {
   /// With `scale`, each output channel's weights are multiplied by scale[k] as they are packed, and
   /// `relu` clamps the result at 0 as it is stored: y = max(scale·conv(x, w) + bias, 0), an
   /// inference-mode BatchNorm (+ ReLU) folded into the convolution at no extra pass or tensor.
-  /// `winograd` lets 3×3 stride-1 layers take `Winograd` (inference, and training unless
-  /// `Winograd.inTraining` is off: its rounding is a few times the direct kernel's). With
+  /// `winograd` lets 3×3 stride-1 layers take `Winograd`, and 7×7 stride-2 ones `StridedWinograd`
+  /// (inference, and training unless `Winograd.inTraining` is off: their rounding is a few times
+  /// the direct kernel's). With
   /// `BF16.enabled` (`--compute bf16`) ungrouped layers multiply in bf16 instead, training too.
   public static func forward(
     _ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
@@ -125,6 +127,9 @@ public enum Conv2DKernels {
     if BF16.applies(g) { return BF16.forward(g, x: x, w: w, bias: bias, y: y, scale: scale, relu: relu) }
     if winograd && Winograd.applies(g) {
       return Winograd.forward(g, x: x, w: w, bias: bias, y: y, scale: scale, relu: relu)
+    }
+    if winograd && StridedWinograd.applies(g) {
+      return StridedWinograd.forward(g, x: x, w: w, bias: bias, y: y, scale: scale, relu: relu)
     }
     let P = g.outHeight * g.outWidth
     let wtBuf = packWeights(g, w: w, scale: scale)

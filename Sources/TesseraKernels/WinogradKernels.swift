@@ -322,21 +322,27 @@ public enum Winograd {
               }
             }
           }
-          // Columns, then rows.
-          for s in 0..<6 {
-            let o = bt((d[s], d[6 + s], d[12 + s], d[18 + s], d[24 + s], d[30 + s]))
-            d[s] = o.0; d[6 + s] = o.1; d[12 + s] = o.2; d[18 + s] = o.3; d[24 + s] = o.4; d[30 + s] = o.5
-          }
-          let out = v + ti * c8 + c0
-          for r in 0..<6 {
-            let o = bt((d[r * 6], d[r * 6 + 1], d[r * 6 + 2], d[r * 6 + 3], d[r * 6 + 4], d[r * 6 + 5]))
-            let e = out + r * 6 * rowStride
-            store8(o.0, e); store8(o.1, e + rowStride); store8(o.2, e + 2 * rowStride)
-            store8(o.3, e + 3 * rowStride); store8(o.4, e + 4 * rowStride); store8(o.5, e + 5 * rowStride)
-          }
+          transformPatch(d, to: v + ti * c8 + c0, eStride: rowStride)
           c0 += 8
         }
       }
+    }
+  }
+
+  /// Bᵀ d B of a 6×6 patch d[r·6 + s] (eight channels a lane; d is overwritten), element e stored
+  /// at out[e·eStride].
+  @inline(__always)
+  static func transformPatch(_ d: UnsafeMutablePointer<SIMD8<Float>>, to out: UnsafeMutablePointer<Float>, eStride: Int) {
+    // Columns, then rows.
+    for s in 0..<6 {
+      let o = bt((d[s], d[6 + s], d[12 + s], d[18 + s], d[24 + s], d[30 + s]))
+      d[s] = o.0; d[6 + s] = o.1; d[12 + s] = o.2; d[18 + s] = o.3; d[24 + s] = o.4; d[30 + s] = o.5
+    }
+    for r in 0..<6 {
+      let o = bt((d[r * 6], d[r * 6 + 1], d[r * 6 + 2], d[r * 6 + 3], d[r * 6 + 4], d[r * 6 + 5]))
+      let e = out + r * 6 * eStride
+      store8(o.0, e); store8(o.1, e + eStride); store8(o.2, e + 2 * eStride)
+      store8(o.3, e + 3 * eStride); store8(o.4, e + 4 * eStride); store8(o.5, e + 5 * eStride)
     }
   }
 

@@ -301,11 +301,13 @@ extension Planner {
     case let c as Conv2D:
       let g = try c.geometry(for: inShape)
       // Under Winograd the forward (and the stride-1 backward-data with it) costs
-      // `winogradMACShare` of the direct kernel, and so does the weight gradient where it takes
-      // Winograd too (32+ channels each way); below that the weight gradient stays direct.
-      let directWeights = trainsWinograd(g) && !Winograd.appliesToWeights(g)
-      let weights = BF16.applies(g) ? 1.0 : 1.25 / (directWeights ? winogradMACShare : 1)
-      return (g.strideH > 1 || g.strideW > 1 ? 1.8 : 1.0, weights)
+      // `forwardMACShare` of the direct kernel, and so does the weight gradient where it takes
+      // Winograd too (32+ channels each way); below that, and at stride 2, the weight gradient and
+      // backward-data stay direct: their shares of the direct forward, over the forward's.
+      if BF16.applies(g) { return (g.strideH > 1 || g.strideW > 1 ? 1.8 : 1.0, 1.0) }
+      let share = forwardMACShare(g)
+      let weights = 1.25 / (trainsWinograd(g) && Winograd.appliesToWeights(g) ? 1 : share)
+      return (g.strideH > 1 || g.strideW > 1 ? 1.8 / share : 1.0, weights)
     case let p as Pool2D where p.mode == .max: return (0.65, 0)
     case is BatchNorm2D: return (1.2, 0)
     case is Linear: return (1, 1)
@@ -332,9 +334,21 @@ extension Planner {
   /// session 10) — about half the time.
   static let winogradMACShare = 0.5
 
+  /// A stride-2 7×7 layer's forward under `StridedWinograd` against the direct kernel's: the
+  /// fcn-large stem (3→16 at 1024², batch 4, `bench conv`, alternating) 1.2–1.5× the direct
+  /// kernel's GFLOP/s (docs/BENCHMARKS.md, session 12).
+  static let stridedWinogradMACShare = 0.75
+
   /// Whether a training step runs g's forward (and stride-1 backward-data) as Winograd.
   static func trainsWinograd(_ g: ConvGeometry) -> Bool {
     !BF16.applies(g) && Winograd.inTraining && Winograd.applies(g)
+  }
+
+  /// A convolution's forward time per MAC in a training step against the direct fp32 kernel's.
+  static func forwardMACShare(_ g: ConvGeometry) -> Double {
+    if BF16.applies(g) { return bf16MACShare }
+    if trainsWinograd(g) { return winogradMACShare }
+    return Winograd.inTraining && StridedWinograd.applies(g) ? stridedWinogradMACShare : 1
   }
 
   /// A layer's forward work (MAC-equivalents) on `input`, and its output shape (containers: their
@@ -347,14 +361,14 @@ extension Planner {
     return (work, try layer.outputShape(for: input))
   }
 
-  /// One leaf's forward work: convolutions and linear layers their MACs (a bf16 convolution's at
-  /// `bf16MACShare`, a Winograd one's at `winogradMACShare`) and output, pooling each window it reads, other leaves what they read and write.
+  /// One leaf's forward work: convolutions and linear layers their MACs (a convolution's at its
+  /// `forwardMACShare`: bf16, Winograd) and output, pooling each window it reads, other leaves what they read and write.
   static func leafWork(_ leaf: Layer, _ inShape: [Int], _ outShape: [Int]) throws -> Double {
     let e = macsPerElement, nIn = Double(inShape.reduce(1, *)), nOut = Double(outShape.reduce(1, *))
     switch leaf {
     case let c as Conv2D:
       let g = try c.geometry(for: inShape)
-      return Double(g.macs) * (BF16.applies(g) ? bf16MACShare : trainsWinograd(g) ? winogradMACShare : 1) + e * nOut
+      return Double(g.macs) * forwardMACShare(g) + e * nOut
     case let p as Pool2D: return e * Double(p.kernelSize.0 * p.kernelSize.1 + 1) * nOut
     case let l as Linear: return Double(l.inputFeatures * l.outputFeatures * inShape[0]) + e * nOut
     default: return e * (nIn + nOut)

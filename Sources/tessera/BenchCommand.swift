@@ -117,8 +117,9 @@ struct ConvBench: ParsableCommand {
     abstract: "Convolution forward, backward-data and backward-weights GFLOP/s.",
     discussion: prose("""
       `forward` is the direct kernel; `inference forward` the forward inference and training take:
-      Winograd F(4×4, 3×3) for 3×3 stride-1 layers of 16+ channels (GFLOP/s counted as the direct
-      convolution's FLOPs, so the two compare), the direct kernel otherwise. `backward-data` is
+      Winograd F(4×4, 3×3) for 3×3 stride-1 layers of 16+ channels, F(3×3, 4×4) on the four phases
+      of 7×7 and 8×8 stride-2 layers with 16+ outputs and up to 16 inputs (the stem; GFLOP/s counted
+      as the direct convolution's FLOPs, so they compare), the direct kernel otherwise. `backward-data` is
       training's: at stride 1 a forward of the flipped weights, so Winograd where it applies.
       `backward-weights` is training's too: Winograd's weight gradient where the forward takes
       Winograd and both channel counts are 32 or more, the direct kernel otherwise.
@@ -127,7 +128,8 @@ struct ConvBench: ParsableCommand {
       stride-1 backward-data is its forward kernel).
       TESSERA_WINOGRAD=0 turns Winograd off everywhere; TESSERA_WINOGRAD_TRAINING=0 in training only;
       TESSERA_WINOGRAD_WEIGHTS=0 keeps the weight gradient direct; TESSERA_WINOGRAD_BATCHED=0 keeps
-      the per-image tile blocks (wide layers on small maps then take the direct kernel).
+      the per-image tile blocks (wide layers on small maps then take the direct kernel);
+      TESSERA_WINOGRAD_STRIDED=0 keeps stride-2 layers direct.
       """))
 
   @Option(help: "Input C×H×W, e.g. 16x256x256.") var input = "16x256x256"
@@ -169,8 +171,9 @@ struct ConvBench: ParsableCommand {
     for i in 0..<g.weightCount { w.floats[i] = r.nextUniform() }
     let flop = 2 * Double(g.macs)
     let tf = medianSeconds(runs: runs) { Conv2DKernels.forward(g, x: x.floats, w: w.floats, bias: nil, y: y.floats) }
-    // Inference's (and training's) forward: Winograd F(4×4, 3×3) where it applies.
-    let winograd = Winograd.applies(g)
+    // Inference's (and training's) forward: Winograd F(4×4, 3×3) or F(3×3, 4×4) on the phases of a
+    // 7×7 stride-2 layer, where they apply.
+    let strided = StridedWinograd.applies(g), winograd = Winograd.applies(g) || strided
     let ti = winograd
       ? medianSeconds(runs: runs) {
         Conv2DKernels.forward(g, x: x.floats, w: w.floats, bias: nil, y: y.floats, winograd: true)
@@ -222,14 +225,15 @@ struct ConvBench: ParsableCommand {
     let out: [String: Any] = [
       "bench": "conv", "geometry": g.description, "threads": Parallel.threadCount, "gflop": flop / 1e9,
       "forward_gflops": gf(tf), "backward_data_gflops": gf(td), "backward_weights_gflops": gf(tw),
-      "inference_forward_gflops": gf(ti), "inference_algorithm": winograd ? "winograd" : "direct",
+      "inference_forward_gflops": gf(ti), "inference_algorithm": strided ? "strided_winograd" : winograd ? "winograd" : "direct",
       "bf16_forward_gflops": tb.map(gf) as Any, "bf16_backward_weights_gflops": tbw.map(gf) as Any,
       "gflops": ((3 * flop / ((Winograd.inTraining ? ti : tf) + td + tw)) / 1e8).rounded() / 10,
     ].merging(pooled) { a, _ in a }
     if json { printJSON(out) } else {
       print(g.description)
       print("forward \(gf(tf)) GFLOP/s, backward-data \(gf(td)), backward-weights \(gf(tw)) (threads \(Parallel.threadCount))")
-      print("inference forward \(gf(ti)) GFLOP/s (\(winograd ? "Winograd F(4×4, 3×3), as direct-convolution FLOPs" : "direct"))")
+      let algorithm = strided ? "Winograd F(3×3, 4×4) on the stride-2 phases" : winograd ? "Winograd F(4×4, 3×3)" : "direct"
+      print("inference forward \(gf(ti)) GFLOP/s (\(algorithm)\(winograd ? ", as direct-convolution FLOPs" : ""))")
       print(tb.map { "bf16 forward \(gf($0)) GFLOP/s, backward-weights \(gf(tbw!)) (--compute bf16)" }
             ?? "bf16: not on this CPU (no AVX512_BF16) or grouped")
       if let a = pooled["conv_then_pool_ms"], let b = pooled["banded_conv_pool_ms"] {

@@ -82,7 +82,7 @@ final class ConvKernelTests: XCTestCase {
   /// largest error relative to the largest reference value.
   func assertConv(_ g: ConvGeometry, _ got: [Float], _ ref: [Float], _ what: String,
                   file: StaticString = #filePath, line: UInt = #line, winograd: Bool = true) {
-    if winograd && Winograd.applies(g) {
+    if winograd && (Winograd.applies(g) || StridedWinograd.applies(g)) {
       XCTAssertLessThanOrEqual(maxRelativeError(got, ref), 1e-5, "Winograd \(what)", file: file, line: line)
     } else {
       assertClose(got, ref, what, file: file, line: line)
@@ -148,6 +148,55 @@ final class ConvKernelTests: XCTestCase {
                                                  kernelH: 3, kernelW: 3)))
     XCTAssertFalse(Winograd.applies(ConvGeometry(batch: 1, inChannels: 32, inHeight: 5, inWidth: 9, outChannels: 32,
                                                  kernelH: 3, kernelW: 3)))
+  }
+
+  /// Winograd F(3×3, 4×4) on the phases of 7×7 and 8×8 stride-2 layers (`StridedWinograd`): the
+  /// stem's shape with uneven padding, one channel with an 8×8 kernel and no padding, a 7×8 kernel
+  /// on 5 channels with 33 outputs (phase channels and outputs not multiples of 8 or 16), maps not
+  /// a multiple of the 3×3 tile, scale, bias and ReLU; against the double-precision reference, its
+  /// error a small multiple of the direct kernel's, and 1–3 threads giving the same bits.
+  func testStridedWinogradMatchesReferenceOnAwkwardShapes() {
+    let shapes = [
+      ConvGeometry(batch: 3, inChannels: 3, inHeight: 19, inWidth: 14, outChannels: 16, kernelH: 7, kernelW: 7,
+                   strideH: 2, strideW: 2, padTop: 2, padLeft: 3, padBottom: 3, padRight: 3),
+      ConvGeometry(batch: 2, inChannels: 1, inHeight: 21, inWidth: 17, outChannels: 20, kernelH: 8, kernelW: 8,
+                   strideH: 2, strideW: 2),
+      ConvGeometry(batch: 1, inChannels: 5, inHeight: 30, inWidth: 27, outChannels: 33, kernelH: 7, kernelW: 8,
+                   strideH: 2, strideW: 2, padTop: 3, padLeft: 3, padBottom: 4, padRight: 2),
+    ]
+    let saved = Parallel.threadCount
+    defer { Parallel.threadCount = saved }
+    for (i, g) in shapes.enumerated() {
+      XCTAssertTrue(StridedWinograd.applies(g), "\(g)")
+      let x = randomFloats(g.inputCount, seed: 140 + UInt64(i)), w = randomFloats(g.weightCount, seed: 150 + UInt64(i))
+      let bias = randomFloats(g.outChannels, seed: 160), scale = randomFloats(g.outChannels, seed: 161).map { $0 + 1.5 }
+      for relu in [false, true] {
+        // The reference on the scaled weights, clamped.
+        var scaled = w
+        for k in 0..<g.outChannels { for t in 0..<(g.weightCount / g.outChannels) { scaled[k * g.weightCount / g.outChannels + t] *= scale[k] } }
+        var ref = [Float](repeating: 0, count: g.outputCount), direct = ref
+        ConvReference.forward(g, x: x, w: scaled, bias: bias, y: &ref)
+        if relu { ref = ref.map { max($0, 0) } }
+        Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &direct, scale: scale, relu: relu)
+        let directError = maxRelativeError(direct, ref)
+        var first: [Float]? = nil
+        for threads in [1, 2, 3] {
+          Parallel.threadCount = threads
+          var y = [Float](repeating: .nan, count: g.outputCount)
+          Conv2DKernels.forward(g, x: x, w: w, bias: bias, y: &y, scale: scale, relu: relu, winograd: true)
+          let error = maxRelativeError(y, ref)
+          XCTAssertLessThanOrEqual(error, 1e-5, "\(g) threads \(threads)")
+          XCTAssertLessThanOrEqual(error, max(30 * directError, 1e-6), "\(g): Winograd \(error), direct \(directError)")
+          if let first { XCTAssertEqual(y, first, "\(g): threads \(threads) against 1") } else { first = y }
+          if threads == 1 && !relu { print("strided winograd error \(error) direct \(directError) \(g)") }
+        }
+      }
+    }
+    // 3×3 stride 2 (its phase kernels would be mostly zeros), dilation, and 17+ channels: direct.
+    XCTAssertFalse(StridedWinograd.applies(ConvGeometry(batch: 1, inChannels: 16, inHeight: 9, inWidth: 9,
+                                                        outChannels: 32, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2)))
+    XCTAssertFalse(StridedWinograd.applies(ConvGeometry(batch: 1, inChannels: 17, inHeight: 19, inWidth: 19,
+                                                        outChannels: 32, kernelH: 7, kernelW: 7, strideH: 2, strideW: 2)))
   }
 
   /// Winograd over the whole batch's tiles (`Winograd.batched`: many channels, small maps): the
@@ -318,7 +367,7 @@ final class ConvKernelTests: XCTestCase {
         for relu in [false, true] {
           var conv = [Float](repeating: .nan, count: g.outputCount)
           var want = [Float](repeating: .nan, count: P * pg.outHeight * pg.outWidth), got = want
-          Conv2DKernels.forward(g, x: x, w: w, bias: shift, y: &conv, scale: scale, relu: relu)
+          Conv2DKernels.forward(g, x: x, w: w, bias: shift, y: &conv, scale: scale, relu: relu, winograd: true)
           Pool2DKernels.maxForward(pg, x: conv, y: &want)
           for threads in [1, 2, 3] {
             Parallel.threadCount = threads

@@ -53,6 +53,27 @@ final class WorkspaceTests: XCTestCase {
     }
   }
 
+  /// The stride-2 Winograd's U, and V and M per worker (fewer tile blocks than threads, several).
+  func testStridedWinogradWorkspaceMatchesLedger() {
+    let saved = Parallel.threadCount
+    defer { Parallel.threadCount = saved }
+    for threads in [1, 2, 3, 5] {
+      Parallel.threadCount = threads
+      for g in [ConvGeometry(batch: 1, inChannels: 3, inHeight: 9, inWidth: 11, outChannels: 16, kernelH: 7, kernelW: 7,
+                             strideH: 2, strideW: 2, padTop: 3, padLeft: 3, padBottom: 3, padRight: 3),
+                ConvGeometry(batch: 2, inChannels: 5, inHeight: 40, inWidth: 37, outChannels: 33, kernelH: 7, kernelW: 8,
+                             strideH: 2, strideW: 2, padTop: 3, padLeft: 3, padBottom: 4, padRight: 2)] {
+        XCTAssertTrue(StridedWinograd.applies(g))
+        let x = randomFloats(g.inputCount, seed: 1), w = randomFloats(g.weightCount, seed: 2)
+        var y = [Float](repeating: 0, count: g.outputCount)
+        XCTAssertEqual(peak { Conv2DKernels.forward(g, x: x, w: w, bias: nil, y: &y, winograd: true) },
+                       StridedWinograd.workspaceBytes(g, threads: threads), "\(g) threads \(threads)")
+        XCTAssertEqual(StridedWinograd.workspaceBytes(g, threads: threads),
+                       Conv2DKernels.forwardWorkspaceBytes(g, threads: threads, winograd: true))
+      }
+    }
+  }
+
   /// Winograd's weight gradient: dU (whole, in two groups) and one chunk's V and dM (one chunk,
   /// several), to the byte.
   func testWinogradWeightGradientWorkspaceMatchesLedger() {

@@ -158,7 +158,10 @@ final class CoreTests: XCTestCase {
       var h = conv.forward(x, training: false)
       h = bn ? norm.forward(h, training: false) : ReLU().forward(h, training: false)
       let want = pool.forward(h, training: false).toArray()
-      assertClose(net.forward(x, training: false).toArray(), want, rtol: 1e-5, atol: 1e-6, "conv k\(k) bn \(bn) + max pool")
+      // The 7×7/2 and 3×3 stride-1 convolutions take Winograd (F(3×3, 4×4) on the phases, F(4×4,
+      // 3×3)): the BN scale folded into the weights before the transform rounds apart by ~1e-6 of
+      // the map's largest values.
+      assertClose(net.forward(x, training: false).toArray(), want, rtol: 1e-5, atol: 1e-5, "conv k\(k) bn \(bn) + max pool")
       XCTAssertNotNil(net.fold(at: 0).flatMap { $0.pool })
     }
   }
