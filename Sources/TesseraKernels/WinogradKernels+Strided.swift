@@ -20,7 +20,7 @@ import Foundation
 /// The GEMMs are the direct kernel's register tile, as in `Winograd`. Inference and training's
 /// forward (as `Winograd`; its weight gradient stays the direct kernel's).
 public enum StridedWinograd {
-  static let tileBlock = 24, lanes = 16
+  static let tileBlock = Winograd.tileBlock, lanes = 16
   /// false (`TESSERA_WINOGRAD_STRIDED=0`): such layers take the direct kernel.
   nonisolated(unsafe) public static var enabled: Bool =
     ProcessInfo.processInfo.environment["TESSERA_WINOGRAD_STRIDED"] != "0"
@@ -112,15 +112,8 @@ public enum StridedWinograd {
     channelOffsets.withUnsafeBufferPointer { tob in rowBases.withUnsafeBufferPointer { pbb in
       let to = tob.baseAddress!, pb = pbb.baseAddress!
       for kb in 0..<KB {
-        for e in 0..<36 {
-          let ve = UnsafePointer(v) + e * tileBlock * cp, ue = u + (e * KB + kb) * cp * lanes
-          var r = 0
-          while r < tb {
-            Conv2DKernels.forwardTile(T: cp, to: to, pb: pb, p0: r, P: tb, xg: ve, wk: ue,
-                                      out: m + (e * tileBlock + r) * lanes)
-            r += 6
-          }
-        }
+        Winograd.blockGEMMs(rows: tb, T: cp, to: to, pb: pb, v: UnsafePointer(v), vStride: tileBlock * cp,
+                            u: u + kb * cp * lanes, uStride: KB * cp * lanes, m: m)
         transformOutput(g, m: UnsafePointer(m), tiles: tiles, rows: rows, kBase: kb * lanes, bias: bias,
                         floor: relu ? 0 : -.infinity, out: out, outPlane: outPlane, outOrigin: outOrigin)
       }

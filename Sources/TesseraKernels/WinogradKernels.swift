@@ -122,16 +122,9 @@ public enum Winograd {
           transformInput(g, x: x + n * C * g.inHeight * g.inWidth, tiles: t0..<(t0 + tb), tilesWide: tw, c8: c8,
                          rows: tileBlock, v: v)
           for kb in 0..<KB {
-            // M[e][tile][16] = V[e][tile][:C] · U[e][kb][:C][16], six tiles at a time.
-            for e in 0..<36 {
-              let ve = UnsafePointer(v) + e * tileBlock * c8, ue = u + (e * KB + kb) * C * lanes
-              var r = 0
-              while r < tb {
-                Conv2DKernels.forwardTile(T: C, to: to, pb: pb, p0: r, P: tb, xg: ve, wk: ue,
-                                          out: m + (e * tileBlock + r) * lanes)
-                r += 6
-              }
-            }
+            // M[e][tile][16] = V[e][tile][:C] · U[e][kb][:C][16].
+            blockGEMMs(rows: tb, T: C, to: to, pb: pb, v: UnsafePointer(v), vStride: tileBlock * c8,
+                       u: u + kb * C * lanes, uStride: KB * C * lanes, m: m)
             transformOutput(g, m: UnsafePointer(m), eStride: tileBlock * lanes, tiles: t0..<(t0 + tb),
                             tilesWide: tw, kBase: kb * lanes, kValid: min(lanes, K - kb * lanes), bias: bias,
                             floor: floor, y: yy.p + n * K * g.outHeight * g.outWidth)
@@ -140,6 +133,22 @@ public enum Winograd {
       }
     }
     withExtendedLifetime((uBuf, scratch)) {}
+  }
+
+  /// M[e][row][16] = V[e] · U[e] for the 36 elements e of a block of `rows` ≤ 24 tiles, six rows at
+  /// a time in the direct kernel's register tile: V[e] at v + e·vStride (row r's channel t at
+  /// pb[r] + to[t]), U[e] [T][16] at u + e·uStride, M[e] at m + e·24·16.
+  @inline(__always)
+  static func blockGEMMs(rows: Int, T: Int, to: UnsafePointer<Int>, pb: UnsafePointer<Int>, v: UnsafePointer<Float>,
+                         vStride: Int, u: UnsafePointer<Float>, uStride: Int, m: UnsafeMutablePointer<Float>) {
+    for e in 0..<36 {
+      let ve = v + e * vStride, ue = u + e * uStride
+      var r = 0
+      while r < rows {
+        Conv2DKernels.forwardTile(T: T, to: to, pb: pb, p0: r, P: rows, xg: ve, wk: ue, out: m + (e * tileBlock + r) * lanes)
+        r += 6
+      }
+    }
   }
 
   /// Tiles `r` of the batch (global indices, `perImage` to an image) image by image: body(n, image
