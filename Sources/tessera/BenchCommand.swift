@@ -129,7 +129,7 @@ struct ConvBench: ParsableCommand {
       TESSERA_WINOGRAD=0 turns Winograd off everywhere; TESSERA_WINOGRAD_TRAINING=0 in training only;
       TESSERA_WINOGRAD_WEIGHTS=0 keeps the weight gradient direct; TESSERA_WINOGRAD_BATCHED=0 keeps
       the per-image tile blocks (wide layers on small maps then take the direct kernel);
-      TESSERA_WINOGRAD_STRIDED=0 keeps stride-2 layers direct.
+      TESSERA_WINOGRAD_STRIDED=0 keeps 7×7 and 8×8 stride-2 layers direct.
       """))
 
   @Option(help: "Input C×H×W, e.g. 16x256x256.") var input = "16x256x256"
