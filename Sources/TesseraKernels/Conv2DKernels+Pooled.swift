@@ -63,7 +63,7 @@ extension Conv2DKernels {
       : strided ? StridedWinograd.weights(g, w: w, scale: scale) : packWeights(g, w: w, scale: scale)
     let img: PaddedImage? = bf16 || strided ? nil : PaddedImage(g)
     let packed: BF16.PackedImage? = bf16 ? BF16.PackedImage(g) : nil
-    let scratch = strided ? (0..<layout.buffers).map { _ in StridedWinograd.Scratch(g) } : []
+    let winogradScratch = strided ? (0..<layout.buffers).map { _ in StridedWinograd.Scratch(g) } : []
     let bandPlane = Self.bandPlane(layout.bandRows, Wo)
     let bufs = (0..<layout.buffers).map { _ in Buffer(floats: K * bandPlane, zeroed: false) }
     let hp = img?.hp ?? packed?.hp ?? 0, wp = img?.wp ?? packed?.wp ?? 0, plane = hp * wp
@@ -77,7 +77,7 @@ extension Conv2DKernels {
         let pixels = (rows.lowerBound * Wo)..<(rows.upperBound * Wo)
         if strided {
           StridedWinograd.forwardRows(g, x: x + n * imageFloats, rows: rows, u: UnsafePointer(wtBuf.floats),
-                                      scratch: scratch[worker], bias: bias, relu: relu, out: out,
+                                      scratch: winogradScratch[worker], bias: bias, relu: relu, out: out,
                                       outPlane: bandPlane, outOrigin: outOrigin)
         } else if bf16 {
           BF16.forwardPixels(g, xn: xn!.assumingMemoryBound(to: UInt32.self), wp: wp, pixels: pixels,
@@ -134,6 +134,6 @@ extension Conv2DKernels {
         Parallel.forRanges(layout.bands, maxWorkers: layout.buffers) { wk, r in run(n, xn, r, wk) }
       }
     } }
-    withExtendedLifetime((wtBuf, img, packed, bufs, scratch)) {}
+    withExtendedLifetime((wtBuf, img, packed, bufs, winogradScratch)) {}
   }
 }

@@ -51,12 +51,17 @@ public enum StridedWinograd {
     4 * (uFloats(g) + workers(g, threads: threads) * scratchFloats(g))
   }
 
-  /// One worker's V and M.
+  /// One worker's V and M, and the GEMMs' offsets into V[e] ([C][24 tiles][4 phases]): `to`, phase
+  /// channel ci's, (ci / 4)·96 + ci % 4; `pb`, tile row r's, r·4.
   final class Scratch {
     let v: Buffer, m: Buffer
+    let to: [Int], pb: [Int]
     init(_ g: ConvGeometry) {
-      v = Buffer(floats: 36 * tileBlock * channels(g).cp, zeroed: false)
+      let cp = channels(g).cp
+      v = Buffer(floats: 36 * tileBlock * cp, zeroed: false)
       m = Buffer(floats: 36 * tileBlock * lanes, zeroed: false)
+      to = (0..<cp).map { $0 / 4 * tileBlock * 4 + $0 % 4 }
+      pb = (0..<tileBlock).map { $0 * 4 }
     }
   }
 
@@ -107,9 +112,7 @@ public enum StridedWinograd {
   ) {
     let (cp, KB) = channels(g), tb = tiles.count, v = scratch.v.floats, m = scratch.m.floats
     transformInput(g, x: x, tiles: tiles, v: v)
-    // V[e] is [C][24 tiles][4 phases]: phase channel ci of tile row r at (ci / 4)·96 + r·4 + ci % 4.
-    let channelOffsets = (0..<cp).map { $0 / 4 * tileBlock * 4 + $0 % 4 }, rowBases = (0..<tileBlock).map { $0 * 4 }
-    channelOffsets.withUnsafeBufferPointer { tob in rowBases.withUnsafeBufferPointer { pbb in
+    scratch.to.withUnsafeBufferPointer { tob in scratch.pb.withUnsafeBufferPointer { pbb in
       let to = tob.baseAddress!, pb = pbb.baseAddress!
       for kb in 0..<KB {
         Winograd.blockGEMMs(rows: tb, T: cp, to: to, pb: pb, v: UnsafePointer(v), vStride: tileBlock * cp,
@@ -125,26 +128,29 @@ public enum StridedWinograd {
   static func weights(_ g: ConvGeometry, w: UnsafePointer<Float>, scale: UnsafePointer<Float>?) -> Buffer {
     let (cp, KB) = channels(g), C = g.inChannels, kh = g.kernelH, kw = g.kernelW
     let buf = Buffer(floats: uFloats(g))
-    /// G (a, b, c, d): one column or row of a 4×4 phase kernel, 4 → 6 values.
-    @inline(__always) func gt(_ a: Float, _ b: Float, _ c: Float, _ d: Float) -> [Float] {
+    /// G (a, b, c, d): one column or row of a 4×4 phase kernel, 4 → 6 values, into out[i·stride].
+    @inline(__always) func gt(_ a: Float, _ b: Float, _ c: Float, _ d: Float, _ out: UnsafeMutablePointer<Float>,
+                              _ stride: Int) {
       let ac = a + c, bd = b + d, a4c = a + 4 * c, b8d = 2 * b + 8 * d
-      return [a * 0.25, -(ac + bd) * (1 / 6), -(ac - bd) * (1 / 6), (a4c + b8d) * (1 / 24), (a4c - b8d) * (1 / 24), d]
+      out[0] = a * 0.25; out[stride] = -(ac + bd) * (1 / 6); out[2 * stride] = -(ac - bd) * (1 / 6)
+      out[3 * stride] = (a4c + b8d) * (1 / 24); out[4 * stride] = (a4c - b8d) * (1 / 24); out[5 * stride] = d
     }
-    for k in 0..<g.outChannels {
-      let sk = scale?[k] ?? 1
-      for c in 0..<C {
-        let f = w + (k * C + c) * kh * kw
-        for p in 0..<2 {
-          for q in 0..<2 {
-            @inline(__always) func tap(_ a: Int, _ b: Int) -> Float {
-              2 * a + p < kh && 2 * b + q < kw ? f[(2 * a + p) * kw + 2 * b + q] * sk : 0
-            }
-            // G times each column (6 × 4), then each of its rows times Gᵀ (6 × 6).
-            let cols = (0..<4).map { b in gt(tap(0, b), tap(1, b), tap(2, b), tap(3, b)) }
-            let ci = c * 4 + p * 2 + q
-            for i in 0..<6 {
-              let r = gt(cols[0][i], cols[1][i], cols[2][i], cols[3][i])
-              for j in 0..<6 { buf.floats[((i * 6 + j) * KB + k / lanes) * cp * lanes + ci * lanes + k % lanes] = r[j] }
+    let eStride = KB * cp * lanes
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 24) { colBuf in
+      let cols = colBuf.baseAddress!  // G times each column of the phase kernel: cols[b·6 + i]
+      for k in 0..<g.outChannels {
+        let sk = scale?[k] ?? 1
+        for c in 0..<C {
+          let f = w + (k * C + c) * kh * kw
+          for p in 0..<2 {
+            for q in 0..<2 {
+              @inline(__always) func tap(_ a: Int, _ b: Int) -> Float {
+                2 * a + p < kh && 2 * b + q < kw ? f[(2 * a + p) * kw + 2 * b + q] * sk : 0
+              }
+              // G times each column (6 × 4), then each of its rows times Gᵀ (6 × 6): element i·6 + j.
+              for b in 0..<4 { gt(tap(0, b), tap(1, b), tap(2, b), tap(3, b), cols + b * 6, 1) }
+              let dst = buf.floats + (k / lanes) * cp * lanes + (c * 4 + p * 2 + q) * lanes + k % lanes
+              for i in 0..<6 { gt(cols[i], cols[6 + i], cols[12 + i], cols[18 + i], dst + i * 6 * eStride, eStride) }
             }
           }
         }
