@@ -6,6 +6,9 @@
 # COMPUTE=bf16 compares Tessera's --compute bf16 with Keras's mixed_bfloat16 policy (default fp32
 # on both sides). MODES="train" (or "inference") runs one mode only (default both).
 # Set up the peer once as ../shared/peers/README.md says. Build Tessera with `swift build -c release`.
+# TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on
+# others (an AVX2-only Zen 3) it falls back to Eigen's convolutions at half the speed. The peer runs
+# with TF_ENABLE_ONEDNN_OPTS=1 unless the caller sets it, so it is TF at its best on any machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}; shift || true
@@ -15,6 +18,7 @@ COMPUTE=${COMPUTE:-fp32}
 MODES=${MODES:-train inference}
 case "$COMPUTE" in fp32) dtype=float32 ;; bf16) dtype=mixed_bfloat16 ;; *) echo "COMPUTE must be fp32 or bf16" >&2; exit 2 ;; esac
 peer=../shared/peers/keras_bench.py
+export TF_ENABLE_ONEDNN_OPTS=${TF_ENABLE_ONEDNN_OPTS:-1}
 bin=.build/release/tessera
 log=$(mktemp)
 for r in $(seq "$rounds"); do

@@ -25,16 +25,21 @@ public struct StreamingSettings: Sendable, Equatable {
   /// Whether segments with one backward pass keep their last tile's forward for backward
   /// (`Streamed.keepsLastTile`); nil: yes, unless that passes the budget.
   public var keepsLastTile: Bool?
+  /// How many tiles those segments keep (`Streamed.keptTiles`); nil: one without a budget, as many
+  /// as fit within one (unless `keepsLastTile` is false).
+  public var keptTiles: Int?
   /// Each segment's cached level (`Streamed.cacheLevel`, in segment order; nil in it: none); nil:
   /// chosen where it fits (`Planner.applyStreaming`); []: none.
   public var cacheLevels: [Int?]?
 
   public init(tile: Int, blocks: Int? = nil, frozenBatchNorm: Bool = false, inputResident: Bool = true, split: Int? = nil,
-              splits: [Int]? = nil, outputSums: Bool? = nil, keepsLastTile: Bool? = nil, cacheLevels: [Int?]? = nil) {
+              splits: [Int]? = nil, outputSums: Bool? = nil, keepsLastTile: Bool? = nil, keptTiles: Int? = nil,
+              cacheLevels: [Int?]? = nil) {
     self.tile = tile
     self.splits = splits ?? split.map { [$0] }
     self.outputSums = outputSums
     self.keepsLastTile = keepsLastTile
+    self.keptTiles = keptTiles
     self.cacheLevels = cacheLevels
     self.blocks = blocks
     self.frozenBatchNorm = frozenBatchNorm
@@ -60,7 +65,9 @@ public struct StreamingChoice {
   /// See `StreamingSettings.outputSums`.
   public var outputSums: Bool
   /// Whether the one-backward-pass segments keep their last tile (`StreamingSettings.keepsLastTile`).
-  public var keepsLastTile: Bool
+  public var keepsLastTile: Bool { keptTiles > 0 }
+  /// How many tiles they keep (`StreamingSettings.keptTiles`).
+  public var keptTiles: Int
   /// Each segment's cached level (`StreamingSettings.cacheLevels`).
   public var cacheLevels: [Int?]
 }
@@ -119,17 +126,32 @@ extension Planner {
                                                 splits: splits, outputSums: outputSums))
       var p = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
                        inputResident: settings.inputResident)
-      // Segments with one backward pass keep their last tile's recording for backward
-      // (`Streamed.keepsLastTile`: one tile's forward fewer) unless that passes the budget.
+      // Segments with one backward pass keep their last tiles' recordings for backward
+      // (`Streamed.keptTiles`: a tile's forward fewer each): as many as asked; else one without a
+      // budget, and with one the most whose plan fits it (or the plan without them), found by
+      // bisection (the peak grows with each tile kept).
       let single = m.layers.compactMap { $0.1 as? Streamed }.filter(\.hasOneBackwardPass)
       if !single.isEmpty && settings.keepsLastTile != false {
-        single.forEach { $0.keepsLastTile = true }
-        let q = try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
-                         inputResident: settings.inputResident)
-        if settings.keepsLastTile == true || q.peakTrainingBytes <= max(p.peakTrainingBytes, budget ?? .max) {
-          p = q
+        let most = try single.map { try $0.geometry(for: [batch] + input).tiles.count }.max() ?? 1
+        func planKeeping(_ k: Int) throws -> Plan {
+          single.forEach { $0.keptTiles = k }
+          return try plan(m, name: "", input: input, batch: batch, optimizer: optimizer, threads: threads,
+                          inputResident: settings.inputResident)
+        }
+        let limit = max(p.peakTrainingBytes, budget ?? .max)
+        if let k = settings.keptTiles ?? (settings.keepsLastTile == true ? 1 : nil) {
+          p = try planKeeping(k)
+        } else if budget == nil {
+          let q = try planKeeping(1)
+          if q.peakTrainingBytes <= limit { p = q } else { single.forEach { $0.keptTiles = 0 } }
         } else {
-          single.forEach { $0.keepsLastTile = false }
+          var (fits, fitPlan, over) = (0, p, most + 1)
+          while over - fits > 1 {
+            let k = (fits + over) / 2, q = try planKeeping(k)
+            if q.peakTrainingBytes <= limit { (fits, fitPlan) = (k, q) } else { over = k }
+          }
+          single.forEach { $0.keptTiles = fits }
+          p = fitPlan
         }
       }
       // Cache levels as given (`StreamingSettings.cacheLevels`); when not, `cached` chooses them.
@@ -144,7 +166,7 @@ extension Planner {
       let geo = try (m.layers[0].1 as! Streamed).geometry(for: [batch] + input)
       return StreamingChoice(model: m, blocks: b, splits: splits, tile: tile, plan: p,
                              relativeTime: try streamingCost(m, input: input, batch: batch), tiles: geo.tiles.count, halo: geo.halo,
-                             outputSums: outputSums, keepsLastTile: single.contains { $0.keepsLastTile },
+                             outputSums: outputSums, keptTiles: single.map(\.keptTiles).max() ?? 0,
                              cacheLevels: segments.map(\.cacheLevel))
     }
     /// `c` with its segments' tiles cached across the BatchNorm passes (`Streamed.cacheLevel`): in
@@ -438,8 +460,8 @@ extension Planner {
       cost -= n * crop[..<j].reduce(0, +)
       passes -= n
     }
-    if s.keepsLastTileNow, let t = geo.tiles.last {
-      // Backward does not run the forward of the tile the forward recorded, nor read its crop again.
+    for t in geo.tiles.suffix(min(s.keptTilesNow, geo.tiles.count)) {
+      // Backward does not run the forward of the tiles the forward recorded, nor read their crops again.
       let hw = [t.crop.rows.count, t.crop.cols.count]
       cost -= e * Double(input[0] * input[1] * hw[0] * hw[1]) + (try leafWorks(hw)).reduce(0, +)
     }

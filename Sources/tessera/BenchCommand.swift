@@ -261,7 +261,7 @@ struct TrainBench: ParsableCommand {
       the process's resident memory reached the budget (0 when the runtime reserve sufficed).
       Streamed training: --tile N (with --stream-blocks, --frozen-bn); --streamed-input generates the
       input region by region (deterministic noise) so an image larger than memory is never held.
-      The JSON then adds the plan's tile, tiles, halo, stream_blocks, stream_split(s), keeps_last_tile,
+      The JSON then adds the plan's tile, tiles, halo, stream_blocks, stream_split(s), keeps_last_tile, kept_tiles,
       cached_inputs (per segment, the layer whose input each tile keeps across the BatchNorm passes,
       or null) and estimated_relative_time.
       --budget refuses a run whose planned peak exceeds it, before allocating.
@@ -465,6 +465,7 @@ struct TrainBench: ParsableCommand {
       out["halo"] = c.halo
       out["frozen_bn"] = streaming.frozenBn
       out["keeps_last_tile"] = c.keepsLastTile
+      out["kept_tiles"] = c.keptTiles
       out["cached_inputs"] = cachedInputs(c)
       out["streamed_input"] = streamedInput
       if let image { out["image"] = image }

@@ -162,7 +162,7 @@ struct PlanCommand: ParsableCommand {
         o["streaming"] = ["tile": c.tile, "blocks": c.blocks, "split": c.split as Any? ?? NSNull(), "splits": c.splits, "tiles": c.tiles, "halo": c.halo, "frozenBatchNorm": streaming.frozenBn,
                           "inputResident": !streamedInput, "estimatedRelativeTime": c.relativeTime,
                           "batchNormPasses": (c.model.layers[0].1 as! Streamed).passes().count,
-                          "keepsLastTile": c.keepsLastTile,
+                          "keepsLastTile": c.keepsLastTile, "keptTiles": c.keptTiles,
                           "cachedInputs": cachedInputs(c)] as [String: Any]
       }
       printJSON(o)

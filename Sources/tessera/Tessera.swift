@@ -174,14 +174,19 @@ struct StreamingOptions: ParsableArguments {
   var streamSplit: String?
   @Flag(help: "Streamed BatchNorm layers use their running statistics (one pass each way, as StreamingCNN) instead of the whole image's batch statistics.")
   var frozenBn = false
+  @Option(help: ArgumentHelp(
+    "With --frozen-bn (or streamed blocks without BatchNorm): keep the last N tiles' forward activations for backward instead of recomputing them (default: 1 without --budget; with --budget, as many as fit it).",
+    discussion: "Each kept tile saves its forward in backward and holds its activations from the forward to the backward: with all tiles kept, about the plain step's time and memory."))
+  var keptTiles: Int?
 
   func validate() throws {
     if let t = tile, t != "auto", !(1...Limits.maxSide).contains(Int(t) ?? 0) {
       throw ValidationError("--tile must be a number of pixels from 1 to \(Limits.maxSide) or auto, got '\(t)'")
     }
     if let k = streamBlocks { try checkRange(k, 1...10_000, "--stream-blocks") }
-    if tile == nil && (streamBlocks != nil || frozenBn || streamSplit != nil) {
-      throw ValidationError("--stream-blocks, --stream-split and --frozen-bn need --tile")
+    if let n = keptTiles { try checkRange(n, 0...1_000_000, "--kept-tiles") }
+    if tile == nil && (streamBlocks != nil || frozenBn || streamSplit != nil || keptTiles != nil) {
+      throw ValidationError("--stream-blocks, --stream-split, --frozen-bn and --kept-tiles need --tile")
     }
     if streamSplit != nil {
       guard let k = streamBlocks, let cuts = splits, cuts == [0] || (cuts.allSatisfy { $0 > 0 && $0 < k } && zip(cuts, cuts.dropFirst()).allSatisfy { $0 < $1 }) else {
@@ -201,6 +206,7 @@ struct StreamingOptions: ParsableArguments {
     tile.map {
       var s = StreamingSettings(tile: Int($0) ?? 0, blocks: streamBlocks, frozenBatchNorm: frozenBn, inputResident: inputResident)
       s.splits = splits
+      s.keptTiles = keptTiles
       return s
     }
   }
@@ -216,7 +222,8 @@ func cachedInputs(_ c: StreamingChoice) -> [Any] {
 func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
   let segments = c.model.layers.compactMap { $0.1 as? Streamed }
   func passes(_ st: Streamed) -> String {
-    let kept = st.keepsLastTileNow ? " (the last tile's forward kept for backward)" : ""
+    let n = st.keptTilesNow
+    let kept = n == 0 ? "" : n == 1 ? " (the last tile's forward kept for backward)" : " (the last \(n) tiles' forwards kept for backward)"
     if st.batchNorms.isEmpty { return "no BatchNorm: 1 pass each way" + kept }
     if s.frozenBatchNorm { return "frozen BatchNorm, 1 pass each way" + kept }
     let cached = st.cacheLevelNow.map { j in

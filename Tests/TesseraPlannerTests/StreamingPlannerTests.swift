@@ -61,6 +61,46 @@ extension StreamingTests {
     XCTAssertGreaterThan(grows, 0, "a case where keeping the tile grows the peak, so the budget decides")
   }
 
+  /// Several tiles kept (`Streamed.keptTiles`): the plan equals the ledger; within a budget the
+  /// planner keeps the most whose plan fits, and the estimate falls with each.
+  func testPlannerKeepsAsManyTilesAsTheBudgetHolds() throws {
+    let input = [3, 384, 320]
+    func frozen() throws -> Sequential {
+      try Streamed.apply(to: fcn(initialized: false), blocks: 3, tile: 64, frozenBatchNorm: true)
+    }
+    let tiles = try (frozen().layers[0].1 as! Streamed).geometry(for: [1] + input).tiles.count
+    XCTAssertGreaterThan(tiles, 6)
+    var peaks = [Int](), costs = [Double]()
+    for n in [0, 1, 3, tiles] {
+      // A fresh model each time: `measure` counts from what the model holds (its gradients).
+      let m = try frozen()
+      (m.layers[0].1 as! Streamed).keptTiles = n
+      let plan = try Planner.plan(m, name: "", input: input, batch: 1)
+      let measured = try PlannerTruthTests(name: "x", testClosure: { _ in }).measure(m, input: input, batch: 1)
+      XCTAssertEqual(plan.peakTrainingBytes, measured.training, "\(n) of \(tiles) tiles kept")
+      peaks.append(plan.peakTrainingBytes)
+      costs.append(try Planner.streamingCost(m, input: input, batch: 1))
+    }
+    XCTAssertLessThan(peaks[1], peaks[2], "three tiles kept hold more than one")
+    XCTAssertLessThan(peaks[2], peaks[3])
+    XCTAssertEqual(costs, costs.sorted(by: >), "each kept tile saves its forward: \(costs)")
+    let settings = StreamingSettings(tile: 64, blocks: 3, frozenBatchNorm: true, split: 0)
+    // A budget of three kept tiles' plan keeps three (or more, when a fourth fits the same bytes).
+    let c = try Planner.applyStreaming(fcn(initialized: false), settings, input: input, batch: 1, budget: peaks[2])
+    XCTAssertGreaterThanOrEqual(c.keptTiles, 3)
+    XCTAssertLessThan(c.keptTiles, tiles)
+    XCTAssertLessThanOrEqual(c.plan.peakTrainingBytes, peaks[2])
+    XCTAssertEqual((c.model.layers[0].1 as! Streamed).keptTiles, c.keptTiles)
+    // Without a budget: one, as before; asked for, as many as asked.
+    XCTAssertEqual(try Planner.applyStreaming(fcn(initialized: false), settings, input: input, batch: 1, budget: nil).keptTiles, 1)
+    var asked = settings
+    asked.keptTiles = 5
+    let five = try Planner.applyStreaming(fcn(initialized: false), asked, input: input, batch: 1, budget: nil)
+    XCTAssertEqual(five.keptTiles, 5)
+    let run = try MemoryMode(precision: .fp32, checkpointing: .none, streaming: asked).apply(to: fcn(initialized: false))
+    XCTAssertEqual((run.layers[0].1 as! Streamed).keptTiles, 5)
+  }
+
   /// Each tile's input of one layer kept across the BatchNorm passes (`Streamed.cacheLevel`): the
   /// same step (to the plain step's tolerance, against streaming without it), fewer tile reads —
   /// one per run that starts from the cache — and the planner's peak equal to the ledger's.

@@ -301,12 +301,19 @@ final class StreamingTests: XCTestCase {
     assertSame(try step(keeping, x, labels), whole, "frozen BatchNorm, tile 32, last tile kept")
     let tiles = try seg.geometry(for: x.shape).tiles.count
     XCTAssertGreaterThan(tiles, 4)
-    for keep in [false, true] {
-      seg.keepsLastTile = keep
+    // Several tiles' forwards kept (`keptTiles`, their recordings stashed out of the layers while
+    // the next tile runs): the same step; all of them, the same step again.
+    for n in [3, tiles] {
+      let m = try frozen(32)
+      (m.layers[0].1 as! Streamed).keptTiles = n
+      assertSame(try step(m, x, labels), whole, "frozen BatchNorm, tile 32, last \(n) tiles kept")
+    }
+    for keep in [0, 1, 3, tiles] {
+      seg.keptTiles = keep
       let source = CountingTileSource(TensorTileSource(x))
       let y = try seg.forward(source: source, training: true)
       _ = seg.backward(randomTensor(y.shape, seed: 8), needInputGradient: false)
-      XCTAssertEqual(source.reads, keep ? 2 * tiles - 1 : 2 * tiles, "tile reads, last tile kept: \(keep)")
+      XCTAssertEqual(source.reads, 2 * tiles - keep, "tile reads, last \(keep) tiles kept")
     }
     let exactSegment = try Streamed.apply(to: fcn(), blocks: 3, tile: 32).layers[0].1 as! Streamed
     exactSegment.keepsLastTile = true

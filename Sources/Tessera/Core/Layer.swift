@@ -97,6 +97,16 @@ public enum BackwardRecording {
   }
 }
 
+/// A layer whose training forward's recording — what its backward reads — can be taken out and put
+/// back, so that `Streamed` can hold several tiles' recordings at once (`Streamed.keptTiles`).
+/// The layers a streamed segment may hold conform.
+protocol RecordingHolder: Layer {
+  /// The recording, taken out (the layer holds none after).
+  func takeRecording() -> Any?
+  /// A recording `takeRecording` gave, put back for the next backward.
+  func restoreRecording(_ recording: Any?)
+}
+
 /// How tensors kept for backward are stored: fp32, or 16-bit (fp16 / bf16) to halve what a step
 /// keeps. Compute stays fp32 (weights, gradients, accumulation); a kept tensor is converted back to
 /// fp32 for the backward pass that reads it. Gradients never pass through 16 bits, so no loss

@@ -2,8 +2,10 @@ import TesseraKernels
 
 /// An element-wise activation whose backward needs only its output: ReLU, LeakyReLU (slope ≥ 0)
 /// and ReLU6 differ only in their two kernels. Keeps its output for backward.
-public class OutputActivation: Layer {
+public class OutputActivation: Layer, RecordingHolder {
   private var savedOutput: Tensor?
+  func takeRecording() -> Any? { defer { savedOutput = nil }; return savedOutput }
+  func restoreRecording(_ recording: Any?) { savedOutput = recording as? Tensor }
   public init() {}
 
   /// y = f(x)

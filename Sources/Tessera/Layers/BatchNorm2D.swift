@@ -7,7 +7,7 @@ import TesseraKernels
 ///
 /// `fusedReLU: true` computes ReLU(BN(x)) in one pass and keeps only x for backward (the ReLU mask
 /// is recomputed from x), saving a pass and a kept tensor the size of the output.
-public final class BatchNorm2D: Layer {
+public final class BatchNorm2D: Layer, RecordingHolder {
   public let channels: Int
   public let fusedReLU: Bool
   public let epsilon: Float
@@ -27,6 +27,8 @@ public final class BatchNorm2D: Layer {
   /// stay this rank's part (the gradient allreduce adds them up).
   public var collective: Collective?
   private var saved: (x: Tensor, mean: [Float], invstd: [Float], shift: [Float])?
+  func takeRecording() -> Any? { defer { saved = nil }; return saved }
+  func restoreRecording(_ recording: Any?) { saved = recording as? (x: Tensor, mean: [Float], invstd: [Float], shift: [Float]) }
 
   public init(channels: Int, epsilon: Float = 1e-3, momentum: Float = 0.99, fusedReLU: Bool = false) {
     precondition(channels > 0, "channels must be positive")

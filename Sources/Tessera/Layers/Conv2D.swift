@@ -30,7 +30,7 @@ public enum Padding: Sendable, Equatable {
 /// ```swift
 /// let conv = Conv2D(inputChannels: 3, outputChannels: 16, kernelSize: 7, stride: 2, padding: .same, bias: false)
 /// ```
-public final class Conv2D: Layer {
+public final class Conv2D: Layer, RecordingHolder {
   public let inputChannels: Int, outputChannels: Int
   public let kernelSize: (height: Int, width: Int)
   public let stride: (height: Int, width: Int)
@@ -40,6 +40,8 @@ public final class Conv2D: Layer {
   public let weight: Parameter
   public let bias: Parameter?
   private var saved: (x: Tensor?, g: ConvGeometry)?
+  func takeRecording() -> Any? { defer { saved = nil }; return saved }
+  func restoreRecording(_ recording: Any?) { saved = recording as? (x: Tensor?, g: ConvGeometry) }
   /// false: a training forward keeps no input and backward computes only the input gradient (set
   /// by `Streamed` on the passes where this layer's weight gradient is not gathered).
   public var accumulatesWeightGradient = true

@@ -1,7 +1,7 @@
 import TesseraKernels
 
 /// Max or average pooling over (N, C, H, W).
-public final class Pool2D: Layer {
+public final class Pool2D: Layer, RecordingHolder {
   public enum Mode: Sendable, Equatable {
     case max
     /// Average; `countIncludePad` divides by the whole window (PyTorch's default) instead of the
@@ -13,6 +13,8 @@ public final class Pool2D: Layer {
   public let padding: Padding
   /// Average pooling keeps the input shape; max pooling the arg-max of each window (Int32).
   private var saved: (kept: Tensor, g: PoolGeometry)?
+  func takeRecording() -> Any? { defer { saved = nil }; return saved }
+  func restoreRecording(_ recording: Any?) { saved = recording as? (kept: Tensor, g: PoolGeometry) }
 
   public init(_ mode: Mode, kernelSize: Int, stride: Int? = nil, padding: Padding = .valid) {
     precondition(kernelSize > 0 && (stride ?? 1) > 0, "kernel size and stride must be positive")

@@ -38,10 +38,11 @@ extension Streamed {
     let earlier = weights.map { p in p.grad.map { Array(UnsafeBufferPointer(start: $0.floats, count: $0.count)) } }
     weights.forEach { $0.zeroGradient() }
     var tiles = myTiles(geo)
-    // The tile the forward recorded goes first, its forward not run again.
-    let kept = keptLastTile
-    keptLastTile = false
-    if kept, let last = tiles.popLast() { tiles.insert(last, at: 0) }
+    // The tiles the forward recorded go first, last first (its recordings are in the layers, the
+    // others' in the stash, the latest at its end), their forwards not run again.
+    let kept = keptCount
+    keptCount = 0
+    tiles = Array(tiles.suffix(kept).reversed()) + Array(tiles.dropLast(kept))
     if let k = sumsFromOutput, let r = routed {
       // Tile by tile over the cells each owns, as the pass it replaces summed them (tile-parallel:
       // this rank's tiles, summed over the ranks in `finishGathering`), so N ranks add in one
@@ -60,7 +61,9 @@ extension Streamed {
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
       for (i, t) in tiles.enumerated() {
         for k in batchNorms { bn(k).streamedBackward!.region = t.owned[k] }
-        if !(kept && i == 0) {
+        if i > 0 && i < kept, let r = stash.popLast() {
+          for (l, rec) in zip(leaves, r) { (l as! RecordingHolder).restoreRecording(rec) }
+        } else if i >= kept {
           do {
             _ = try run(source, t, through: L, recordFrom: pass.from, true)
           } catch {

@@ -7,7 +7,6 @@ extension Streamed {
     let geo = try geometry(for: x.shape)
     let tiles = geo.tiles.distinct()
     reset()
-    plannedKeptTile = nil
     if training && BackwardRecording.isOn, let j = cacheLevelNow { (plannedCaching, plannedFilling) = (j, true) }
     /// A run through `end` over the tiles: one of each shape, or the pass that fills the cache.
     func eachTile(_ end: Int, _ body: (StreamGeometry.Tile) throws -> Void) throws {
@@ -42,10 +41,15 @@ extension Streamed {
       try eachTile(leaves.count) { t in
         _ = try BackwardRecording.without { try planRun(t, geo, through: leaves.count, recordFrom: nil, training, sim) }
       }
-      // `keepsLastTile`: the last tile run again, recorded (its recordings live until backward).
-      if training && BackwardRecording.isOn && keepsLastTileNow, let last = geo.tiles.last {
-        _ = try planRun(last, geo, through: leaves.count, recordFrom: 0, training, sim)
-        plannedKeptTile = last
+      // `keptTiles`: the last ones run again, recorded (their recordings live until backward), each
+      // but the last one's taken out of the layers while the next runs, as the real forward does.
+      if training && BackwardRecording.isOn {
+        let kept = Array(geo.tiles.suffix(min(keptTilesNow, geo.tiles.count)))
+        for (i, t) in kept.enumerated() {
+          _ = try planRun(t, geo, through: leaves.count, recordFrom: 0, training, sim)
+          if i < kept.count - 1 { plannedStash.append(leaves.map { stashRecording(of: $0, sim) }) }
+        }
+        plannedKeptTiles = kept
       }
     }
     plannedFilling = false
@@ -71,6 +75,12 @@ extension Streamed {
       try body(geo.tiles[i])
       next = i + 1
     }
+  }
+
+  /// A layer's planned recording, taken out of the simulation (`RecordingHolder.takeRecording`).
+  private func stashRecording(of l: Layer, _ sim: MemorySimulation) -> (kept: [SimTensor]?, note: Any?) {
+    let id = ObjectIdentifier(l)
+    return (sim.kept.removeValue(forKey: id), sim.notes.removeValue(forKey: id))
   }
 
   /// A tile's shape, as the twin's cache keys it.
@@ -126,16 +136,27 @@ extension Streamed {
       withExtendedLifetime(routed) {}
       routed = nil
     }
-    // The tile the forward recorded first, without its forward (`keepsLastTile`).
-    let keptTile = plannedKeptTile
-    plannedKeptTile = nil
+    // The tiles the forward recorded first, last first, without their forwards (`keptTiles`); then
+    // one of each shape of the others.
+    let keptTiles = Array(plannedKeptTiles.reversed())
+    plannedKeptTiles = []
+    var seen = Set<[Int]>()
+    let others = keptTiles.isEmpty ? tiles
+      : geo.tiles.dropLast(keptTiles.count).filter { seen.insert(shapeKey($0)).inserted }
     for pass in passes() {
       let last = pass.gather == nil
       if let j = plannedCaching, pass.from < j { (plannedCache, plannedCacheRest, plannedCaching) = ([:], [], nil) }
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
-      for (i, t) in ((keptTile.map { [$0] } ?? []) + tiles).enumerated() {
-        if !(keptTile != nil && i == 0) { _ = try? planRun(t, geo, through: L, recordFrom: pass.from, true, sim) }
+      for (i, t) in (keptTiles + others).enumerated() {
+        if i > 0 && i < keptTiles.count, let r = plannedStash.popLast() {
+          for (l, rec) in zip(leaves, r) {
+            sim.kept[ObjectIdentifier(l)] = rec.kept
+            sim.notes[ObjectIdentifier(l)] = rec.note
+          }
+        } else if i >= keptTiles.count {
+          _ = try? planRun(t, geo, through: L, recordFrom: pass.from, true, sim)
+        }
         let o = geo.output, lo = t.local[L - 1]
         var g: SimTensor? = sim.allocate([o[0], o[1], lo.0, lo.1])
         for l in (pass.from..<L).reversed() {

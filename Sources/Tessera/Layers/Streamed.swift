@@ -37,19 +37,31 @@ public final class Streamed: Layer {
   var saved: (source: TileSource, geometry: StreamGeometry)?
   /// For `sumsFromOutput`: at each output cell, the BatchNorm input its gradient reaches.
   var routed: Tensor?
-  /// With one backward pass (`keepsLastTile`): the training forward recorded its last tile.
-  var keptLastTile = false
+  /// With one backward pass (`keptTiles`): how many tiles the training forward recorded — the
+  /// last one's recordings in the layers, the others' in `stash` (in tile order).
+  var keptCount = 0
+  var stash: [[Any?]] = []
   /// With one backward pass (frozen BatchNorm, or none): the training forward records its last
-  /// tile and backward starts with that tile, without running its forward again — one tile's
-  /// recomputation fewer, for holding its activations from the forward to the backward. The planner
-  /// turns it on unless that passes the budget (`Planner.applyStreaming`); off by default.
-  public var keepsLastTile = false
-  /// `keepsLastTile`, where it applies: a segment with one backward pass.
-  public var keepsLastTileNow: Bool { keepsLastTile && hasOneBackwardPass }
+  /// `keptTiles` tiles and backward starts with them, without running their forward again — a
+  /// tile's recomputation fewer each, for holding their activations from the forward to the
+  /// backward (each tile's recordings are taken out of the layers into a stash while the next
+  /// runs). The planner keeps one without a budget, and as many as fit within one
+  /// (`Planner.applyStreaming`); 0 by default.
+  public var keptTiles = 0
+  /// Whether at least one tile is kept (`keptTiles` ≥ 1).
+  public var keepsLastTile: Bool {
+    get { keptTiles > 0 }
+    set { keptTiles = newValue ? max(1, keptTiles) : 0 }
+  }
+  /// `keptTiles`, where it applies: a segment with one backward pass (else 0).
+  public var keptTilesNow: Int { hasOneBackwardPass ? keptTiles : 0 }
+  /// `keepsLastTile`, where it applies.
+  public var keepsLastTileNow: Bool { keptTilesNow > 0 }
   /// Frozen BatchNorm, or none: one pass over the tiles each way, no statistics to gather.
   public var hasOneBackwardPass: Bool { frozenBatchNorm || batchNorms.isEmpty }
-  /// The planner twin's `keptLastTile`.
-  var plannedKeptTile: StreamGeometry.Tile?
+  /// The planner twin's kept tiles (in tile order) and the recordings stashed from all but the last.
+  var plannedKeptTiles: [StreamGeometry.Tile] = []
+  var plannedStash: [[(kept: [SimTensor]?, note: Any?)]] = []
   /// With BatchNorm's passes: each tile's input of leaf `cacheLevel` (what the layers before it
   /// make) is kept from the first run over the tiles that makes it — the statistics of every
   /// BatchNorm before it then fixed — until the last run that can start from it, and those runs
@@ -208,12 +220,15 @@ public final class Streamed: Layer {
     } else {
       y = Tensor(zeros: geo.output)
       let tiles = myTiles(geo)
-      keptLastTile = record && keepsLastTileNow && !tiles.isEmpty
+      keptCount = record ? min(keptTilesNow, tiles.count) : 0
       for (i, t) in tiles.enumerated() {
-        // The last tile recorded for backward (`keepsLastTile`), the others not.
-        let h = try keptLastTile && i == tiles.count - 1 ? run(source, t, through: leaves.count, recordFrom: 0, training)
+        // The last `keptTiles` tiles recorded for backward, the others not.
+        let recorded = i >= tiles.count - keptCount
+        let h = try recorded ? run(source, t, through: leaves.count, recordFrom: 0, training)
           : BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
         Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
+        // Each but the last one's recordings out of the layers, so the next tile can record.
+        if recorded && i < tiles.count - 1 { stash.append(leaves.map { ($0 as! RecordingHolder).takeRecording() }) }
       }
       // Each cell is owned by one tile, so the sum over ranks is the stitched output, exactly.
       collective?.allreduceSum(y.floats, count: y.count)
@@ -372,9 +387,10 @@ public final class Streamed: Layer {
   /// Clears what the passes set on the segment's layers.
   func reset() {
     routed = nil
-    keptLastTile = false
+    (keptCount, stash) = (0, [])
     (cache, caching, filling) = ([:], nil, false)
     (plannedCache, plannedCacheRest, plannedCaching, plannedFilling) = ([:], [], nil, false)
+    (plannedKeptTiles, plannedStash) = ([], [])
     for l in leaves {
       if let bn = l as? BatchNorm2D {
         bn.fixedStatistics = nil
