@@ -37,25 +37,21 @@ public final class Streamed: Layer {
   var saved: (source: TileSource, geometry: StreamGeometry)?
   /// For `sumsFromOutput`: at each output cell, the BatchNorm input its gradient reaches.
   var routed: Tensor?
-  /// With one backward pass (`keptTiles`): how many tiles the training forward recorded — the
-  /// last one's recordings in the layers, the others' in `stash` (in tile order).
-  var keptCount = 0
-  var stash: [[Any?]] = []
+  /// Tiles the training forward recorded (`keptTiles`): the last one's recordings in the layers,
+  /// the others' in `stash`, in tile order.
+  var keptCount = 0, stash: [[Any?]] = []
   /// With one backward pass (frozen BatchNorm, or none): the training forward records its last
-  /// `keptTiles` tiles and backward starts with them, without running their forward again — a
-  /// tile's recomputation fewer each, for holding their activations from the forward to the
-  /// backward (each tile's recordings are taken out of the layers into a stash while the next
-  /// runs). The planner keeps one without a budget, and as many as fit within one
-  /// (`Planner.applyStreaming`); 0 by default.
+  /// `keptTiles` tiles (each one's recordings moved to a stash while the next runs) and backward
+  /// starts with them, without their forwards — a tile's recomputation fewer each, for holding
+  /// their activations until backward. The planner keeps one without a budget and as many as fit
+  /// within one (`Planner.applyStreaming`); 0 by default. `keepsLastTile`: at least one.
   public var keptTiles = 0
-  /// Whether at least one tile is kept (`keptTiles` ≥ 1).
   public var keepsLastTile: Bool {
     get { keptTiles > 0 }
     set { keptTiles = newValue ? max(1, keptTiles) : 0 }
   }
-  /// `keptTiles`, where it applies: a segment with one backward pass (else 0).
+  /// `keptTiles` and `keepsLastTile` where they apply: a segment with one backward pass.
   public var keptTilesNow: Int { hasOneBackwardPass ? keptTiles : 0 }
-  /// `keepsLastTile`, where it applies.
   public var keepsLastTileNow: Bool { keptTilesNow > 0 }
   /// Frozen BatchNorm, or none: one pass over the tiles each way, no statistics to gather.
   public var hasOneBackwardPass: Bool { frozenBatchNorm || batchNorms.isEmpty }
