@@ -43,7 +43,7 @@ public struct MemoryMode: Sendable, Equatable, CustomStringConvertible {
                              frozenBatchNorm: s.frozenBatchNorm, splits: s.splits ?? [], outputSums: s.outputSums ?? true)
       let segments = m.layers.compactMap { $0.1 as? Streamed }
       for (i, seg) in segments.enumerated() {
-        seg.keptTiles = s.keptTiles ?? (s.keepsLastTile == true ? 1 : 0)
+        seg.keptTiles = s.keptTiles ?? 0
         seg.cacheLevel = s.cacheLevels.flatMap { i < $0.count ? $0[i] : nil }
       }
     }
@@ -99,7 +99,7 @@ extension Planner {
         }
         guard let b = largest(upTo: maxBatch, { (peak($0) ?? .max) <= budget - runtimeReserve }), let pk = peak(b) else { continue }
         let settings = StreamingSettings(tile: c.tile, blocks: c.blocks, splits: c.splits, outputSums: c.outputSums,
-                                         keepsLastTile: c.keepsLastTile, keptTiles: c.keptTiles, cacheLevels: c.cacheLevels)
+                                         keptTiles: c.keptTiles, cacheLevels: c.cacheLevels)
         let mode = MemoryMode(precision: p, checkpointing: ck, streaming: settings)
         let factor = MemoryMode(precision: p, checkpointing: ck).relativeTime
         choices.append(ModeChoice(mode: mode, batch: b, peakTrainingBytes: pk, relativeTime: c.relativeTime * factor))

@@ -22,12 +22,14 @@ public struct StreamingSettings: Sendable, Equatable {
   /// Whether the deepest BatchNorm's sums come from the output (`Streamed.outputSums`: one pass
   /// fewer, one output-sized tensor more); nil: yes, unless only the pass fits the budget.
   public var outputSums: Bool?
-  /// Whether segments with one backward pass keep their last tile's forward for backward
-  /// (`Streamed.keepsLastTile`); nil: yes, unless that passes the budget.
-  public var keepsLastTile: Bool?
-  /// How many tiles those segments keep (`Streamed.keptTiles`); nil: one without a budget, as many
-  /// as fit within one (unless `keepsLastTile` is false).
+  /// How many tiles segments with one backward pass keep their forward of for backward
+  /// (`Streamed.keptTiles`); nil: one without a budget, as many as fit within one.
   public var keptTiles: Int?
+  /// `keptTiles` as a yes or no: true asks for one (or keeps the number asked), false for none.
+  public var keepsLastTile: Bool? {
+    get { keptTiles.map { $0 > 0 } }
+    set { keptTiles = newValue.map { $0 ? max(1, keptTiles ?? 1) : 0 } }
+  }
   /// Each segment's cached level (`Streamed.cacheLevel`, in segment order; nil in it: none); nil:
   /// chosen where it fits (`Planner.applyStreaming`); []: none.
   public var cacheLevels: [Int?]?
@@ -38,8 +40,7 @@ public struct StreamingSettings: Sendable, Equatable {
     self.tile = tile
     self.splits = splits ?? split.map { [$0] }
     self.outputSums = outputSums
-    self.keepsLastTile = keepsLastTile
-    self.keptTiles = keptTiles
+    self.keptTiles = keptTiles ?? keepsLastTile.map { $0 ? 1 : 0 }
     self.cacheLevels = cacheLevels
     self.blocks = blocks
     self.frozenBatchNorm = frozenBatchNorm
@@ -131,7 +132,7 @@ extension Planner {
       // budget, and with one the most whose plan fits it (or the plan without them), found by
       // bisection (the peak grows with each tile kept).
       let single = m.layers.compactMap { $0.1 as? Streamed }.filter(\.hasOneBackwardPass)
-      if !single.isEmpty && settings.keepsLastTile != false {
+      if !single.isEmpty && settings.keptTiles != 0 {
         let most = try single.map { try $0.geometry(for: [batch] + input).tiles.count }.max() ?? 1
         func planKeeping(_ k: Int) throws -> Plan {
           single.forEach { $0.keptTiles = k }
@@ -139,8 +140,8 @@ extension Planner {
                           inputResident: settings.inputResident)
         }
         let limit = max(p.peakTrainingBytes, budget ?? .max)
-        if let k = settings.keptTiles ?? (settings.keepsLastTile == true ? 1 : nil) {
-          p = try planKeeping(k)
+        if let k = settings.keptTiles {
+          p = try planKeeping(min(k, most))
         } else if budget == nil {
           let q = try planKeeping(1)
           if q.peakTrainingBytes <= limit { p = q } else { single.forEach { $0.keptTiles = 0 } }

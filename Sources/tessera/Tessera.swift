@@ -230,7 +230,9 @@ func describe(_ c: StreamingChoice, _ s: StreamingSettings) -> String {
       let n = st.cacheUses(j)
       return " (each tile's input of \(st.paths[j]) kept: \(n) run\(n == 1 ? "" : "s") start\(n == 1 ? "s" : "") there)"
     } ?? ""
-    return "exact BatchNorm: \(st.forwardPasses) pass\(st.forwardPasses == 1 ? "" : "es") forward, \(st.passes().count) backward" + cached
+    // --kept-tiles asked where exact BatchNorm's passes recompute every tile anyway.
+    let ignored = (s.keptTiles ?? 0) > 0 ? " (--kept-tiles not applied: it needs --frozen-bn)" : ""
+    return "exact BatchNorm: \(st.forwardPasses) pass\(st.forwardPasses == 1 ? "" : "es") forward, \(st.passes().count) backward" + cached + ignored
   }
   var text = "streaming \(c.blocks) block\(c.blocks == 1 ? "" : "s") ("
     + segments.map { $0.children.map(\.0).joined(separator: ", ") }.joined(separator: " | ")
