@@ -15,6 +15,8 @@ MODES = [  # label, extra flags (the tile is added)
     ("stem streamed", ["--stream-blocks", "1"]),
     ("3 blocks, three segments (1,2)", ["--stream-blocks", "3", "--stream-split", "1,2"]),
     ("3 blocks, frozen BN", ["--stream-blocks", "3", "--stream-split", "0", "--frozen-bn"]),
+    ("3 blocks, frozen BN, 3 tiles kept", ["--stream-blocks", "3", "--stream-split", "0", "--frozen-bn",
+                                          "--kept-tiles", "3"]),
 ]
 MORE = [  # --more: the rest of the cost model's rows
     ("3 blocks, one segment", ["--stream-blocks", "3", "--stream-split", "0"]),

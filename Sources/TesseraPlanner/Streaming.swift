@@ -461,10 +461,13 @@ extension Planner {
       cost -= n * crop[..<j].reduce(0, +)
       passes -= n
     }
-    for t in geo.tiles.suffix(min(s.keptTilesNow, geo.tiles.count)) {
-      // Backward does not run the forward of the tiles the forward recorded, nor read their crops again.
+    let kept = Array(geo.tiles.suffix(min(s.keptTilesNow, geo.tiles.count)))
+    for (i, t) in kept.enumerated() {
+      // Backward does not run the forward of the tiles the forward recorded, nor read their crops
+      // again — but for the last one's, a first convolution's kept crop (`Conv2D.InputToRead`).
       let hw = [t.crop.rows.count, t.crop.cols.count]
-      cost -= e * Double(input[0] * input[1] * hw[0] * hw[1]) + (try leafWorks(hw)).reduce(0, +)
+      let reread = i < kept.count - 1 && s.leaves.first is Conv2D
+      cost -= (reread ? 0 : e * Double(input[0] * input[1] * hw[0] * hw[1])) + (try leafWorks(hw)).reduce(0, +)
     }
     // Each pass reads every tile's crop of the input.
     return (cost + e * cropInput * passes, try stepWork(s.segment, input: input, inputGradient: inputGradient))

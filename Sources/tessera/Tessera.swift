@@ -176,7 +176,7 @@ struct StreamingOptions: ParsableArguments {
   var frozenBn = false
   @Option(help: ArgumentHelp(
     "With --frozen-bn (or streamed blocks without BatchNorm): keep the last N tiles' forward activations for backward instead of recomputing them (default: 1 without --budget; with --budget, as many as fit it).",
-    discussion: "Each kept tile saves its forward in backward and holds its activations from the forward to the backward: with all tiles kept, about the plain step's time and memory."))
+    discussion: "Each kept tile saves its forward in backward and holds its activations from the forward to the backward (not its crop of the input: that is read again): with all tiles kept, about the plain step's time in less than its memory."))
   var keptTiles: Int?
 
   func validate() throws {

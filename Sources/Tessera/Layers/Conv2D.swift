@@ -42,6 +42,16 @@ public final class Conv2D: Layer, RecordingHolder {
   private var saved: (x: Tensor?, g: ConvGeometry)?
   func takeRecording() -> Any? { defer { saved = nil }; return saved }
   func restoreRecording(_ recording: Any?) { saved = recording as? (x: Tensor?, g: ConvGeometry) }
+  /// A recording whose kept input was let go, to be read again before backward (`Streamed`'s
+  /// stashed tiles: the segment's first layer keeps the tile's crop, which its source can give again).
+  struct InputToRead { let g: ConvGeometry }
+  /// The recording without its kept input, or nil when it keeps none.
+  func droppingInput(_ recording: Any?) -> InputToRead? {
+    guard let (x, g) = recording as? (x: Tensor?, g: ConvGeometry), x != nil else { return nil }
+    return InputToRead(g: g)
+  }
+  /// The recording `droppingInput` gave, with its input x (the same tensor the forward had) back.
+  func recording(_ r: InputToRead, input x: Tensor) -> Any? { (x: Optional(ActivationStorage.keep(x)), g: r.g) }
   /// false: a training forward keeps no input and backward computes only the input gradient (set
   /// by `Streamed` on the passes where this layer's weight gradient is not gathered).
   public var accumulatesWeightGradient = true

@@ -61,7 +61,15 @@ extension Streamed {
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
       for (i, t) in tiles.enumerated() {
         for k in batchNorms { bn(k).streamedBackward!.region = t.owned[k] }
-        if i > 0 && i < kept, let r = stash.popLast() {
+        if i > 0 && i < kept, var r = stash.popLast() {
+          if let c = leaves.first as? Conv2D, let d = r.first as? Conv2D.InputToRead {
+            do {
+              let crop = try Profiler.shared.time("streamed read tile") { try source.read(t.crop) }
+              r[0] = c.recording(d, input: crop)
+            } catch {
+              preconditionFailure("\(error)")  // the same region was read in forward
+            }
+          }
           for (l, rec) in zip(leaves, r) { (l as! RecordingHolder).restoreRecording(rec) }
         } else if i >= kept {
           do {

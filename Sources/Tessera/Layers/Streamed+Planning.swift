@@ -47,7 +47,11 @@ extension Streamed {
         let kept = Array(geo.tiles.suffix(min(keptTilesNow, geo.tiles.count)))
         for (i, t) in kept.enumerated() {
           _ = try planRun(t, geo, through: leaves.count, recordFrom: 0, training, sim)
-          if i < kept.count - 1 { plannedStash.append(leaves.map { stashRecording(of: $0, sim) }) }
+          if i < kept.count - 1 {
+            var r = leaves.map { stashRecording(of: $0, sim) }
+            if leaves.first is Conv2D, r[0].kept?.isEmpty == false { r[0].kept = nil }  // read again
+            plannedStash.append(r)
+          }
         }
         plannedKeptTiles = kept
       }
@@ -149,7 +153,11 @@ extension Streamed {
       for (i, l) in leaves.enumerated() { (l as? Conv2D)?.accumulatesWeightGradient = pass.weights.contains(i) }
       if let k = pass.gather { bn(k).streamedBackward!.inputGradient = false }
       for (i, t) in (keptTiles + others).enumerated() {
-        if i > 0 && i < keptTiles.count, let r = plannedStash.popLast() {
+        if i > 0 && i < keptTiles.count, var r = plannedStash.popLast() {
+          if leaves.first is Conv2D, r[0].kept == nil {
+            let crop = sim.allocate([geo.input[0], geo.input[1], t.crop.rows.count, t.crop.cols.count])
+            r[0].kept = [ActivationStorage.keep(crop, sim)]
+          }
           for (l, rec) in zip(leaves, r) {
             sim.kept[ObjectIdentifier(l)] = rec.kept
             sim.notes[ObjectIdentifier(l)] = rec.note

@@ -38,7 +38,8 @@ public final class Streamed: Layer {
   /// For `sumsFromOutput`: at each output cell, the BatchNorm input its gradient reaches.
   var routed: Tensor?
   /// Tiles the training forward recorded (`keptTiles`): the last one's recordings in the layers,
-  /// the others' in `stash`, in tile order.
+  /// the others' in `stash`, in tile order — without the tile's crop that a first convolution keeps
+  /// for its weight gradient (`Conv2D.InputToRead`): backward reads it again from the source.
   var keptCount = 0, stash: [[Any?]] = []
   /// With one backward pass (frozen BatchNorm, or none): the training forward records its last
   /// `keptTiles` tiles (each one's recordings moved to a stash while the next runs) and backward
@@ -57,6 +58,7 @@ public final class Streamed: Layer {
   public var hasOneBackwardPass: Bool { frozenBatchNorm || batchNorms.isEmpty }
   /// The planner twin's kept tiles (in tile order) and the recordings stashed from all but the last.
   var plannedKeptTiles: [StreamGeometry.Tile] = []
+  /// (A first convolution's `kept` is nil there: its input is read again, as `stash`'s.)
   var plannedStash: [[(kept: [SimTensor]?, note: Any?)]] = []
   /// With BatchNorm's passes: each tile's input of leaf `cacheLevel` (what the layers before it
   /// make) is kept from the first run over the tiles that makes it — the statistics of every
@@ -224,7 +226,11 @@ public final class Streamed: Layer {
           : BackwardRecording.without { try run(source, t, through: leaves.count, recordFrom: nil, training) }
         Self.copy(h, region: t.owned[leaves.count - 1], into: y, at: t.out)
         // Each but the last one's recordings out of the layers, so the next tile can record.
-        if recorded && i < tiles.count - 1 { stash.append(leaves.map { ($0 as! RecordingHolder).takeRecording() }) }
+        if recorded && i < tiles.count - 1 {
+          var r = leaves.map { ($0 as! RecordingHolder).takeRecording() }
+          if let c = leaves.first as? Conv2D, let d = c.droppingInput(r[0]) { r[0] = d }
+          stash.append(r)
+        }
       }
       // Each cell is owned by one tile, so the sum over ranks is the stitched output, exactly.
       collective?.allreduceSum(y.floats, count: y.count)
