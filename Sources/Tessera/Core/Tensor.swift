@@ -29,10 +29,10 @@ public struct Tensor: @unchecked Sendable {
   }
 
   /// A tensor whose contents the caller overwrites completely (no zero fill).
-  public init(uninitialized shape: [Int], category: MemoryCategory = .activation) {
+  public init(uninitialized shape: [Int], dtype: DType = .float32, category: MemoryCategory = .activation) {
     self.shape = shape
-    dtype = .float32
-    storage = Buffer(byteCount: shape.reduce(1, *) * 4, category: category, zeroed: false)
+    self.dtype = dtype
+    storage = Buffer(byteCount: shape.reduce(1, *) * dtype.byteSize, category: category, zeroed: false)
   }
 
   public init(shape: [Int], values: [Float], category: MemoryCategory = .activation) {

@@ -53,7 +53,8 @@ public final class Pool2D: Layer, RecordingHolder {
     let y = Tensor(uninitialized: [x.shape[0], x.shape[1], g.outHeight, g.outWidth])
     switch mode {
     case .max:
-      let argmax = training && BackwardRecording.isOn ? Tensor(zeros: y.shape, dtype: .int32) : nil
+      // Every output's arg-max is written (`maxForward`), so no zero fill.
+      let argmax = training && BackwardRecording.isOn ? Tensor(uninitialized: y.shape, dtype: .int32) : nil
       Pool2DKernels.maxForward(g, x: x.floats, y: y.floats,
                                argmax: argmax?.storage.raw.assumingMemoryBound(to: Int32.self))
       if let a = argmax { saved = (a, g) }
