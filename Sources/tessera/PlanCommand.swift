@@ -184,7 +184,9 @@ struct PlanCommand: ParsableCommand {
     if let c = streamChoice { print(describe(c, streaming.settings(inputResident: !streamedInput)!)) }
     if let a = advice { printAdvice(a, plan: plan) }
     if let m = modes, !m.all.isEmpty {
-      print("memory modes within the budget (largest batch, estimated relative time):")
+      // What `train --budget` would choose by itself: exact BatchNorm, the loader's batches and the
+      // reserve counted — not a verdict on the streaming flags given above.
+      print("memory modes a training run fits in the budget (exact BatchNorm; with the loader's batches and the reserve; largest batch, estimated relative time):")
       for c in m.all { print("  \(pad(c.mode.description, 40)) batch \(pad(String(c.batch), 6)) peak \(ByteSize.format(c.peakTrainingBytes))  ×\(String(format: "%.2f", c.relativeTime))") }
       if let b = m.best { print("  → fastest that fits batch \(batch): \(b.mode)") }
     }
