@@ -5,32 +5,30 @@ ReLU, 3×3/2 max pooling) on the image, and the rest (four stages and the head) 
 
   /tmp/peers/bin/python benchmarks/tf_parts.py [--size 512] [--batch 8] [--runs 15]
 
-TF's oneDNN kernels are switched on (TF_ENABLE_ONEDNN_OPTS=1) unless the caller sets the variable.
-Prints one JSON line: the median and best milliseconds of each part's predict_on_batch.
+The model is the peer's own (`build_fcn` in ../shared/peers/keras_bench.py, the one
+benchmarks/side_by_side.sh times), cut after its `stem_pool` layer. TF's oneDNN kernels are
+switched on (TF_ENABLE_ONEDNN_OPTS=1) unless the caller sets the variable. Prints one JSON line:
+the median and best milliseconds of each part's predict_on_batch.
 """
-import argparse, json, os, statistics, time
+import argparse, json, os, statistics, sys, time
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import keras
 
-L = keras.layers
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "peers"))
+from keras_bench import build_fcn  # noqa: E402
 
-def stem(size):
-    inp = keras.Input((size, size, 3))
-    x = L.Conv2D(16, 7, strides=2, padding="same", use_bias=False)(inp)
-    x = L.ReLU()(L.BatchNormalization()(x))
-    return keras.Model(inp, L.MaxPooling2D(3, strides=2, padding="same")(x))
-
-def rest(size):
-    inp = keras.Input((size // 4, size // 4, 16))
+def parts(size):
+    """The whole fcn, then its stem (image → stem_pool) and the rest (stem_pool's output → logits)."""
+    full = build_fcn(keras, size, 3)
+    cut = full.get_layer("stem_pool")
+    stem = keras.Model(full.input, cut.output)
+    inp = keras.Input(cut.output.shape[1:])
     x = inp
-    for f in [32, 64, 128, 256]:
-        for s in [2, 1]:
-            x = L.Conv2D(f, 3, strides=s, padding="same", use_bias=False)(x)
-            x = L.ReLU()(L.BatchNormalization()(x))
-    x = L.GlobalAveragePooling2D()(L.Conv2D(10, 1)(x))
-    return keras.Model(inp, x)
+    for layer in full.layers[full.layers.index(cut) + 1:]:
+        x = layer(x)
+    return stem, keras.Model(inp, x)
 
 def timed(model, data, runs):
     for _ in range(3):
@@ -49,9 +47,10 @@ def main():
     p.add_argument("--runs", type=int, default=15)
     a = p.parse_args()
     rng = np.random.default_rng(0)
-    s_med, s_best = timed(stem(a.size), rng.random((a.batch, a.size, a.size, 3), dtype=np.float32), a.runs)
-    q = a.size // 4
-    r_med, r_best = timed(rest(a.size), rng.random((a.batch, q, q, 16), dtype=np.float32), a.runs)
+    stem, rest = parts(a.size)
+    s_med, s_best = timed(stem, rng.random((a.batch, a.size, a.size, 3), dtype=np.float32), a.runs)
+    q = rest.input.shape[1:]
+    r_med, r_best = timed(rest, rng.random((a.batch, *q), dtype=np.float32), a.runs)
     print(json.dumps({"size": a.size, "batch": a.batch, "onednn": os.environ["TF_ENABLE_ONEDNN_OPTS"],
                       "stem_ms": s_med, "stem_best_ms": s_best, "rest_ms": r_med, "rest_best_ms": r_best}))
 

@@ -111,21 +111,16 @@ public enum Pool2DKernels {
                             split: UnsafeMutablePointer<Float>, Wo: Int, y: UnsafeMutablePointer<Float>,
                             argmax: UnsafeMutablePointer<Int32>) {
     let lo = columns.lowerBound, hi = columns.upperBound, n = Wo + 1
+    assert(columns.count % 8 == 0, "argmaxStride2 takes whole eights of windows")
     // Row k's window cells of output column j: even[j] (kx 0), odd[j] (kx 1), even[j + 1] (kx 2),
     // where even[j] = x[2j − padLeft] and odd[j] = x[2j − padLeft + 1].
     for k in 0..<3 {
       let row = xp + (y0 + k) * W - padLeft, even = split + 2 * k * n, odd = even + n
-      var j = lo
-      while j + 8 <= hi {  // sixteen pixels apart into their eight even and eight odd ones
+      // Sixteen pixels at a time into their eight even and eight odd ones (`columns` is whole eights).
+      for j in stride(from: lo, to: hi, by: 8) {
         let v = UnsafeRawPointer(row + 2 * j).loadUnaligned(as: SIMD16<Float>.self)
         store8(v.evenHalf, even + j)
         store8(v.oddHalf, odd + j)
-        j += 8
-      }
-      while j < hi {
-        even[j] = row[2 * j]
-        odd[j] = row[2 * j + 1]
-        j += 1
       }
       even[hi] = row[2 * hi]
     }
